@@ -1,0 +1,3 @@
+from evc.cli import main
+
+main()

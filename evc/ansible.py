@@ -1,0 +1,246 @@
+"""The one place that runs Ansible: ansible-runner, a live progress line, a typed result.
+
+Every fleet operation calls :func:`run_playbook` and gets a :class:`RunResult` that
+says, per host, ok / changed / failed / unreachable / skipped, with the failing
+task's message. Fast defaults: forks scaled to the targets, SSH pipelining,
+ControlPersist, no fact gathering unless a playbook asks, a per-task timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evc.config import Workspace
+from evc.errors import EVCError, UsageError
+from evc.resources import playbook as bundled_playbook
+
+MAX_FORKS = 100
+HOST_STATES = ("ok", "changed", "failed", "unreachable", "skipped")
+# Keys of a module result worth keeping; the rest (invocation, diff) is noise.
+_KEEP = ("msg", "rc", "stdout", "stderr", "changed", "ping", "ansible_facts", "results")
+
+
+@dataclass
+class HostResult:
+    host: str
+    state: str = "ok"  # one of HOST_STATES
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    failed_task: str | None = None
+    message: str | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)  # task name -> module result
+
+
+@dataclass
+class RunResult:
+    playbook: str
+    target: str
+    ident: str
+    artifacts_dir: str
+    started: float
+    ended: float
+    rc: int
+    hosts: dict[str, HostResult]
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        return [h for h, r in self.hosts.items() if r.state in ("failed", "unreachable")]
+
+    @property
+    def status(self) -> str:
+        """success (every host fine), partial (some failed) or error (none fine)."""
+        bad = len(self.failed_hosts)
+        if bad == 0 and self.rc == 0:
+            return "success"
+        return "partial" if bad < len(self.hosts) else "error"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = self.status
+        out["duration_s"] = round(self.ended - self.started, 3)
+        return out
+
+
+def resolve_hosts(inventory: Path, target: str) -> list[str]:
+    """Hosts the Ansible pattern ``target`` matches; a clear error if it matches none."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    if not inventory.is_file():
+        raise UsageError(f"No inventory at {inventory}: add devices or run `evc lab up` first.")
+    manager = InventoryManager(loader=DataLoader(), sources=[str(inventory)])
+    hosts = [h.name for h in manager.list_hosts(target)]
+    if not hosts:
+        groups = sorted(g for g in manager.groups if g not in ("all", "ungrouped"))
+        known = ", ".join(groups) if groups else "none"
+        raise UsageError(
+            f"Target {target!r} matches no host in {inventory}. Use a host name, a group or an "
+            f"Ansible pattern such as 'group:&other'. Known groups: {known}."
+        )
+    return hosts
+
+
+def ansible_env(ws: Workspace, forks: int, task_timeout: int) -> dict[str, str]:
+    """Environment for ansible-playbook: fast, strict about host keys, quiet."""
+    ssh_args = " ".join(
+        [
+            "-o ControlMaster=auto",
+            "-o ControlPersist=60s",
+            "-o ServerAliveInterval=5",
+            "-o ServerAliveCountMax=2",
+            f"-o UserKnownHostsFile={ws.known_hosts}",
+            "-o StrictHostKeyChecking=yes",
+        ]
+    )
+    venv_bin = str(Path(sys.executable).parent)
+    return {
+        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+        "ANSIBLE_FORKS": str(forks),
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_SSH_ARGS": ssh_args,
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
+        "ANSIBLE_GATHERING": "explicit",
+        "ANSIBLE_TIMEOUT": "10",
+        "ANSIBLE_TASK_TIMEOUT": str(task_timeout),
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_LOCALHOST_WARNING": "False",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
+        "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        "ANSIBLE_NOCOLOR": "True",
+    }
+
+
+class _Collector:
+    """Turns ansible-runner events into per-host results and a progress line."""
+
+    def __init__(self, hosts: list[str], progress):
+        self.hosts = {h: HostResult(host=h) for h in hosts}
+        self.task = ""
+        self.progress = progress
+        self.done: set[str] = set()
+
+    def _update(self) -> None:
+        if self.progress is not None:
+            counts = {s: 0 for s in ("failed", "unreachable")}
+            for r in self.hosts.values():
+                if r.state in counts:
+                    counts[r.state] += 1
+            self.progress.update(
+                f"[bold]{self.task}[/] {len(self.done)}/{len(self.hosts)} hosts"
+                f"  failed {counts['failed']}  unreachable {counts['unreachable']}"
+            )
+
+    def __call__(self, event: dict) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {})
+        host = data.get("host")
+        if kind == "playbook_on_task_start":
+            self.task = data.get("task", "")
+            self.done = set()
+        elif kind == "playbook_on_stats":
+            self._stats(data)
+        elif host is not None and kind.startswith("runner_on_"):
+            r = self.hosts.setdefault(host, HostResult(host=host))
+            res = data.get("res") or {}
+            if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get(
+                "ignore_errors"
+            ):
+                r.state = "unreachable" if kind == "runner_on_unreachable" else "failed"
+                r.failed_task = data.get("task")
+                r.message = _message(res)
+            elif kind == "runner_on_ok":
+                r.outputs[data.get("task", "")] = {k: res[k] for k in _KEEP if k in res}
+            self.done.add(host)
+        self._update()
+        return True  # keep the event in the artifacts
+
+    def _stats(self, stats: dict) -> None:
+        for host, r in self.hosts.items():
+            r.ok = stats.get("ok", {}).get(host, 0)
+            r.changed = stats.get("changed", {}).get(host, 0)
+            r.failed = stats.get("failures", {}).get(host, 0)
+            r.unreachable = stats.get("dark", {}).get(host, 0)
+            r.skipped = stats.get("skipped", {}).get(host, 0)
+            if r.unreachable:
+                r.state = "unreachable"
+            elif r.failed:
+                r.state = "failed"
+            elif r.changed:
+                r.state = "changed"
+            elif r.ok:
+                r.state = "ok"
+            elif r.skipped:
+                r.state = "skipped"
+
+
+def _message(res: dict) -> str:
+    text = res.get("msg") or res.get("stderr") or res.get("module_stderr") or res.get("stdout")
+    return str(text or "failed").strip().splitlines()[-1][:500] if text else "failed"
+
+
+def run_playbook(
+    ws: Workspace,
+    name: str,
+    target: str = "all",
+    *,
+    extravars: dict[str, Any] | None = None,
+    inventory: Path | None = None,
+    task_timeout: int = 300,
+    progress: bool = True,
+) -> RunResult:
+    """Run a bundled playbook (or a path) against ``target`` and return per-host results."""
+    import ansible_runner
+
+    from evc.console import progress_line
+
+    inventory = inventory or ws.inventory
+    hosts = resolve_hosts(inventory, target)
+    path = Path(name) if os.sep in name else bundled_playbook(name)
+    forks = max(1, min(len(hosts), MAX_FORKS))
+    ws.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    ident = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    started = time.time()
+    with progress_line(f"{path.name} on {target}", enabled=progress) as line:
+        collector = _Collector(hosts, line)
+        runner = ansible_runner.run(
+            private_data_dir=str(ws.artifacts_dir),
+            ident=ident,
+            playbook=str(path),
+            inventory=str(inventory),
+            limit=target,
+            extravars=extravars or {},
+            envvars=ansible_env(ws, forks, task_timeout),
+            event_handler=collector,
+            quiet=True,
+            suppress_env_files=True,
+            rotate_artifacts=200,
+        )
+    if runner.status not in ("successful", "failed"):
+        raise EVCError(
+            f"ansible-playbook {path.name} did not run ({runner.status}, rc={runner.rc}); "
+            f"see {Path(runner.config.artifact_dir) / 'stdout'}."
+        )
+    return RunResult(
+        playbook=path.name,
+        target=target,
+        ident=ident,
+        artifacts_dir=str(runner.config.artifact_dir),
+        started=started,
+        ended=time.time(),
+        rc=runner.rc,
+        hosts=collector.hosts,
+    )

@@ -1,0 +1,76 @@
+"""The `evc` command. Each sub-app parses options, calls one core function, prints.
+
+Heavy libraries (docker, ansible, cryptography) are imported inside commands so
+that `evc --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from evc import __version__
+from evc.cli import lab
+
+app = typer.Typer(
+    name="evc",
+    help="Edge Vision Cluster: run a fleet of edge AI devices from one controller.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(lab.app, name="lab")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"evc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Edge Vision Cluster: run a fleet of edge AI devices from one controller."""
+
+
+@app.command()
+def init(
+    directory: Path = typer.Argument(Path("."), help="Folder for the workspace."),
+    name: str = typer.Option("default", help="Workspace name (names its inventory)."),
+) -> None:
+    """Create a workspace (evc.yaml, db/, inventories/) or keep an existing one."""
+    from evc.config import init_workspace
+
+    ws = init_workspace(directory, name)
+    typer.echo(f"workspace {ws.name!r} at {ws.root}")
+
+
+def main() -> None:
+    from evc.errors import EVCError
+
+    try:
+        app()
+    except EVCError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:  # a bug: one line, the traceback only when asked for
+        if os.environ.get("EVC_DEBUG"):
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (set EVC_DEBUG=1 for a traceback)", 1)
+
+
+def _fail(message: str, code: int) -> None:
+    from rich.markup import escape
+
+    from evc.console import err
+
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    sys.exit(code)

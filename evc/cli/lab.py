@@ -1,0 +1,135 @@
+"""`evc lab`: a local fleet of Docker-in-Docker nodes for trying and testing EVC."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    help="A real fleet on this machine: Docker-in-Docker nodes with sshd.", no_args_is_help=True
+)
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def _lab():
+    from evc.config import Workspace
+    from evc.lab import Lab
+
+    return Lab(Workspace.find())
+
+
+def _node_table(nodes, title: str):
+    from rich.table import Table
+
+    from evc.console import out
+
+    table = Table(title=title)
+    for col in ("node", "IP", "state", "SSH", "Docker", "CPU", "memory", "profile"):
+        table.add_column(col)
+
+    def yes_no(v):
+        return "-" if v is None else ("[green]ok[/]" if v else "[red]no[/]")
+
+    for n in nodes:
+        table.add_row(
+            n.name,
+            n.ip,
+            n.state,
+            yes_no(n.ssh_ok),
+            yes_no(n.docker_ok),
+            f"{n.cpus:g}",
+            f"{n.mem_bytes / 2**30:g} GiB",
+            n.profile,
+        )
+    out.print(table)
+    for n in nodes:
+        if n.message:
+            out.print(f"[red]{n.name}[/]: {n.message}", highlight=False)
+
+
+@app.command()
+def up(
+    nodes: int = typer.Option(3, "--nodes", "-n", help="How many nodes the lab should have."),
+    profile: list[str] = typer.Option(
+        None,
+        "--profile",
+        "-p",
+        help="Hardware profile(s), assigned to nodes in turn: rpi, nuc, orin (default: all three).",
+    ),
+    subnet: str = typer.Option(None, help="Lab network (default from evc.yaml, 172.28.0.0/24)."),
+    json: bool = JSON,
+) -> None:
+    """Build the images if needed and bring the lab to exactly N running nodes."""
+    from evc.console import err, print_json
+    from evc.lab import validate_request
+
+    from .output import exit_for, print_run
+
+    validate_request(nodes, list(profile or ["rpi"]))  # usage errors before touching Docker
+    lab = _lab()
+    with err.status("bringing the lab up") if err.is_terminal else _null():
+        result = lab.up(nodes, profile or None, subnet, log=lambda m: err.print(m, highlight=False))
+    if json:
+        print_json(result.to_dict())
+    else:
+        _node_table(result.nodes, f"lab {result.lab}: {result.network} {result.subnet}")
+        print_run(result.ping)
+        err.print(f"timings: {result.timings}", highlight=False)
+    exit_for(result.ping)
+
+
+@app.command()
+def status(json: bool = JSON) -> None:
+    """Each node: IP, SSH and Docker reachable (an Ansible run), CPU, memory, profile."""
+    from dataclasses import asdict
+
+    from evc.console import out, print_json
+
+    lab = _lab()
+    nodes = lab.status(progress=not json)
+    if json:
+        print_json([asdict(n) for n in nodes])
+    elif not nodes:
+        out.print(f"lab {lab.name!r} has no nodes; run `evc lab up`.")
+    else:
+        _node_table(nodes, f"lab {lab.name}")
+    if any(not (n.ssh_ok and n.docker_ok) for n in nodes):
+        raise typer.Exit(1)
+
+
+@app.command()
+def stop(node: str = typer.Argument(..., help="Node name, e.g. node2.")) -> None:
+    """Stop one node (simulates a device failing)."""
+    n = _lab().stop(node)
+    typer.echo(f"{n.name}: {n.state}")
+
+
+@app.command()
+def start(node: str = typer.Argument(..., help="Node name, e.g. node2.")) -> None:
+    """Start a stopped node and wait until SSH and its Docker engine answer."""
+    n = _lab().start(node)
+    typer.echo(f"{n.name}: {n.state}")
+
+
+@app.command()
+def down(
+    purge: bool = typer.Option(False, help="Also remove the lab images and the lab SSH key."),
+    json: bool = JSON,
+) -> None:
+    """Remove the lab's nodes, their volumes and its network."""
+    from evc.console import print_json
+
+    removed = _lab().down(purge)
+    if json:
+        print_json(removed)
+    else:
+        for kind, names in removed.items():
+            typer.echo(f"removed {len(names)} {kind}" + (f": {', '.join(names)}" if names else ""))
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

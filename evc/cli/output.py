@@ -1,0 +1,40 @@
+"""Printing fleet results: a per-host table and the exit code that goes with it."""
+
+from __future__ import annotations
+
+import typer
+
+from evc.console import STATE_STYLE, out
+
+
+def print_run(run) -> None:
+    """Per-host table of an evc.ansible.RunResult, then a one-line summary."""
+    from rich.table import Table
+
+    table = Table(title=f"{run.playbook} on {run.target}")
+    for col in ("host", "state", "ok", "changed", "failed", "unreachable", "message"):
+        table.add_column(col)
+    for host, r in sorted(run.hosts.items()):
+        style = STATE_STYLE.get(r.state, "")
+        table.add_row(
+            host,
+            f"[{style}]{r.state}[/]",
+            str(r.ok),
+            str(r.changed),
+            str(r.failed),
+            str(r.unreachable),
+            r.message or "",
+        )
+    out.print(table)
+    bad = len(run.failed_hosts)
+    out.print(
+        f"{run.status}: {len(run.hosts) - bad} of {len(run.hosts)} hosts fine "
+        f"in {run.ended - run.started:.1f} s (artifacts: {run.artifacts_dir})",
+        highlight=False,
+    )
+
+
+def exit_for(run) -> None:
+    """Exit non-zero when any targeted host failed or was unreachable."""
+    if run is not None and not run.ok:
+        raise typer.Exit(1)
