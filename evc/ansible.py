@@ -22,8 +22,8 @@ from evc.resources import playbook as bundled_playbook
 
 MAX_FORKS = 100
 HOST_STATES = ("ok", "changed", "failed", "unreachable", "skipped")
-# Keys of a module result worth keeping; the rest (invocation, diff) is noise.
-_KEEP = ("msg", "rc", "stdout", "stderr", "changed", "ping", "ansible_facts", "results")
+# Keys of a module result that are noise in a stored result.
+_DROP = ("invocation", "diff", "stdout_lines", "stderr_lines")
 
 
 @dataclass
@@ -93,6 +93,33 @@ def resolve_hosts(inventory: Path, target: str) -> list[str]:
     return hosts
 
 
+def control_dir(ws: Workspace) -> Path:
+    """SSH ControlPersist sockets of this workspace: a short path (sockets max 108 chars)."""
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha256(str(ws.root).encode()).hexdigest()[:10]
+    path = Path(tempfile.gettempdir()) / f"evc-cp-{tag}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def close_connections(ws: Workspace) -> int:
+    """Close this workspace's persistent SSH connections (after nodes stop or change)."""
+    import subprocess
+
+    closed = 0
+    for sock in control_dir(ws).iterdir():
+        subprocess.run(
+            ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "evc-control"],
+            capture_output=True,
+            timeout=10,
+        )
+        sock.unlink(missing_ok=True)
+        closed += 1
+    return closed
+
+
 def ansible_env(ws: Workspace, forks: int, task_timeout: int) -> dict[str, str]:
     """Environment for ansible-playbook: fast, strict about host keys, quiet."""
     ssh_args = " ".join(
@@ -111,6 +138,7 @@ def ansible_env(ws: Workspace, forks: int, task_timeout: int) -> dict[str, str]:
         "ANSIBLE_FORKS": str(forks),
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_SSH_ARGS": ssh_args,
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir(ws)),
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_GATHERING": "explicit",
         "ANSIBLE_TIMEOUT": "10",
@@ -163,7 +191,9 @@ class _Collector:
                 r.failed_task = data.get("task")
                 r.message = _message(res)
             elif kind == "runner_on_ok":
-                r.outputs[data.get("task", "")] = {k: res[k] for k in _KEEP if k in res}
+                r.outputs[data.get("task", "")] = {
+                    k: v for k, v in res.items() if k not in _DROP and not k.startswith("_ansible")
+                }
             self.done.add(host)
         self._update()
         return True  # keep the event in the artifacts

@@ -288,7 +288,9 @@ def check_subnet(client, subnet: str, network_name: str, nodes: int) -> ipaddres
         net = ipaddress.ip_network(subnet, strict=True)
     except ValueError as exc:
         raise UsageError(f"--subnet {subnet!r} is not a network in CIDR form ({exc}).") from None
-    if net.version != 4 or net.num_addresses < nodes + 16:
+    if net.version != 4:
+        raise UsageError(f"--subnet {subnet} is IPv6; the lab network needs an IPv4 subnet.")
+    if net.num_addresses < nodes + 16:
         raise UsageError(
             f"--subnet {subnet} is too small for {nodes} nodes: use an IPv4 network with at "
             f"least {nodes + 16} addresses (e.g. a /24)."
@@ -547,8 +549,11 @@ class Lab:
         return nodes
 
     def stop(self, node: str) -> LabNode:
+        from evc.ansible import close_connections
+
         c = self.get(node)
         c.stop(timeout=2)
+        close_connections(self.ws)
         c.reload()
         return self._node(c)
 
@@ -571,6 +576,9 @@ class Lab:
             network.remove()
             removed["networks"].append(self.network_name)
         pin_host_keys(self.ws, {}, drop=ips)
+        from evc.ansible import close_connections
+
+        close_connections(self.ws)
         if self.ws.inventory.exists():
             inventory.write(self.ws.inventory, [])
         if purge:

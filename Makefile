@@ -1,0 +1,69 @@
+# EVC: two commands on a fresh Debian machine, as root.
+#   make demo   set up, bring up the lab fleet, run the demo on it
+#   make test   set up, run the whole test suite (unit + real lab fleet)
+# Every step is idempotent: what is already there is left alone.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := docker.io docker-registry debootstrap openssh-client tar iproute2 ca-certificates
+DOCKERD_LOG ?= /var/log/evc-dockerd.log
+DOCKERD_WAIT ?= 60
+
+.PHONY: demo test setup system-packages venv docker-engine lint bench clean
+
+demo: setup
+	$(BIN)/evc init .
+	$(BIN)/evc lab up --nodes 3
+	$(BIN)/evc lab status
+
+test: setup
+	$(BIN)/python -m pytest
+
+setup: system-packages venv docker-engine
+
+system-packages:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "EVC needs Python >= 3.11; set PYTHON=/path/to/python3.11"; exit 1; }
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# Start a Docker engine in the background if none answers; fail clearly after a bound.
+docker-engine:
+	@if docker info >/dev/null 2>&1; then exit 0; fi; \
+	command -v dockerd >/dev/null || { echo "dockerd not found: apt-get install docker.io"; exit 1; }; \
+	echo "starting dockerd in the background (log: $(DOCKERD_LOG))"; \
+	setsid dockerd >$(DOCKERD_LOG) 2>&1 </dev/null & \
+	for i in $$(seq $(DOCKERD_WAIT)); do docker info >/dev/null 2>&1 && exit 0; sleep 1; done; \
+	echo "dockerd did not answer within $(DOCKERD_WAIT) s; last lines of $(DOCKERD_LOG):"; \
+	tail -n 20 $(DOCKERD_LOG); exit 1
+
+lint: venv
+	$(BIN)/ruff check evc tests bench
+	$(BIN)/ruff format --check evc tests bench
+
+bench: setup
+	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/lab_up.py
+
+clean:
+	-$(BIN)/evc lab down
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,37 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EVC = [sys.executable, "-m", "evc"]
+
+
+def evc(*args, env=None, check=None, timeout=600):
+    """Run the real `evc` command; returns CompletedProcess (text)."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        [*EVC, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=timeout
+    )
+    if check is not None and proc.returncode != check:
+        raise AssertionError(
+            f"evc {' '.join(map(str, args))} exited {proc.returncode}, expected {check}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A fresh workspace, selected through EVC_HOME."""
+    from evc.config import init_workspace
+
+    ws = init_workspace(tmp_path / "ws")
+    monkeypatch.setenv("EVC_HOME", str(ws.root))
+    return ws
+
+
+def write_settings(root: Path, text: str) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "evc.yaml").write_text(text)

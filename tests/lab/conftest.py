@@ -1,0 +1,47 @@
+"""A 3-node lab, brought up once per session through the real CLI, torn down at the end.
+
+The lab has its own name and subnet so it never touches a demo lab on the same engine.
+"""
+
+import json
+
+import pytest
+
+from evc.config import Workspace
+from tests.conftest import evc, write_settings
+
+LAB_NAME = "evctest"
+SUBNET = "172.30.0.0/24"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/tests/lab/" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture(scope="session")
+def lab_session(tmp_path_factory):
+    """(workspace, parsed `evc lab up --json` output)."""
+    root = tmp_path_factory.mktemp("labws")
+    write_settings(root, f"name: labtest\nlab: {{name: {LAB_NAME}, subnet: {SUBNET}}}\n")
+    env = {"EVC_HOME": str(root)}
+    up = evc("lab", "up", "--nodes", "3", "--json", env=env, timeout=900)
+    if up.returncode != 0:
+        evc("lab", "down", env=env)
+        pytest.fail(f"evc lab up failed ({up.returncode}):\n{up.stderr}\n{up.stdout}")
+    try:
+        yield Workspace.load(root), json.loads(up.stdout)
+    finally:
+        evc("lab", "down", env=env, check=0)
+
+
+@pytest.fixture
+def lab_ws(lab_session):
+    return lab_session[0]
+
+
+@pytest.fixture
+def lab_env(lab_ws, monkeypatch):
+    monkeypatch.setenv("EVC_HOME", str(lab_ws.root))
+    return {"EVC_HOME": str(lab_ws.root)}

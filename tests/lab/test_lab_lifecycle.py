@@ -1,0 +1,49 @@
+"""Bad input that reaches Docker, and a lab that goes down without leftovers."""
+
+import json
+
+from evc.lab import LABEL, docker_client
+from tests.conftest import evc, write_settings
+from tests.lab.conftest import SUBNET
+
+
+def _leftovers(client, name):
+    f = {"label": f"{LABEL}={name}"}
+    return (
+        client.containers.list(all=True, filters=f),
+        client.networks.list(filters=f),
+        client.volumes.list(filters=f),
+    )
+
+
+def test_clashing_subnet_is_refused_and_creates_nothing(lab_ws, tmp_path):
+    write_settings(tmp_path, "lab: {name: evcclash}\n")
+    overlapping = SUBNET.replace("/24", "/25")
+    proc = evc(
+        "lab",
+        "up",
+        "--nodes",
+        "1",
+        "--subnet",
+        overlapping,
+        env={"EVC_HOME": str(tmp_path)},
+        check=2,
+    )
+    assert "overlaps Docker network 'evc-evctest'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _leftovers(docker_client(), "evcclash") == ([], [], [])
+
+
+def test_down_leaves_no_container_network_or_volume(lab_ws, tmp_path):
+    write_settings(tmp_path, "lab: {name: evcdown, subnet: 172.31.240.0/24}\n")
+    env = {"EVC_HOME": str(tmp_path)}
+    up = json.loads(
+        evc("lab", "up", "--nodes", "1", "--profile", "rpi", "--json", env=env, check=0).stdout
+    )
+    assert up["ping"]["status"] == "success" and up["created"]
+    client = docker_client()
+    assert all(_leftovers(client, "evcdown"))
+    down = json.loads(evc("lab", "down", "--json", env=env, check=0).stdout)
+    assert down["containers"] == ["evc-evcdown-node1"]
+    assert _leftovers(client, "evcdown") == ([], [], [])
+    assert (tmp_path / ".evc" / "known_hosts").read_text() == ""

@@ -1,0 +1,65 @@
+"""ansible-runner events -> per-host results (pure parsing, no Ansible run)."""
+
+from evc.ansible import RunResult, _Collector
+
+
+def _ev(kind, host=None, **data):
+    return {"event": kind, "event_data": {"host": host, **data}}
+
+
+def _run(events, hosts=("a", "b", "c", "d")):
+    c = _Collector(list(hosts), None)
+    for e in events:
+        c(e)
+    return RunResult("p.yml", "all", "id", "/x", 0.0, 1.0, 2, c.hosts)
+
+
+def test_states_messages_and_outputs():
+    run = _run(
+        [
+            _ev("playbook_on_task_start", task="probe"),
+            _ev("runner_on_ok", "a", task="probe", res={"stdout": "20.10", "invocation": {}}),
+            _ev("runner_on_failed", "b", task="probe", res={"msg": "non-zero return code"}),
+            _ev("runner_on_unreachable", "c", task="probe", res={"msg": "ssh: timed out"}),
+            _ev("runner_on_failed", "d", task="probe", res={"msg": "x"}, ignore_errors=True),
+            _ev(
+                "playbook_on_stats",
+                ok={"a": 1, "d": 1},
+                changed={"d": 1},
+                failures={"b": 1},
+                dark={"c": 1},
+            ),
+        ]
+    )
+    assert {h: r.state for h, r in run.hosts.items()} == {
+        "a": "ok",
+        "b": "failed",
+        "c": "unreachable",
+        "d": "changed",
+    }
+    assert run.hosts["a"].outputs == {"probe": {"stdout": "20.10"}}
+    assert run.hosts["b"].message == "non-zero return code"
+    assert run.hosts["c"].failed_task == "probe"
+    assert run.hosts["d"].message is None
+    assert run.failed_hosts == ["b", "c"]
+    assert run.status == "partial" and not run.ok
+    assert run.to_dict()["status"] == "partial"
+
+
+def test_all_fine_is_success_and_all_down_is_error():
+    ok = _run([_ev("playbook_on_stats", ok={"a": 1})], hosts=["a"])
+    ok.rc = 0
+    assert ok.status == "success" and ok.ok
+    down = _run([_ev("playbook_on_stats", dark={"a": 1})], hosts=["a"])
+    assert down.status == "error"
+
+
+def test_message_is_last_line_of_stderr_when_no_msg():
+    run = _run(
+        [
+            _ev("runner_on_failed", "a", task="t", res={"stderr": "first\nthe real reason"}),
+            _ev("playbook_on_stats", failures={"a": 1}),
+        ],
+        hosts=["a"],
+    )
+    assert run.hosts["a"].message == "the real reason"

@@ -1,0 +1,48 @@
+"""The CLI's bad-input paths: clear message, exit code, no traceback, nothing created."""
+
+from tests.conftest import evc
+
+
+def _no_traceback(proc):
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_help_lists_commands():
+    proc = evc("--help", check=0)
+    for word in ("init", "lab"):
+        assert word in proc.stdout
+    assert "up" in evc("lab", "--help", check=0).stdout
+
+
+def test_version():
+    assert evc("--version", check=0).stdout.startswith("evc ")
+
+
+def test_lab_up_zero_nodes_is_a_usage_error(workspace):
+    proc = evc("lab", "up", "--nodes", "0", check=2)
+    assert "--nodes 0 is out of range" in proc.stderr
+    _no_traceback(proc)
+
+
+def test_lab_up_unknown_profile(workspace):
+    proc = evc("lab", "up", "--profile", "cray", check=2)
+    assert "Unknown profile 'cray'" in proc.stderr
+    _no_traceback(proc)
+
+
+def test_no_workspace(tmp_path):
+    proc = evc("lab", "status", env={"EVC_HOME": str(tmp_path / "none")}, check=2)
+    assert "evc init" in proc.stderr
+    _no_traceback(proc)
+
+
+def test_no_docker_engine_is_an_environment_error(workspace):
+    proc = evc("lab", "status", env={"DOCKER_HOST": "unix:///nonexistent.sock"}, check=1)
+    assert "No Docker engine answers" in proc.stderr
+    _no_traceback(proc)
+
+
+def test_init_creates_workspace(tmp_path):
+    proc = evc("init", tmp_path / "w", "--name", "edge", check=0)
+    assert "edge" in proc.stdout
+    assert (tmp_path / "w" / "evc.yaml").is_file()

@@ -1,0 +1,28 @@
+import yaml
+
+from evc import inventory
+from evc.inventory import InventoryHost
+
+
+def test_render_groups_and_hostvars(tmp_path):
+    hosts = [
+        InventoryHost("n2", "10.0.0.2", groups=["lab", "profile_nuc"], labels={"hw": "nuc"}),
+        InventoryHost("n1", "10.0.0.1", port=2222, groups=["lab"], key_file="/k/id"),
+    ]
+    path = inventory.write(tmp_path / "inv" / "hosts.yml", hosts)
+    data = yaml.safe_load(path.read_text())
+    assert list(data["all"]["hosts"]) == ["n1", "n2"]
+    assert data["all"]["hosts"]["n1"]["ansible_port"] == 2222
+    assert data["all"]["hosts"]["n1"]["ansible_ssh_private_key_file"] == "/k/id"
+    assert "ansible_ssh_private_key_file" not in data["all"]["hosts"]["n2"]
+    assert data["all"]["hosts"]["n2"]["evc_labels"] == {"hw": "nuc"}
+    assert set(data["all"]["children"]["lab"]["hosts"]) == {"n1", "n2"}
+    assert set(data["all"]["children"]["profile_nuc"]["hosts"]) == {"n2"}
+
+
+def test_write_replaces_atomically_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "hosts.yml"
+    inventory.write(path, [InventoryHost("a", "10.0.0.1")])
+    inventory.write(path, [])
+    assert yaml.safe_load(path.read_text())["all"]["hosts"] == {}
+    assert [p.name for p in tmp_path.iterdir()] == ["hosts.yml"]
