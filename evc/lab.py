@@ -582,12 +582,16 @@ class Lab:
         if self.ws.inventory.exists():
             inventory.write(self.ws.inventory, [])
         if purge:
-            for image in self.client.images.list(name=f"{IMAGE_REPO}/node"):
-                removed["images"] += image.tags
-                self.client.images.remove(image.id, force=True)
-            for image in self.client.images.list(name=f"{IMAGE_REPO}/base"):
-                removed["images"] += image.tags
-                self.client.images.remove(image.id, force=True)
+            import docker.errors
+
+            removed["kept_in_use"] = []
+            for repo in ("node", "base"):  # node images first: they sit on the base
+                for image in self.client.images.list(name=f"{IMAGE_REPO}/{repo}"):
+                    try:
+                        self.client.images.remove(image.id, force=True)
+                        removed["images"] += image.tags
+                    except docker.errors.APIError:  # another lab's nodes still use it
+                        removed["kept_in_use"] += image.tags
             shutil.rmtree(self.ws.private_dir / "keys", ignore_errors=True)
         return removed
 
