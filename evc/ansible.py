@@ -264,7 +264,7 @@ def run_playbook(
             f"ansible-playbook {path.name} did not run ({runner.status}, rc={runner.rc}); "
             f"see {Path(runner.config.artifact_dir) / 'stdout'}."
         )
-    return RunResult(
+    result = RunResult(
         playbook=path.name,
         target=target,
         ident=ident,
@@ -274,3 +274,7 @@ def run_playbook(
         rc=runner.rc,
         hosts=collector.hosts,
     )
+    from evc.db import record_run, workspace_db
+
+    record_run(workspace_db(ws), result)
+    return result

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evc import inventory
 from evc.config import Workspace
 from evc.errors import EVCError, UsageError
+from evc.keys import controller_key, pin_host_keys
 
 MAX_NODES = 64
 SUITE = "bookworm"
@@ -222,47 +222,6 @@ def ensure_node_image(client, base_tag: str, log=print) -> tuple[str, bool]:
     return tag, True
 
 
-# ----------------------------------------------------------------- keys, hosts
-
-
-def lab_key(ws: Workspace) -> tuple[Path, str]:
-    """The lab's SSH key pair (ed25519, private file 0600 in the workspace)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    keys = ws.ensure_private_dir() / "keys"
-    keys.mkdir(mode=0o700, exist_ok=True)
-    private = keys / "lab_ed25519"
-    if not private.exists():
-        key = Ed25519PrivateKey.generate()
-        data = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        pub = key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        (keys / "lab_ed25519.pub").write_text(pub.decode() + f" evc-lab-{ws.lab_name}\n")
-    return private, (keys / "lab_ed25519.pub").read_text().strip()
-
-
-def pin_host_keys(ws: Workspace, keys: dict[str, str], drop: set[str] = frozenset()) -> None:
-    """Replace the known_hosts lines of the given addresses (and ``drop``) atomically."""
-    ws.ensure_private_dir()
-    path = ws.known_hosts
-    gone = set(keys) | set(drop)
-    lines = path.read_text().splitlines() if path.exists() else []
-    kept = [ln for ln in lines if ln.split(" ", 1)[0] not in gone]
-    kept += [f"{addr} {key}" for addr, key in sorted(keys.items())]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in kept))
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------- network
 
 
@@ -398,7 +357,7 @@ class Lab:
             image, built = ensure_node_image(self.client, base, log)
             result.images_built += [image] if built else []
             timings["images_s"] = time.monotonic() - t0
-            key_file, pubkey = lab_key(self.ws)
+            _, pubkey = controller_key(self.ws)
             network = self.network()
             if network is None:
                 import docker.types
@@ -439,7 +398,7 @@ class Lab:
             ready = self._wait_ready(list(wanted))
             timings["nodes_s"] = time.monotonic() - t1
             pin_host_keys(self.ws, {ip: ready[n] for n, (_, _, ip) in wanted.items()})
-            self.write_inventory(key_file)
+            self.register()
         except BaseException:
             for action in reversed(undo):
                 try:
@@ -513,19 +472,22 @@ class Lab:
         with ThreadPoolExecutor(max_workers=min(len(names), 16) or 1) as pool:
             return dict(zip(names, pool.map(ready, names), strict=True))
 
-    def write_inventory(self, key_file: Path | None = None) -> Path:
-        key_file = key_file or lab_key(self.ws)[0]
-        hosts = [
-            inventory.InventoryHost(
+    def register(self, progress: bool = False) -> list:
+        """Enrol nodes that are not devices yet, through the device code (facts included)."""
+        from evc import devices
+
+        known = {d["name"] for d in devices.list_devices(self.ws)}
+        new = [
+            devices.Device(
                 name=n.name,
                 host=n.ip,
                 groups=["lab", f"profile_{n.profile}"],
-                labels={"profile": n.profile, **PROFILES[n.profile].labels},
-                key_file=str(key_file),
+                labels={"lab": self.name, "profile": n.profile, **PROFILES[n.profile].labels},
             )
             for n in self.nodes()
+            if n.name not in known
         ]
-        return inventory.write(self.ws.inventory, hosts)
+        return devices.add(self.ws, new, scan_keys=False, progress=progress) if new else []
 
     # ------------------------------------------------------- status/stop/start/down
 
@@ -579,8 +541,11 @@ class Lab:
         from evc.ansible import close_connections
 
         close_connections(self.ws)
-        if self.ws.inventory.exists():
-            inventory.write(self.ws.inventory, [])
+        from evc import devices
+
+        for d in devices.list_devices(self.ws):
+            if d["labels"].get("lab") == self.name:
+                devices.remove(self.ws, d["name"])
         if purge:
             import docker.errors
 
@@ -592,7 +557,6 @@ class Lab:
                         removed["images"] += image.tags
                     except docker.errors.APIError:  # another lab's nodes still use it
                         removed["kept_in_use"] += image.tags
-            shutil.rmtree(self.ws.private_dir / "keys", ignore_errors=True)
         return removed
 
 

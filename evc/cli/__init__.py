@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import typer
 
 from evc import __version__
-from evc.cli import lab
+from evc.cli import device, inventory, lab
 
 app = typer.Typer(
     name="evc",
@@ -22,6 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(device.app, name="device")
+app.add_typer(inventory.app, name="inventory")
 app.add_typer(lab.app, name="lab")
 
 
@@ -55,22 +58,50 @@ def init(
 def main() -> None:
     from evc.errors import EVCError
 
+    started = time.time()
+    code = 0
     try:
         app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except EVCError as exc:
-        _fail(str(exc), exc.exit_code)
+        code = _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        code = _fail("interrupted", 130)
     except Exception as exc:  # a bug: one line, the traceback only when asked for
         if os.environ.get("EVC_DEBUG"):
             raise
-        _fail(f"internal error: {type(exc).__name__}: {exc} (set EVC_DEBUG=1 for a traceback)", 1)
+        code = _fail(f"internal error: {type(exc).__name__}: {exc} (set EVC_DEBUG=1)", 1)
+    _audit(sys.argv[1:], code, time.time() - started)
+    sys.exit(code)
 
 
-def _fail(message: str, code: int) -> None:
+def _audit(args: list[str], code: int, duration: float) -> None:
+    """Record the action in the workspace's audit log (commands that change or run things)."""
+    if not args or args[0] in ("--help", "--version", "init") or "--help" in args:
+        return
+    from evc.config import Workspace
+    from evc.errors import EVCError
+
+    try:
+        ws = Workspace.find()
+    except EVCError:
+        return  # no workspace: nothing to record in
+    from evc.db import audit, workspace_db
+
+    audit(
+        workspace_db(ws),
+        " ".join(a for a in args[:2] if not a.startswith("-")),
+        args,
+        code,
+        duration,
+    )
+
+
+def _fail(message: str, code: int) -> int:
     from rich.markup import escape
 
     from evc.console import err
 
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    sys.exit(code)
+    return code

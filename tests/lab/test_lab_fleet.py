@@ -18,7 +18,7 @@ def test_up_reports_every_node_and_pins_distinct_host_keys(lab_session):
     assert result["ping"]["status"] == "success"
     keys = [ln.split()[2] for ln in lab_ws.known_hosts.read_text().splitlines()]
     assert len(keys) == 3 and len(set(keys)) == 3
-    key = lab_ws.private_dir / "keys" / "lab_ed25519"
+    key = lab_ws.private_dir / "keys" / "id_ed25519"
     assert key.stat().st_mode & 0o777 == 0o600
     assert "PRIVATE KEY" not in lab_ws.inventory.read_text()
 

@@ -7,14 +7,13 @@ from evc.inventory import InventoryHost
 def test_render_groups_and_hostvars(tmp_path):
     hosts = [
         InventoryHost("n2", "10.0.0.2", groups=["lab", "profile_nuc"], labels={"hw": "nuc"}),
-        InventoryHost("n1", "10.0.0.1", port=2222, groups=["lab"], key_file="/k/id"),
+        InventoryHost("n1", "10.0.0.1", port=2222, groups=["lab"]),
     ]
-    path = inventory.write(tmp_path / "inv" / "hosts.yml", hosts)
+    path = inventory.write(tmp_path / "inv" / "hosts.yml", hosts, {"ansible_user_dir": "/k"})
     data = yaml.safe_load(path.read_text())
     assert list(data["all"]["hosts"]) == ["n1", "n2"]
     assert data["all"]["hosts"]["n1"]["ansible_port"] == 2222
-    assert data["all"]["hosts"]["n1"]["ansible_ssh_private_key_file"] == "/k/id"
-    assert "ansible_ssh_private_key_file" not in data["all"]["hosts"]["n2"]
+    assert data["all"]["vars"] == {"ansible_user_dir": "/k"}
     assert data["all"]["hosts"]["n2"]["evc_labels"] == {"hw": "nuc"}
     assert set(data["all"]["children"]["lab"]["hosts"]) == {"n1", "n2"}
     assert set(data["all"]["children"]["profile_nuc"]["hosts"]) == {"n2"}

@@ -1,0 +1,144 @@
+"""`evc device`: enrol devices, see them, check them."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    help="Register devices, gather their facts, check they answer.", no_args_is_help=True
+)
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+TARGET = typer.Argument("all", help="Ansible pattern: host, group, or 'group:&other'.")
+
+
+def _ws():
+    from evc.config import Workspace
+
+    return Workspace.find()
+
+
+def _print_results(results, json: bool, title: str) -> None:
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from evc.console import STATE_STYLE, out, print_json
+
+    if json:
+        print_json([asdict(r) for r in results])
+    else:
+        table = Table(title=title)
+        for col in ("device", "state", "message"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(r.name, f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]", r.message or "")
+        out.print(table)
+    if any(r.state in ("failed", "unreachable") for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def add(
+    name: str = typer.Argument(..., help="Device name (letters, digits, . _ -)."),
+    host: str = typer.Option(..., "--host", help="IP address or DNS name."),
+    port: int = typer.Option(22, help="SSH port."),
+    user: str = typer.Option("root", help="SSH user."),
+    group: list[str] = typer.Option(None, "--group", "-g", help="Group (repeatable)."),
+    role: str = typer.Option("worker", help="builder or worker."),
+    label: list[str] = typer.Option(None, "--label", "-l", help="KEY=VALUE (repeatable)."),
+    lat: float = typer.Option(None, help="Latitude, for the fleet map."),
+    lon: float = typer.Option(None, help="Longitude, for the fleet map."),
+    json: bool = JSON,
+) -> None:
+    """Register a device: pin its SSH host key, gather its facts, add it to the inventory."""
+    from evc import devices
+
+    device = devices.parse_device(
+        dict(
+            name=name,
+            host=host,
+            port=port,
+            user=user,
+            role=role,
+            groups=group or [],
+            labels=devices.parse_labels(label or []),
+            lat=lat,
+            lon=lon,
+        )
+    )
+    _print_results(devices.add(_ws(), [device], progress=not json), json, f"device add {name}")
+
+
+@app.command("list")
+def list_(
+    group: str = typer.Option(None, "--group", "-g", help="Only devices in this group."),
+    json: bool = JSON,
+) -> None:
+    """All devices with their facts and liveness."""
+    from rich.table import Table
+
+    from evc import devices
+    from evc.console import out, print_json
+
+    rows = devices.list_devices(_ws(), group)
+    if json:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} devices")
+    for col in ("name", "host", "role", "groups", "arch", "CPU", "memory", "accel", "status"):
+        table.add_column(col)
+    for d in rows:
+        mem = f"{d['mem_bytes'] / 2**30:.1f} GiB" if d.get("mem_bytes") else "-"
+        table.add_row(
+            d["name"],
+            f"{d['host']}:{d['port']}",
+            d["role"],
+            ",".join(d["groups"]),
+            d.get("arch") or "-",
+            f"{d['cpu_count']:g}" if d.get("cpu_count") else "-",
+            mem,
+            d.get("accelerator") or "-",
+            d["status"],
+        )
+    out.print(table)
+
+
+@app.command()
+def show(name: str, json: bool = JSON) -> None:
+    """One device, every field."""
+    from evc import db, devices
+    from evc.console import out, print_json
+
+    ws = _ws()
+    device = devices.get(db.workspace_db(ws), name)
+    if json:
+        print_json(device)
+    else:
+        for key, value in device.items():
+            out.print(f"[bold]{key:>15}[/] {value}", highlight=False)
+
+
+@app.command()
+def remove(name: str) -> None:
+    """Remove a device from the database and the inventory."""
+    from evc import devices
+
+    devices.remove(_ws(), name)
+    typer.echo(f"removed {name}")
+
+
+@app.command()
+def facts(target: str = TARGET, json: bool = JSON) -> None:
+    """Gather facts again (arch, OS, CPUs, memory, disk, Docker, accelerator)."""
+    from evc import devices
+
+    _print_results(devices.gather_facts(_ws(), target, progress=not json), json, "facts")
+
+
+@app.command()
+def ping(target: str = TARGET, json: bool = JSON) -> None:
+    """Reach every targeted device in one parallel run; update last_seen and status."""
+    from evc import devices
+
+    _print_results(devices.ping(_ws(), target, progress=not json), json, "ping")

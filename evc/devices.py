@@ -1,0 +1,332 @@
+"""Devices: validation, the devices table, host-key pinning, facts, liveness, inventory.
+
+The inventory is generated from the database on every change, so the database is
+the one source of truth; the lab registers its nodes through the same code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from evc import db as evcdb
+from evc import inventory
+from evc.config import Workspace
+from evc.errors import UsageError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+LABEL_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
+FACT_FIELDS = (
+    "arch", "os", "kernel", "cpu_count", "mem_bytes", "disk_bytes", "accelerator",
+    "docker_version",
+)  # fmt: skip
+RESERVED_GROUPS = {"all", "ungrouped", "builders", "workers"}
+
+
+class Device(BaseModel):
+    """A device as the user describes it (facts are gathered, not given)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str = "root"
+    role: str = "worker"
+    groups: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(
+                "use letters, digits, '.', '_' or '-' (no spaces or shell characters), "
+                "starting with a letter or digit, at most 63 characters"
+            )
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            pass
+        if re.fullmatch(r"[0-9.]+", v) or not HOSTNAME_RE.match(v):
+            raise ValueError("expected an IPv4/IPv6 address or a DNS host name")
+        return v.lower()
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not USER_RE.match(v):
+            raise ValueError("expected a POSIX user name (lower-case letters, digits, _ or -)")
+        return v
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, v: str) -> str:
+        if v not in ("builder", "worker"):
+            raise ValueError("expected 'builder' or 'worker'")
+        return v
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        for g in v:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", g) or g in RESERVED_GROUPS:
+                raise ValueError(
+                    f"group {g!r}: use lower-case letters, digits and '_' (Ansible group names), "
+                    f"not one of {sorted(RESERVED_GROUPS)}"
+                )
+        return sorted(set(v))
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if not LABEL_KEY_RE.match(k):
+                raise ValueError(f"label key {k!r}: use letters, digits, '.', '_' or '-'")
+        return v
+
+
+def parse_device(data: dict[str, Any], where: str = "") -> Device:
+    """Validate ``data`` into a Device; a UsageError names each bad field."""
+    try:
+        return Device(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'device'}: " + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        raise UsageError(f"{where}invalid device: {problems}.") from None
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label {item!r}: expected KEY=VALUE.")
+        out[key] = value
+    return out
+
+
+# ------------------------------------------------------------------ host keys
+
+
+def _known_host_name(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def pinned_keys(ws: Workspace, host: str, port: int = 22) -> set[str]:
+    """The 'type base64' keys pinned for host:port."""
+    name = _known_host_name(host, port)
+    if not ws.known_hosts.exists():
+        return set()
+    return {
+        " ".join(parts[1:3])
+        for parts in (ln.split() for ln in ws.known_hosts.read_text().splitlines())
+        if len(parts) >= 3 and name in parts[0].split(",")
+    }
+
+
+def scan_host_keys(host: str, port: int, timeout: int = 5) -> set[str]:
+    """The host's keys as it presents them now (ssh-keyscan); empty if unreachable."""
+    proc = subprocess.run(
+        ["ssh-keyscan", "-T", str(timeout), "-p", str(port), "-t", "ed25519,ecdsa,rsa", host],
+        capture_output=True,
+        text=True,
+    )
+    return {" ".join(ln.split()[1:3]) for ln in proc.stdout.splitlines() if not ln.startswith("#")}
+
+
+def pin_host(ws: Workspace, host: str, port: int, keys: set[str]) -> None:
+    """Trust on first use; a different key later is refused, never replaced."""
+    from evc.lab import pin_host_keys
+
+    known = pinned_keys(ws, host, port)
+    if known and keys and not (known & keys):
+        raise UsageError(
+            f"The SSH host key of {host}:{port} has CHANGED since it was pinned in "
+            f"{ws.known_hosts}. That may be a re-installed device or an impostor; EVC will "
+            "not connect. If the change is expected, remove the old line from that file."
+        )
+    if keys and not known:
+        pin_host_keys(ws, {_known_host_name(host, port): sorted(keys)[0]})
+
+
+# ------------------------------------------------------------------ inventory
+
+
+def inventory_hosts(rows: list[dict]) -> list[inventory.InventoryHost]:
+    hosts = []
+    for d in rows:
+        groups = list(d["groups"]) + [d["role"] + "s"]
+        if d.get("arch"):
+            groups.append("arch_" + re.sub(r"\W", "_", d["arch"]))
+        if d.get("accelerator") and d["accelerator"] != "none":
+            groups.append("accel_" + re.sub(r"\W", "_", d["accelerator"].split(":")[0]))
+        hosts.append(
+            inventory.InventoryHost(
+                name=d["name"],
+                host=d["host"],
+                port=d["port"],
+                user=d["user"],
+                groups=groups,
+                labels=d["labels"],
+            )  # fmt: skip
+        )
+    return hosts
+
+
+def regenerate_inventory(ws: Workspace, db) -> None:
+    """hosts.yml from the devices table (atomic); the controller key applies to all."""
+    from evc.keys import controller_key
+
+    rows = [evcdb.device_from_row(r) for r in db["devices"].rows_where(order_by="name")]
+    inventory.write(
+        ws.inventory,
+        inventory_hosts(rows),
+        all_vars={"ansible_ssh_private_key_file": str(controller_key(ws)[0])},
+    )
+
+
+# ------------------------------------------------------------------ operations
+
+
+@dataclass
+class DeviceResult:
+    """Outcome for one device of an add/facts/ping: ok, unreachable or failed."""
+
+    name: str
+    state: str
+    message: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def get(db, name: str) -> dict:
+    rows = list(db["devices"].rows_where("name = ?", [name]))
+    if not rows:
+        known = [r["name"] for r in db.query("select name from devices order by name limit 20")]
+        hint = ", ".join(known) if known else "none yet (evc device add)"
+        raise UsageError(f"No device named {name!r}. Known devices: {hint}.")
+    return evcdb.device_from_row(rows[0])
+
+
+def add(ws: Workspace, devices: list[Device], *, scan_keys: bool = True,
+        progress: bool = True) -> list[DeviceResult]:  # fmt: skip
+    """Register devices and gather their facts in one parallel run.
+
+    Validation, duplicate names and changed host keys refuse the whole batch
+    before anything is written. An unreachable device is stored as unreachable.
+    """
+    db = evcdb.workspace_db(ws)
+    names = [d.name for d in devices]
+    dupes = {n for n in names if names.count(n) > 1}
+    existing = {r["name"] for r in db.query("select name from devices")} & set(names)
+    if dupes or existing:
+        raise UsageError(f"Device name already used: {', '.join(sorted(dupes | existing))}.")
+    scanned = {}
+    if scan_keys:
+        for d in devices:
+            scanned[d.name] = keys = scan_host_keys(d.host, d.port)
+            known = pinned_keys(ws, d.host, d.port)
+            if known and keys and not (known & keys):
+                pin_host(ws, d.host, d.port, keys)  # raises with the full message
+    now = time.time()
+    with db.conn:
+        db["devices"].insert_all(
+            evcdb.device_row({**d.model_dump(), "added_at": now, "status": "unknown"})
+            for d in devices
+        )
+    for d in devices:
+        if scanned.get(d.name):
+            pin_host(ws, d.host, d.port, scanned[d.name])
+    regenerate_inventory(ws, db)
+    return gather_facts(ws, ",".join(names), progress=progress)
+
+
+def remove(ws: Workspace, name: str) -> dict:
+    db = evcdb.workspace_db(ws)
+    device = get(db, name)
+    with db.conn:
+        db["devices"].delete(name)
+    regenerate_inventory(ws, db)
+    return device
+
+
+def list_devices(ws: Workspace, group: str | None = None) -> list[dict]:
+    db = evcdb.workspace_db(ws)
+    if group:
+        rows = db.query(
+            "select * from devices where exists "
+            "(select 1 from json_each(devices.groups) where value = ?) order by name",
+            [group],
+        )
+    else:
+        rows = db.query("select * from devices order by name")
+    return [evcdb.device_from_row(r) for r in rows]
+
+
+def _liveness(db, run) -> None:
+    """last_seen/status from a run: unreachable hosts go unreachable, others online."""
+    now = time.time()
+    with db.conn:
+        for host, r in run.hosts.items():
+            if r.state == "unreachable":
+                db.execute("update devices set status = 'unreachable' where name = ?", [host])
+            else:
+                db.execute(
+                    "update devices set status = 'online', last_seen = ? where name = ?",
+                    [now, host],
+                )
+
+
+def gather_facts(ws: Workspace, target: str = "all", progress: bool = True) -> list[DeviceResult]:
+    """Run the facts playbook on ``target`` and store what each host reports."""
+    from evc.ansible import run_playbook
+
+    db = evcdb.workspace_db(ws)
+    run = run_playbook(ws, "facts.yml", target, progress=progress)
+    results = []
+    with db.conn:
+        for host, r in run.hosts.items():
+            facts = {}
+            out = r.outputs.get("facts", {}).get("stdout")
+            if out:
+                try:
+                    raw = json.loads(out)
+                    facts = {k: raw.get(k) for k in FACT_FIELDS}
+                except json.JSONDecodeError:
+                    r.state, r.message = "failed", f"facts script printed no JSON: {out[:200]}"
+            if facts:
+                db["devices"].update(host, facts)
+            results.append(DeviceResult(host, r.state, r.message, facts))
+    _liveness(db, run)
+    regenerate_inventory(ws, db)  # arch/accelerator groups follow the facts
+    return results
+
+
+def ping(ws: Workspace, target: str = "all", progress: bool = True) -> list[DeviceResult]:
+    """Reach every targeted host in one parallel run; update last_seen and status."""
+    from evc.ansible import run_playbook
+
+    db = evcdb.workspace_db(ws)
+    run = run_playbook(ws, "ping.yml", target, progress=progress)
+    _liveness(db, run)
+    return [DeviceResult(h, r.state, r.message) for h, r in sorted(run.hosts.items())]

@@ -1,0 +1,132 @@
+"""Device validation and bookkeeping that needs no network: bad input changes nothing."""
+
+import time
+
+import pytest
+import yaml
+
+from evc import db as evcdb
+from evc import devices
+from evc.ansible import resolve_hosts
+from evc.errors import UsageError
+from tests.conftest import evc
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("name", "bad name", "name: use letters"),
+        ("name", "x;rm -rf /", "name: use letters"),
+        ("name", "$(id)", "name: use letters"),
+        ("host", "300.1.1.1", "host: expected an IPv4/IPv6 address"),
+        ("host", "exa mple.com", "host: expected"),
+        ("host", "-oProxyCommand=x", "host: expected"),
+        ("port", 0, "port: Input should be greater than or equal to 1"),
+        ("port", 70000, "port: Input should be less than or equal to 65535"),
+        ("user", "Root User", "user: expected a POSIX user name"),
+        ("role", "boss", "role: expected 'builder' or 'worker'"),
+        ("groups", ["all"], "groups: group 'all'"),
+        ("groups", ["Jetson Nano"], "groups: group 'Jetson Nano'"),
+        ("lat", 91.0, "lat: Input should be less than or equal to 90"),
+        ("labels", {"bad key": "v"}, "labels: label key 'bad key'"),
+    ],
+)
+def test_each_bad_field_is_named(field, value, match):
+    data = {"name": "n1", "host": "10.0.0.1", field: value}
+    with pytest.raises(UsageError, match=match):
+        devices.parse_device(data)
+
+
+def test_good_device_is_normalised():
+    d = devices.parse_device(
+        {"name": "jetson-01", "host": "Edge.Example.COM", "groups": ["b", "a", "a"]}
+    )
+    assert d.host == "edge.example.com" and d.groups == ["a", "b"] and d.role == "worker"
+    assert devices.parse_device({"name": "x", "host": "fe80::1"}).host == "fe80::1"
+
+
+def test_labels_parse():
+    assert devices.parse_labels(["a=1", "b=x=y"]) == {"a": "1", "b": "x=y"}
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        devices.parse_labels(["novalue"])
+
+
+def _count(ws):
+    return evcdb.workspace_db(ws)["devices"].count
+
+
+def test_cli_bad_input_exits_2_and_writes_nothing(workspace):
+    for args in (
+        ["bad name", "--host", "10.0.0.1"],
+        ["n1", "--host", "10.0.0.999"],
+        ["n1", "--host", "10.0.0.1", "--port", "99999"],
+        ["n1", "--host", "10.0.0.1", "--label", "oops"],
+    ):
+        proc = evc("device", "add", *args, check=2)
+        assert (
+            "Traceback" not in proc.stderr and "invalid" in proc.stderr or "--label" in proc.stderr
+        )
+    assert _count(workspace) == 0
+    assert not workspace.inventory.exists()
+
+
+def test_duplicate_name_is_refused_before_any_network(workspace):
+    db = evcdb.workspace_db(workspace)
+    db["devices"].insert(evcdb.device_row({"name": "n1", "host": "10.9.9.9", "added_at": 1.0}))
+    proc = evc("device", "add", "n1", "--host", "10.0.0.2", check=2)
+    assert "already used: n1" in proc.stderr
+    assert [r["host"] for r in db["devices"].rows] == ["10.9.9.9"]
+
+
+def test_unknown_device_lists_known_ones(workspace):
+    db = evcdb.workspace_db(workspace)
+    db["devices"].insert(evcdb.device_row({"name": "pi1", "host": "10.0.0.5", "added_at": 1.0}))
+    proc = evc("device", "show", "pi9", check=2)
+    assert "No device named 'pi9'" in proc.stderr and "pi1" in proc.stderr
+    proc = evc("device", "remove", "pi9", check=2)
+    assert _count(workspace) == 1
+
+
+def test_inventory_from_database_has_role_arch_and_accel_groups(workspace):
+    db = evcdb.workspace_db(workspace)
+    rows = [
+        {
+            "name": "orin1",
+            "host": "10.0.0.1",
+            "role": "worker",
+            "groups": ["jetson"],
+            "labels": {},
+            "arch": "arm64",
+            "accelerator": "jetson",
+            "added_at": time.time(),
+        },
+        {
+            "name": "nuc1",
+            "host": "10.0.0.2",
+            "role": "builder",
+            "groups": [],
+            "arch": "amd64",
+            "accelerator": "none",
+            "labels": {"site": "lab"},
+            "added_at": time.time(),
+        },
+    ]
+    db["devices"].insert_all(evcdb.device_row(r) for r in rows)
+    devices.regenerate_inventory(workspace, db)
+    inv = yaml.safe_load(workspace.inventory.read_text())
+    groups = {g: set(v["hosts"]) for g, v in inv["all"]["children"].items()}
+    assert groups == {
+        "jetson": {"orin1"},
+        "workers": {"orin1"},
+        "builders": {"nuc1"},
+        "arch_arm64": {"orin1"},
+        "arch_amd64": {"nuc1"},
+        "accel_jetson": {"orin1"},
+    }
+    assert inv["all"]["hosts"]["nuc1"]["evc_labels"] == {"site": "lab"}
+    assert inv["all"]["vars"]["ansible_ssh_private_key_file"].endswith("/.evc/keys/id_ed25519")
+    assert "PRIVATE" not in workspace.inventory.read_text()
+    # Ansible patterns resolve against it; an unknown group names the known ones.
+    assert resolve_hosts(workspace.inventory, "workers:&arch_arm64") == ["orin1"]
+    with pytest.raises(UsageError, match="Known groups: .*jetson"):
+        resolve_hosts(workspace.inventory, "raspberries")
