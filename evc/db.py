@@ -1,19 +1,30 @@
 """The workspace database: SQLite through sqlite-utils, WAL, named migrations.
 
-Later capabilities add tables by appending to ``MIGRATIONS``; each applied
-migration is recorded in the ``migrations`` table. Times are unix epoch seconds.
+Times are unix epoch seconds (UTC). Writers take the lock up front with
+:func:`transaction` (``BEGIN IMMEDIATE``), so concurrent ``evc`` processes queue
+for up to the busy timeout instead of failing with "database is locked".
+
+To add tables, append ``("NNNN_name", function)`` to ``MIGRATIONS``. The function
+gets the database inside the migration's transaction; use ``db.execute`` or
+``db.executescript`` (sqlite-utils keeps both inside it), never
+``db.conn.executescript``, which commits first.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+
+BUSY_TIMEOUT_MS = 30000
+_JSON_FIELDS = ("groups", "labels")
 
 
 def _core(db: sqlite_utils.Database) -> None:
@@ -73,45 +84,60 @@ def _core(db: sqlite_utils.Database) -> None:
     )
 
 
+# Applied in order, once each; never edit or reorder a released entry, append a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_core", _core),
 ]
 
 
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error); a savepoint when nested."""
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    db.conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for the write lock
+    try:
+        yield db
+        db.conn.execute("COMMIT")
+    except BaseException:
+        db.rollback()
+        raise
+
+
+def _applied(db: sqlite_utils.Database) -> set[str]:
+    try:
+        return {row[0] for row in db.conn.execute("SELECT name FROM migrations")}
+    except sqlite3.OperationalError:  # no migrations table yet
+        return set()
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply pending migrations in order, each recorded; returns the names applied now."""
-    conn = db.conn
-    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-    done = {r[0] for r in conn.execute("SELECT name FROM migrations")}
-    if all(name in done for name, _ in MIGRATIONS):
+    if {name for name, _ in MIGRATIONS} <= _applied(db):
         return []
     applied = []
-    conn.execute("BEGIN IMMEDIATE")  # serialises concurrent first opens
-    try:
-        done = {r[0] for r in conn.execute("SELECT name FROM migrations")}
+    with transaction(db):
+        db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+        done = _applied(db)  # again under the lock: another process may have just migrated
         for name, apply in MIGRATIONS:
             if name not in done:
                 apply(db)
-                conn.execute("INSERT INTO migrations VALUES (?, ?)", [name, time.time()])
+                db.execute("INSERT INTO migrations VALUES (?, ?)", [name, time.time()])
                 applied.append(name)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return applied
 
 
 def connect(path: Path) -> sqlite_utils.Database:
-    """Open (creating) the database with WAL and a busy timeout, migrated."""
+    """Open (creating) the database: WAL, busy timeout, foreign keys on, migrated."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite_utils.Database(path)
-    db.conn.isolation_level = None  # explicit transactions only (BEGIN IMMEDIATE above)
-    db.execute("PRAGMA busy_timeout = 30000")
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # first: switching to WAL may wait
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA foreign_keys = ON")
     db.execute("PRAGMA synchronous = NORMAL")
     migrate(db)
-    db.conn.isolation_level = ""  # back to the sqlite3 default for `with db.conn:`
     return db
 
 
@@ -119,76 +145,81 @@ def workspace_db(ws) -> sqlite_utils.Database:
     return connect(ws.root / "db" / "evc.db")
 
 
+def _upsert(
+    db: sqlite_utils.Database, table: str, row: dict[str, Any], pk: tuple[str, ...]
+) -> None:
+    """INSERT ... ON CONFLICT DO UPDATE: never REPLACE, which would cascade-delete children."""
+    cols = ", ".join(f'"{c}"' for c in row)
+    values = ", ".join(f":{c}" for c in row)
+    sets = ", ".join(f'"{c}" = excluded."{c}"' for c in row if c not in pk)
+    db.execute(
+        f'INSERT INTO "{table}" ({cols}) VALUES ({values}) '
+        f"ON CONFLICT ({', '.join(pk)}) DO UPDATE SET {sets}",
+        row,
+    )
+
+
 def record_run(db: sqlite_utils.Database, run) -> None:
-    """One ansible_runs row and one host_results row per host (idempotent)."""
-    with db.conn:
-        db["ansible_runs"].upsert(
-            {
-                "id": run.ident,
-                "playbook": run.playbook,
-                "target": run.target,
-                "started": run.started,
-                "ended": run.ended,
-                "status": run.status,
-                "rc": run.rc,
-                "artifacts_dir": run.artifacts_dir,
-                "hosts_total": len(run.hosts),
-                "hosts_failed": len(run.failed_hosts),
-            },
-            pk="id",
-        )
-        db["host_results"].upsert_all(
-            (
-                {
-                    "run_id": run.ident,
-                    "host": r.host,
-                    "state": r.state,
-                    "ok": r.ok,
-                    "changed": r.changed,
-                    "failed": r.failed,
-                    "unreachable": r.unreachable,
-                    "skipped": r.skipped,
-                    "failed_task": r.failed_task,
-                    "message": r.message,
-                }
-                for r in run.hosts.values()
-            ),
-            pk=("run_id", "host"),
-        )
+    """One ansible_runs row and one host_results row per host, in one transaction (idempotent)."""
+    run_row = {
+        "id": run.ident,
+        "playbook": run.playbook,
+        "target": run.target,
+        "started": run.started,
+        "ended": run.ended,
+        "status": run.status,
+        "rc": run.rc,
+        "artifacts_dir": run.artifacts_dir,
+        "hosts_total": len(run.hosts),
+        "hosts_failed": len(run.failed_hosts),
+    }
+    with transaction(db):
+        _upsert(db, "ansible_runs", run_row, ("id",))
+        for r in run.hosts.values():
+            host_row = {
+                "run_id": run.ident,
+                "host": r.host,
+                "state": r.state,
+                "ok": r.ok,
+                "changed": r.changed,
+                "failed": r.failed,
+                "unreachable": r.unreachable,
+                "skipped": r.skipped,
+                "failed_task": r.failed_task,
+                "message": r.message,
+            }
+            _upsert(db, "host_results", host_row, ("run_id", "host"))
 
 
 def audit(
     db: sqlite_utils.Database, command: str, args: list[str], exit_code: int, duration_s: float
 ) -> None:
+    """One audit_log row: who ran which command, how it ended and how long it took."""
     try:
         user = getpass.getuser()
     except Exception:
         user = None
-    with db.conn:
-        db["audit_log"].insert(
-            {
-                "at": time.time(),
-                "user": user,
-                "command": command,
-                "args": json.dumps(args),
-                "exit_code": exit_code,
-                "duration_s": round(duration_s, 3),
-            }
+    with transaction(db):
+        db.execute(
+            "INSERT INTO audit_log (at, user, command, args, exit_code, duration_s) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [time.time(), user, command, json.dumps(list(args)), exit_code, round(duration_s, 3)],
         )
 
 
 def device_row(d: dict[str, Any]) -> dict[str, Any]:
     """A device dict as stored: groups and labels as JSON text."""
     out = dict(d)
-    for key in ("groups", "labels"):
+    for key in _JSON_FIELDS:
         if key in out and not isinstance(out[key], str):
             out[key] = json.dumps(out[key], sort_keys=True)
     return out
 
 
 def device_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored device row with groups and labels parsed back from JSON."""
     out = dict(row)
-    for key in ("groups", "labels"):
+    for key in _JSON_FIELDS:
         if isinstance(out.get(key), str):
             out[key] = json.loads(out[key])
     return out

@@ -249,7 +249,7 @@ def add(ws: Workspace, devices: list[Device], *, scan_keys: bool = True,
             if known and keys and not (known & keys):
                 pin_host(ws, d.host, d.port, keys)  # raises with the full message
     now = time.time()
-    with db.conn:
+    with evcdb.transaction(db):
         db["devices"].insert_all(
             evcdb.device_row({**d.model_dump(), "added_at": now, "status": "unknown"})
             for d in devices
@@ -264,7 +264,7 @@ def add(ws: Workspace, devices: list[Device], *, scan_keys: bool = True,
 def remove(ws: Workspace, name: str) -> dict:
     db = evcdb.workspace_db(ws)
     device = get(db, name)
-    with db.conn:
+    with evcdb.transaction(db):
         db["devices"].delete(name)
     regenerate_inventory(ws, db)
     return device
@@ -286,7 +286,7 @@ def list_devices(ws: Workspace, group: str | None = None) -> list[dict]:
 def _liveness(db, run) -> None:
     """last_seen/status from a run: unreachable hosts go unreachable, others online."""
     now = time.time()
-    with db.conn:
+    with evcdb.transaction(db):
         for host, r in run.hosts.items():
             if r.state == "unreachable":
                 db.execute("update devices set status = 'unreachable' where name = ?", [host])
@@ -304,7 +304,7 @@ def gather_facts(ws: Workspace, target: str = "all", progress: bool = True) -> l
     db = evcdb.workspace_db(ws)
     run = run_playbook(ws, "facts.yml", target, progress=progress)
     results = []
-    with db.conn:
+    with evcdb.transaction(db):
         for host, r in run.hosts.items():
             facts = {}
             out = r.outputs.get("facts", {}).get("stdout")

@@ -21,19 +21,16 @@ def _ws():
 def _print_results(results, json: bool, title: str) -> None:
     from dataclasses import asdict
 
-    from rich.table import Table
-
-    from evc.console import STATE_STYLE, out, print_json
+    from evc.console import STATE_STYLE, print_json, print_table
 
     if json:
         print_json([asdict(r) for r in results])
     else:
-        table = Table(title=title)
-        for col in ("device", "state", "message"):
-            table.add_column(col)
-        for r in results:
-            table.add_row(r.name, f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]", r.message or "")
-        out.print(table)
+        rows = [
+            [r.name, f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]", r.message or ""]
+            for r in results
+        ]
+        print_table(title, ["device", "state", "message"], rows)
     if any(r.state in ("failed", "unreachable") for r in results):
         raise typer.Exit(1)
 
@@ -76,32 +73,35 @@ def list_(
     json: bool = JSON,
 ) -> None:
     """All devices with their facts and liveness."""
-    from rich.table import Table
-
     from evc import devices
-    from evc.console import out, print_json
+    from evc.console import print_json, print_table
 
     rows = devices.list_devices(_ws(), group)
     if json:
         print_json(rows)
         return
-    table = Table(title=f"{len(rows)} devices")
-    for col in ("name", "host", "role", "groups", "arch", "CPU", "memory", "accel", "status"):
-        table.add_column(col)
-    for d in rows:
-        mem = f"{d['mem_bytes'] / 2**30:.1f} GiB" if d.get("mem_bytes") else "-"
-        table.add_row(
-            d["name"],
-            f"{d['host']}:{d['port']}",
-            d["role"],
-            ",".join(d["groups"]),
-            d.get("arch") or "-",
-            f"{d['cpu_count']:g}" if d.get("cpu_count") else "-",
-            mem,
-            d.get("accelerator") or "-",
-            d["status"],
-        )
-    out.print(table)
+
+    def mem(d):
+        return f"{d['mem_bytes'] / 2**30:.1f} GiB" if d.get("mem_bytes") else "-"
+
+    print_table(
+        f"{len(rows)} devices",
+        ["name", "host", "role", "groups", "arch", "CPU", "memory", "accel", "status"],
+        [
+            [
+                d["name"],
+                f"{d['host']}:{d['port']}",
+                d["role"],
+                ",".join(d["groups"]),
+                d.get("arch") or "-",
+                f"{d['cpu_count']:g}" if d.get("cpu_count") else "-",
+                mem(d),
+                d.get("accelerator") or "-",
+                d["status"],
+            ]  # fmt: skip
+            for d in rows
+        ],
+    )
 
 
 @app.command()

@@ -19,29 +19,28 @@ def _lab():
 
 
 def _node_table(nodes, title: str):
-    from rich.table import Table
-
-    from evc.console import out
-
-    table = Table(title=title)
-    for col in ("node", "IP", "state", "SSH", "Docker", "CPU", "memory", "profile"):
-        table.add_column(col)
+    from evc.console import out, print_table
 
     def yes_no(v):
         return "-" if v is None else ("[green]ok[/]" if v else "[red]no[/]")
 
-    for n in nodes:
-        table.add_row(
-            n.name,
-            n.ip,
-            n.state,
-            yes_no(n.ssh_ok),
-            yes_no(n.docker_ok),
-            f"{n.cpus:g}",
-            f"{n.mem_bytes / 2**30:g} GiB",
-            n.profile,
-        )
-    out.print(table)
+    print_table(
+        title,
+        ["node", "IP", "state", "SSH", "Docker", "CPU", "memory", "profile"],
+        [
+            [
+                n.name,
+                n.ip,
+                n.state,
+                yes_no(n.ssh_ok),
+                yes_no(n.docker_ok),
+                f"{n.cpus:g}",
+                f"{n.mem_bytes / 2**30:g} GiB",
+                n.profile,
+            ]
+            for n in nodes
+        ],  # fmt: skip
+    )
     for n in nodes:
         if n.message:
             out.print(f"[red]{n.name}[/]: {n.message}", highlight=False)

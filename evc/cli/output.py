@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import typer
 
-from evc.console import STATE_STYLE, out
+from evc.console import STATE_STYLE, out, print_table
 
 
 def print_run(run) -> None:
     """Per-host table of an evc.ansible.RunResult, then a one-line summary."""
-    from rich.table import Table
-
-    table = Table(title=f"{run.playbook} on {run.target}")
-    for col in ("host", "state", "ok", "changed", "failed", "unreachable", "message"):
-        table.add_column(col)
-    for host, r in sorted(run.hosts.items()):
-        style = STATE_STYLE.get(r.state, "")
-        table.add_row(
-            host,
-            f"[{style}]{r.state}[/]",
-            str(r.ok),
-            str(r.changed),
-            str(r.failed),
-            str(r.unreachable),
-            r.message or "",
-        )
-    out.print(table)
+    rows = [
+        [host, f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]", str(r.ok), str(r.changed),
+         str(r.failed), str(r.unreachable), r.message or ""]
+        for host, r in sorted(run.hosts.items())
+    ]  # fmt: skip
+    print_table(
+        f"{run.playbook} on {run.target}",
+        ["host", "state", "ok", "changed", "failed", "unreachable", "message"],
+        rows,
+    )
     bad = len(run.failed_hosts)
     out.print(
         f"{run.status}: {len(run.hosts) - bad} of {len(run.hosts)} hosts fine "

@@ -2,6 +2,8 @@
 
 import json
 
+import yaml
+
 from evc import db as evcdb
 from evc.ansible import close_connections
 from evc.lab import PROFILES, Lab
@@ -28,8 +30,9 @@ def test_lab_nodes_are_devices_with_true_facts(lab_ws, lab_env):
         assert d["accelerator"] == "none" and d["disk_bytes"] > 2**30
         assert d["status"] == "online" and d["last_seen"]
         assert "lab" in d["groups"] and d["labels"]["profile"] == node.profile
-    inv = evc("inventory", "show", env=lab_env, check=0).stdout
-    assert "arch_amd64:" in inv and "workers:" in inv
+    text = evc("inventory", "show", env=lab_env, check=0).stdout
+    groups = yaml.safe_load(text.split("\n", 1)[1])["all"]["children"]
+    assert set(groups["arch_amd64"]["hosts"]) == set(groups["workers"]["hosts"]) == set(devs)
 
 
 def test_ping_marks_a_stopped_node_unreachable_then_online(lab_ws, lab_env):

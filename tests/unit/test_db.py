@@ -2,66 +2,164 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from evc import db as evcdb
 from evc.ansible import HostResult, RunResult
 
-
-def test_connect_uses_wal_and_busy_timeout(tmp_path):
-    db = evcdb.connect(tmp_path / "d" / "evc.db")
-    assert db.execute("pragma journal_mode").fetchone()[0] == "wal"
-    assert db.execute("pragma busy_timeout").fetchone()[0] == 30000
-    assert evcdb.migrate(db) == []
-    assert [r["name"] for r in db["migrations"].rows] == [n for n, _ in evcdb.MIGRATIONS]
+REPO = Path(__file__).resolve().parents[2]
 
 
-def test_role_is_checked(tmp_path):
-    db = evcdb.connect(tmp_path / "evc.db")
-    with pytest.raises(sqlite3.IntegrityError):
-        db["devices"].insert({"name": "a", "host": "h", "role": "boss", "added_at": 1.0})
-
-
-def test_record_run_is_idempotent_and_cascades(tmp_path):
-    db = evcdb.connect(tmp_path / "evc.db")
-    run = RunResult(
-        "ping.yml",
-        "lab",
-        "r1",
-        "/a",
-        1.0,
-        2.0,
-        4,
-        {
-            "n1": HostResult("n1", "ok", ok=1),
-            "n2": HostResult("n2", "unreachable", unreachable=1, message="ssh: timed out"),
+def _run(ident="r1", rc=4, message="ssh: timed out"):
+    return RunResult(
+        playbook="ping.yml",
+        target="lab",
+        ident=ident,
+        artifacts_dir="/a",
+        started=1.0,
+        ended=2.5,
+        rc=rc,
+        hosts={
+            "n1": HostResult("n1", "ok", ok=1, outputs={"ping": {"ping": "pong"}}),
+            "n2": HostResult(
+                "n2", "unreachable", unreachable=1, failed_task="ping", message=message
+            ),
         },
     )
-    evcdb.record_run(db, run)
-    evcdb.record_run(db, run)
+
+
+def test_connect_creates_a_wal_db_and_migrates_once(tmp_path):
+    path = tmp_path / "d" / "evc.db"
+    db = evcdb.connect(path)
+    assert path.is_file()
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert {"devices", "ansible_runs", "host_results", "audit_log"} <= set(db.table_names())
+    assert [r["name"] for r in db["migrations"].rows] == ["0001_core"]
+    assert [n for n, _ in evcdb.MIGRATIONS][0] == "0001_core"
+    assert evcdb.migrate(db) == []
+    assert evcdb.migrate(evcdb.connect(path)) == []
+    assert db["migrations"].count == len(evcdb.MIGRATIONS)
+
+
+def test_migrate_reports_what_it_applied(tmp_path):
+    db = sqlite_utils.Database(tmp_path / "raw.db")
+    assert evcdb.migrate(db) == [n for n, _ in evcdb.MIGRATIONS]
+    assert evcdb.migrate(db) == []
+    assert not db.conn.in_transaction
+
+
+def test_device_defaults_and_role_check(tmp_path):
+    db = evcdb.connect(tmp_path / "evc.db")
+    db["devices"].insert({"name": "b", "host": "10.0.0.2", "role": "builder", "added_at": 1.0})
+    row = db["devices"].get("b")
+    assert (row["port"], row["user"], row["status"]) == (22, "root", "unknown")
+    assert (row["groups"], row["labels"]) == ("[]", "{}")
+    with pytest.raises(sqlite3.IntegrityError):
+        db["devices"].insert({"name": "a", "host": "h", "role": "boss", "added_at": 1.0})
+    assert db["devices"].count == 1
+
+
+def test_record_run_writes_rows_and_is_idempotent(tmp_path):
+    db = evcdb.connect(tmp_path / "evc.db")
+    evcdb.record_run(db, _run())
+    evcdb.record_run(db, _run(message="ssh: no route to host"))  # same ident: update
     (row,) = db["ansible_runs"].rows
+    assert row["id"] == "r1" and row["playbook"] == "ping.yml" and row["target"] == "lab"
+    assert (row["started"], row["ended"], row["rc"]) == (1.0, 2.5, 4)
     assert row["status"] == "partial" and row["hosts_failed"] == 1 and row["hosts_total"] == 2
     rows = {r["host"]: r for r in db["host_results"].rows}
-    assert rows["n2"]["message"] == "ssh: timed out" and rows["n1"]["state"] == "ok"
-    with db.conn:
-        db.execute("delete from ansible_runs where id = 'r1'")
-    assert db["host_results"].count == 0
+    assert sorted(rows) == ["n1", "n2"]
+    assert rows["n1"]["state"] == "ok" and rows["n1"]["ok"] == 1 and rows["n1"]["message"] is None
+    assert rows["n2"]["state"] == "unreachable" and rows["n2"]["unreachable"] == 1
+    assert rows["n2"]["failed_task"] == "ping"
+    assert rows["n2"]["message"] == "ssh: no route to host"
+    assert "outputs" not in db["host_results"].columns_dict
 
 
-def test_audit_and_device_json_round_trip(tmp_path):
+def test_record_run_is_one_transaction(tmp_path):
     db = evcdb.connect(tmp_path / "evc.db")
+    run = _run()
+    run.hosts["n2"].state = None  # NOT NULL: the second host row fails
+    with pytest.raises(sqlite3.IntegrityError):
+        evcdb.record_run(db, run)
+    assert db["ansible_runs"].count == 0 and db["host_results"].count == 0
+    assert not db.conn.in_transaction
+
+
+def test_deleting_a_run_cascades_to_host_results(tmp_path):
+    db = evcdb.connect(tmp_path / "evc.db")
+    evcdb.record_run(db, _run("r1"))
+    evcdb.record_run(db, _run("r2"))
+    assert db["host_results"].count == 4
+    with evcdb.transaction(db):
+        db.execute("DELETE FROM ansible_runs WHERE id = ?", ["r1"])
+    assert {r["run_id"] for r in db["host_results"].rows} == {"r2"}
+
+
+def test_transaction_rolls_back_on_error(tmp_path):
+    db = evcdb.connect(tmp_path / "evc.db")
+    with pytest.raises(RuntimeError):
+        with evcdb.transaction(db):
+            db.execute("INSERT INTO devices (name, host, added_at) VALUES ('a', 'h', 1.0)")
+            raise RuntimeError("boom")
+    assert db["devices"].count == 0 and not db.conn.in_transaction
+
+
+def test_audit_writes_a_row(tmp_path):
+    db = evcdb.connect(tmp_path / "evc.db")
+    before = time.time()
     evcdb.audit(db, "lab up", ["lab", "up", "--nodes", "3"], 0, 1.5)
-    (row,) = db["audit_log"].rows
-    assert json.loads(row["args"]) == ["lab", "up", "--nodes", "3"] and row["exit_code"] == 0
-    d = {"name": "a", "groups": ["x"], "labels": {"k": "v"}}
-    assert evcdb.device_from_row(evcdb.device_row(d)) == d
+    evcdb.audit(db, "device add", [], 2, 0.25)
+    first, second = db["audit_log"].rows_where(order_by="id")
+    assert first["command"] == "lab up" and first["exit_code"] == 0
+    assert json.loads(first["args"]) == ["lab", "up", "--nodes", "3"]
+    assert first["duration_s"] == 1.5 and before <= first["at"] <= time.time()
+    assert first["user"] is None or isinstance(first["user"], str)
+    assert json.loads(second["args"]) == [] and second["exit_code"] == 2
 
 
-def test_concurrent_first_opens_migrate_once(tmp_path):
-    path = tmp_path / "evc.db"
-    code = f"from pathlib import Path; from evc.db import connect; connect(Path({str(path)!r}))"
-    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(4)]
-    assert [p.wait(60) for p in procs] == [0, 0, 0, 0]
+def test_device_json_round_trip(tmp_path):
+    d = {"name": "a", "host": "h", "added_at": 1.0, "groups": ["x", "y"], "labels": {"k": "v"}}
+    row = evcdb.device_row(d)
+    assert isinstance(row["groups"], str) and json.loads(row["labels"]) == {"k": "v"}
+    assert d["groups"] == ["x", "y"]  # input left alone
+    assert evcdb.device_from_row(row) == d
+    db = evcdb.connect(tmp_path / "evc.db")
+    db["devices"].insert(row)
+    assert evcdb.device_from_row(db["devices"].get("a"))["groups"] == ["x", "y"]
+
+
+def test_concurrent_first_opens_and_writes(tmp_path):
+    path = tmp_path / "new" / "evc.db"
+    start = time.time() + 1.5  # every process opens the fresh file at the same moment
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from evc.ansible import HostResult, RunResult\n"
+        "from evc.db import audit, connect, record_run\n"
+        f"time.sleep(max(0.0, {start!r} - time.time()))\n"
+        f"db = connect(Path({str(path)!r}))\n"
+        "for i in range(10):\n"
+        "    hosts = {'h': HostResult('h', 'ok', ok=1)}\n"
+        "    ident = f'{sys.argv[1]}-{i}'\n"
+        "    record_run(db, RunResult('p', 'all', ident, '/a', 1.0, 2.0, 0, hosts))\n"
+        "    audit(db, 'x', [sys.argv[1]], 0, 0.1)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(n)], cwd=REPO, stderr=subprocess.PIPE, text=True
+        )
+        for n in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
     db = evcdb.connect(path)
-    assert db["migrations"].count == len(evcdb.MIGRATIONS)
+    assert [r["name"] for r in db["migrations"].rows] == [n for n, _ in evcdb.MIGRATIONS]
+    assert db["ansible_runs"].count == 40 and db["host_results"].count == 40
+    assert db["audit_log"].count == 40

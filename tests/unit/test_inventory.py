@@ -1,3 +1,5 @@
+import json
+
 import yaml
 
 from evc import inventory
@@ -13,7 +15,10 @@ def test_render_groups_and_hostvars(tmp_path):
     data = yaml.safe_load(path.read_text())
     assert list(data["all"]["hosts"]) == ["n1", "n2"]
     assert data["all"]["hosts"]["n1"]["ansible_port"] == 2222
-    assert data["all"]["vars"] == {"ansible_user_dir": "/k"}
+    assert data["all"]["vars"] == {
+        "ansible_user_dir": "/k",
+        "evc_generated": inventory.GENERATED_NOTE,
+    }
     assert data["all"]["hosts"]["n2"]["evc_labels"] == {"hw": "nuc"}
     assert set(data["all"]["children"]["lab"]["hosts"]) == {"n1", "n2"}
     assert set(data["all"]["children"]["profile_nuc"]["hosts"]) == {"n2"}
@@ -25,3 +30,19 @@ def test_write_replaces_atomically_and_leaves_no_temp(tmp_path):
     inventory.write(path, [])
     assert yaml.safe_load(path.read_text())["all"]["hosts"] == {}
     assert [p.name for p in tmp_path.iterdir()] == ["hosts.yml"]
+
+
+def test_emitted_text_is_yaml_that_round_trips_awkward_names(tmp_path):
+    hosts = [
+        InventoryHost("1e3", "10.0.0.1", groups=["g"], labels={"on": "yes", "n": "007"}),
+        InventoryHost("true", "fe80::1", groups=["g"]),
+        InventoryHost("null", "h.example.com"),
+    ]
+    path = inventory.write(tmp_path / "hosts.yml", hosts, {"ansible_ssh_private_key_file": "/k"})
+    text = path.read_text()
+    expected = inventory.render(
+        hosts, {"evc_generated": inventory.GENERATED_NOTE, "ansible_ssh_private_key_file": "/k"}
+    )
+    assert yaml.safe_load(text) == expected  # it is YAML for Ansible...
+    assert json.loads(text) == expected  # ...and JSON, which Ansible parses fast
+    assert text.count("\n") >= 8  # one host per line, not one long line

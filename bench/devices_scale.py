@@ -1,0 +1,70 @@
+"""10,000 devices: `evc device list` and inventory regeneration, each under 1 s.
+
+Both run as the real CLI (process start-up included), beside `evc --version` as
+the fixed cost of starting EVC, measured in the same run.
+"""
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _util import EVC, run
+
+N = 10_000
+RUNS = 5
+
+
+def populate(root: Path) -> None:
+    from evc import db as evcdb
+    from evc.config import init_workspace
+
+    ws = init_workspace(root)
+    db = evcdb.workspace_db(ws)
+    now = time.time()
+    rows = (
+        evcdb.device_row(
+            {
+                "name": f"edge-{i:05d}", "host": f"10.{i // 65536}.{i // 256 % 256}.{i % 256}",
+                "port": 22, "user": "root", "role": "worker",
+                "groups": [("jetson", "rpi", "rk3588")[i % 3], f"site_{i % 40}"],
+                "labels": {"rack": str(i % 97)}, "arch": ("arm64", "amd64")[i % 2],
+                "os": "Debian GNU/Linux 12", "kernel": "6.1", "cpu_count": 4.0,
+                "mem_bytes": 8 << 30, "disk_bytes": 64 << 30,
+                "accelerator": ("jetson", "none", "rockchip-npu")[i % 3],
+                "docker_version": "24.0", "added_at": now, "status": "online",
+            }
+        )
+        for i in range(N)
+    )  # fmt: skip
+    with evcdb.transaction(db):
+        db["devices"].insert_all(rows, batch_size=1000)
+
+
+def median_time(cmd, env) -> float:
+    return statistics.median(run(cmd, env)[0] for _ in range(RUNS))
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        populate(Path(tmp))
+        env = {"EVC_HOME": tmp}
+        base = median_time(EVC + ["--version"], env)
+        cases = {
+            "device list --json": EVC + ["device", "list", "--json"],
+            "device list (table)": EVC + ["device", "list"],
+            "inventory show (regenerate)": EVC + ["inventory", "show"],
+        }
+        results = {name: median_time(cmd, env) for name, cmd in cases.items()}
+    print(f"{N} devices, median of {RUNS}; `evc --version` (start-up) {base:.3f} s")
+    ok = True
+    for name, t in results.items():
+        verdict = "PASS" if t < 1.0 else "FAIL"
+        ok &= t < 1.0
+        print(f"{name:30s} {t:6.3f} s  ({t / base:4.1f}x start-up)  target < 1 s: {verdict}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
