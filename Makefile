@@ -62,6 +62,7 @@ lint: venv
 
 bench: setup
 	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/devices_scale.py
 	$(BIN)/python bench/lab_up.py
 
 clean:
