@@ -12,6 +12,7 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -126,6 +127,53 @@ def parse_labels(items: list[str]) -> dict[str, str]:
     return out
 
 
+def load_file(path: Path) -> list[Device]:
+    """Devices from YAML (a list, or a mapping with ``devices:``) or CSV (a header row).
+
+    CSV columns: name, host, port, user, role, groups (separated by ';'), labels
+    (``k=v;k=v``), lat, lon. Any bad row is an error naming the file and row.
+    """
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file; expected a device list in YAML or CSV.")
+    text = path.read_text(errors="replace")
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or not {"name", "host"} <= set(reader.fieldnames):
+            raise UsageError(f"{path}: the CSV header must name at least 'name' and 'host'.")
+        records = []
+        for row in reader:
+            rec = {k: v.strip() for k, v in row.items() if k and v is not None and v.strip()}
+            if "groups" in rec:
+                rec["groups"] = [g.strip() for g in rec["groups"].split(";") if g.strip()]
+            if "labels" in rec:
+                try:
+                    rec["labels"] = parse_labels(rec["labels"].split(";"))
+                except UsageError as exc:
+                    raise UsageError(f"{path}: row {reader.line_num}: {exc}") from None
+            records.append((f"row {reader.line_num}", rec))
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}: not valid YAML ({exc}).") from None
+        if isinstance(data, dict) and "devices" in data:
+            data = data["devices"]
+        if not isinstance(data, list) or not data:
+            raise UsageError(f"{path}: expected a list of devices (or 'devices:' with a list).")
+        records = [(f"entry {i}", rec) for i, rec in enumerate(data, 1)]
+    devices = []
+    for where, rec in records:
+        if not isinstance(rec, dict):
+            raise UsageError(f"{path}: {where}: expected a mapping with name and host.")
+        name = rec.get("name", "?")
+        devices.append(parse_device(rec, where=f"{path}: {where} (name {name!r}): "))
+    return devices
+
+
 # ------------------------------------------------------------------ host keys
 
 
@@ -168,6 +216,72 @@ def pin_host(ws: Workspace, host: str, port: int, keys: set[str]) -> None:
         )
     if keys and not known:
         pin_host_keys(ws, {_known_host_name(host, port): sorted(keys)[0]})
+
+
+def copy_key(ws: Workspace, device: Device, password: str) -> None:
+    """Authorise the controller key on ``device`` by logging in once with a password.
+
+    The password goes to ssh through SSH_ASKPASS in the environment of that one
+    process: never on a command line, never in a file. The host key must already be
+    pinned (strict checking), so the password is only sent to the pinned host.
+    """
+    import os
+    import stat
+    import tempfile
+
+    from evc.errors import EVCError
+    from evc.keys import controller_key
+
+    _, pubkey = controller_key(ws)
+    keys_file = "~/.ssh/authorized_keys"
+    remote = (
+        "umask 077; mkdir -p ~/.ssh && k=$(cat) && "
+        f'(grep -qxF "$k" {keys_file} 2>/dev/null || printf "%s\\n" "$k" >> {keys_file})'
+    )
+    with tempfile.TemporaryDirectory(prefix="evc-askpass-") as tmp:
+        askpass = Path(tmp) / "askpass"
+        askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$EVC_SSH_PASSWORD"\n')
+        askpass.chmod(stat.S_IRWXU)
+        env = {
+            **os.environ,
+            "SSH_ASKPASS": str(askpass),
+            "SSH_ASKPASS_REQUIRE": "force",
+            "EVC_SSH_PASSWORD": password,
+        }
+        proc = subprocess.run(
+            [
+                "ssh",
+                "-p",
+                str(device.port),
+                "-o",
+                f"UserKnownHostsFile={ws.known_hosts}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password,keyboard-interactive",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "ControlMaster=no",
+                f"{device.user}@{device.host}",
+                remote,
+            ],  # fmt: skip
+            input=pubkey + "\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["ssh failed"])[-1]
+        raise EVCError(
+            f"Could not install the controller key on {device.user}@{device.host}:"
+            f"{device.port}: {reason}. Nothing was added."
+        )
 
 
 # ------------------------------------------------------------------ inventory
@@ -229,7 +343,7 @@ def get(db, name: str) -> dict:
 
 
 def add(ws: Workspace, devices: list[Device], *, scan_keys: bool = True,
-        progress: bool = True) -> list[DeviceResult]:  # fmt: skip
+        password: str | None = None, progress: bool = True) -> list[DeviceResult]:  # fmt: skip
     """Register devices and gather their facts in one parallel run.
 
     Validation, duplicate names and changed host keys refuse the whole batch
@@ -243,11 +357,25 @@ def add(ws: Workspace, devices: list[Device], *, scan_keys: bool = True,
         raise UsageError(f"Device name already used: {', '.join(sorted(dupes | existing))}.")
     scanned = {}
     if scan_keys:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(32, len(devices)) or 1) as pool:
+            found = pool.map(lambda d: scan_host_keys(d.host, d.port), devices)
+            scanned = dict(zip(names, found, strict=True))
         for d in devices:
-            scanned[d.name] = keys = scan_host_keys(d.host, d.port)
+            keys = scanned[d.name]
             known = pinned_keys(ws, d.host, d.port)
             if known and keys and not (known & keys):
                 pin_host(ws, d.host, d.port, keys)  # raises with the full message
+    if password is not None:
+        for d in devices:
+            if not scanned.get(d.name):
+                raise UsageError(
+                    f"{d.host}:{d.port} did not answer SSH, so its host key cannot be pinned "
+                    "and no password will be sent to it. Nothing was added."
+                )
+            pin_host(ws, d.host, d.port, scanned[d.name])
+            copy_key(ws, d, password)
     now = time.time()
     with evcdb.transaction(db):
         db["devices"].insert_all(

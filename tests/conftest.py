@@ -8,11 +8,16 @@ import pytest
 EVC = [sys.executable, "-m", "evc"]
 
 
-def evc(*args, env=None, check=None, timeout=600):
+def evc(*args, env=None, check=None, timeout=600, input=None):
     """Run the real `evc` command; returns CompletedProcess (text)."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(
-        [*EVC, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=timeout
+        [*EVC, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        input=input,
     )
     if check is not None and proc.returncode != check:
         raise AssertionError(

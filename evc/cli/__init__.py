@@ -103,5 +103,5 @@ def _fail(message: str, code: int) -> int:
 
     from evc.console import err
 
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return code

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(
@@ -46,11 +48,28 @@ def add(
     label: list[str] = typer.Option(None, "--label", "-l", help="KEY=VALUE (repeatable)."),
     lat: float = typer.Option(None, help="Latitude, for the fleet map."),
     lon: float = typer.Option(None, help="Longitude, for the fleet map."),
+    copy_key: bool = typer.Option(
+        False,
+        "--copy-key",
+        help="Install the controller's SSH key, logging in once with a "
+        "password (prompted; never stored).",
+    ),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="With --copy-key: read the password from stdin."
+    ),
     json: bool = JSON,
 ) -> None:
     """Register a device: pin its SSH host key, gather its facts, add it to the inventory."""
+    import sys
+
     from evc import devices
 
+    password = None
+    if copy_key:
+        if password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = typer.prompt(f"SSH password for {user}@{host}", hide_input=True)
     device = devices.parse_device(
         dict(
             name=name,
@@ -64,7 +83,20 @@ def add(
             lon=lon,
         )
     )
-    _print_results(devices.add(_ws(), [device], progress=not json), json, f"device add {name}")
+    results = devices.add(_ws(), [device], password=password, progress=not json)
+    _print_results(results, json, f"device add {name}")
+
+
+@app.command("import")
+def import_(
+    file: Path = typer.Argument(..., help="YAML list of devices, or CSV with a header row."),
+    json: bool = JSON,
+) -> None:
+    """Register many devices at once; their facts are gathered in one parallel run."""
+    from evc import devices
+
+    batch = devices.load_file(file)
+    _print_results(devices.add(_ws(), batch, progress=not json), json, f"import {file.name}")
 
 
 @app.command("list")

@@ -130,3 +130,55 @@ def test_inventory_from_database_has_role_arch_and_accel_groups(workspace):
     assert resolve_hosts(workspace.inventory, "workers:&arch_arm64") == ["orin1"]
     with pytest.raises(UsageError, match="Known groups: .*jetson"):
         resolve_hosts(workspace.inventory, "raspberries")
+
+
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        (
+            "d.yaml",
+            "- {name: a, host: 10.0.0.1}\n- {name: b, host: 10.0.0.300}\n",
+            r"entry 2 \(name 'b'\): invalid device: host",
+        ),
+        ("d.yaml", "devices: [unclosed\n", "not valid YAML"),
+        ("d.yaml", "just text\n", "expected a list of devices"),
+        ("d.yaml", "- [a, b]\n", "entry 1: expected a mapping"),
+        ("d.yaml", "- {name: a, host: 10.0.0.1, colour: red}\n", "colour: Extra inputs"),
+        ("d.csv", "name,address\na,10.0.0.1\n", "header must name at least 'name' and 'host'"),
+        (
+            "d.csv",
+            "name,host,port\na,10.0.0.1,22\nb c,10.0.0.2,22\n",
+            r"row 3 \(name 'b c'\): invalid device: name",
+        ),
+        ("d.csv", "name,host,port\na,10.0.0.1,x\n", "row 2 .*port: Input should be a valid"),
+        ("d.csv", "name,host,labels\na,10.0.0.1,oops\n", "row 2: --label 'oops'"),
+    ],
+)
+def test_malformed_import_file_names_the_row(tmp_path, name, text, match):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(UsageError, match=match):
+        devices.load_file(path)
+
+
+def test_import_file_parses_yaml_and_csv(tmp_path):
+    (tmp_path / "f.yaml").write_text(
+        "devices:\n  - {name: orin1, host: 10.0.0.1, groups: [jetson], labels: {site: a}}\n"
+    )
+    (tmp_path / "f.csv").write_text(
+        "name,host,port,groups,labels,lat\npi1,10.0.0.2,2222,rpi;edge,site=b;rack=3,51.5\n"
+    )
+    (y,) = devices.load_file(tmp_path / "f.yaml")
+    (c,) = devices.load_file(tmp_path / "f.csv")
+    assert y.groups == ["jetson"] and y.labels == {"site": "a"}
+    assert c.port == 2222 and c.groups == ["edge", "rpi"] and c.labels == {"site": "b", "rack": "3"}
+    assert c.lat == 51.5
+
+
+def test_cli_import_of_a_bad_file_changes_nothing(workspace, tmp_path):
+    bad = tmp_path / "fleet.csv"
+    bad.write_text("name,host\ngood,10.0.0.1\nbad;name,10.0.0.2\n")
+    proc = evc("device", "import", bad, check=2)
+    assert "fleet.csv: row 3" in proc.stderr and "Traceback" not in proc.stderr
+    assert evc("device", "import", tmp_path / "missing.yaml", check=2).stderr.count("no such file")
+    assert _count(workspace) == 0
