@@ -18,6 +18,7 @@ demo: setup
 	$(BIN)/evc init .
 	$(BIN)/evc lab up --nodes 3
 	$(BIN)/evc lab status
+	$(BIN)/evc device list
 
 test: setup
 	$(BIN)/python -m pytest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from typing import Any
@@ -11,6 +12,10 @@ from rich.console import Console
 
 out = Console()
 err = Console(stderr=True)
+for _console in (out, err):
+    # Piped into a file or a CI log: rich would assume 80 columns and squeeze tables.
+    if not _console.is_terminal and "COLUMNS" not in os.environ:
+        _console.width = 200
 
 STATE_STYLE = {
     "ok": "green",
@@ -55,7 +60,7 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
         table = Table(title=title)
         for col in columns:
-            table.add_column(col)
+            table.add_column(col, overflow="fold")  # wrap, never cut, in narrow output
         for row in rows:
             table.add_row(*row)
         out.print(table)

@@ -414,6 +414,11 @@ class Lab:
         timings["total_s"] = time.monotonic() - t0
         result.timings = {k: round(v, 2) for k, v in timings.items()}
         result.nodes = self.nodes()
+        for n in result.nodes:  # dockerd answered in _wait_ready; SSH answered the ping
+            hr = result.ping.hosts.get(n.name)
+            n.ssh_ok = hr is not None and hr.state in ("ok", "changed")
+            n.docker_ok = True
+            n.message = hr.message if hr else None
         return result
 
     def _create(self, node: str, index: int, profile: Profile, ip: str, image: str, pubkey: str):

@@ -182,3 +182,15 @@ def test_cli_import_of_a_bad_file_changes_nothing(workspace, tmp_path):
     assert "fleet.csv: row 3" in proc.stderr and "Traceback" not in proc.stderr
     assert evc("device", "import", tmp_path / "missing.yaml", check=2).stderr.count("no such file")
     assert _count(workspace) == 0
+
+
+def test_unknown_target_is_a_usage_error_listing_groups(workspace):
+    db = evcdb.workspace_db(workspace)
+    db["devices"].insert(
+        evcdb.device_row({"name": "pi1", "host": "10.0.0.5", "groups": ["rpi"], "added_at": 1.0})
+    )
+    devices.regenerate_inventory(workspace, db)
+    for command in ("ping", "facts"):
+        proc = evc("device", command, "jetsons", check=2)
+        assert "matches no host" in proc.stderr and "Known groups: rpi, workers" in proc.stderr
+    assert db["ansible_runs"].count == 0
