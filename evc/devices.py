@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from evc import db as evcdb
 from evc import inventory
 from evc.config import Workspace
-from evc.errors import UsageError
+from evc.errors import EVCError, UsageError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 HOSTNAME_RE = re.compile(
@@ -203,10 +203,8 @@ def scan_host_keys(host: str, port: int, timeout: int = 5) -> set[str]:
     return {" ".join(ln.split()[1:3]) for ln in proc.stdout.splitlines() if not ln.startswith("#")}
 
 
-def pin_host(ws: Workspace, host: str, port: int, keys: set[str]) -> None:
-    """Trust on first use; a different key later is refused, never replaced."""
-    from evc.lab import pin_host_keys
-
+def check_host_key(ws: Workspace, host: str, port: int, keys: set[str]) -> set[str]:
+    """Refuse a host whose key differs from the pinned one; returns the pinned keys."""
     known = pinned_keys(ws, host, port)
     if known and keys and not (known & keys):
         raise UsageError(
@@ -214,6 +212,14 @@ def pin_host(ws: Workspace, host: str, port: int, keys: set[str]) -> None:
             f"{ws.known_hosts}. That may be a re-installed device or an impostor; EVC will "
             "not connect. If the change is expected, remove the old line from that file."
         )
+    return known
+
+
+def pin_host(ws: Workspace, host: str, port: int, keys: set[str]) -> None:
+    """Trust on first use; a different key later is refused, never replaced."""
+    from evc.keys import pin_host_keys
+
+    known = check_host_key(ws, host, port, keys)
     if keys and not known:
         pin_host_keys(ws, {_known_host_name(host, port): sorted(keys)[0]})
 
@@ -229,7 +235,6 @@ def copy_key(ws: Workspace, device: Device, password: str) -> None:
     import stat
     import tempfile
 
-    from evc.errors import EVCError
     from evc.keys import controller_key
 
     _, pubkey = controller_key(ws)
@@ -363,14 +368,11 @@ def add(ws: Workspace, devices: list[Device], *, scan_keys: bool = True,
             found = pool.map(lambda d: scan_host_keys(d.host, d.port), devices)
             scanned = dict(zip(names, found, strict=True))
         for d in devices:
-            keys = scanned[d.name]
-            known = pinned_keys(ws, d.host, d.port)
-            if known and keys and not (known & keys):
-                pin_host(ws, d.host, d.port, keys)  # raises with the full message
+            check_host_key(ws, d.host, d.port, scanned[d.name])
     if password is not None:
         for d in devices:
             if not scanned.get(d.name):
-                raise UsageError(
+                raise EVCError(
                     f"{d.host}:{d.port} did not answer SSH, so its host key cannot be pinned "
                     "and no password will be sent to it. Nothing was added."
                 )

@@ -59,39 +59,18 @@ def test_copy_key_installs_the_controller_key_and_stores_no_password(
     lab_ws, lab_env, password_user
 ):
     ip = _ip(lab_ws, "node2")
-    wrong = evc(
-        "device",
-        "add",
-        "edge2",
-        "--host",
-        ip,
-        "--user",
-        "edge",
-        "--copy-key",
-        "--password-stdin",
-        env=lab_env,
-        input="wrong-password\n",
-        check=1,
-    )
+
+    def add_edge(password, check):
+        args = ["device", "add", "edge2", "--host", ip, "--user", "edge", "--copy-key"]
+        args += ["--password-stdin", "--json"]
+        return evc(*args, env=lab_env, input=password + "\n", check=check)
+
+    wrong = add_edge("wrong-password", 1)
     assert "Could not install the controller key" in wrong.stderr
     assert "Permission denied" in wrong.stderr and "Traceback" not in wrong.stderr
     assert "edge2" not in lab_ws.inventory.read_text()
     try:
-        ok = evc(
-            "device",
-            "add",
-            "edge2",
-            "--host",
-            ip,
-            "--user",
-            "edge",
-            "--copy-key",
-            "--password-stdin",
-            "--json",
-            env=lab_env,
-            input=PASSWORD + "\n",
-            check=0,
-        )
+        ok = add_edge(PASSWORD, 0)
         assert json.loads(ok.stdout)[0]["state"] == "ok"
         keys = password_user.exec_run(["cat", "/home/edge/.ssh/authorized_keys"]).output
         pub = (lab_ws.private_dir / "keys" / "id_ed25519.pub").read_text().split()[1]
