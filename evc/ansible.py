@@ -152,14 +152,41 @@ def ansible_env(ws: Workspace, forks: int, task_timeout: int) -> dict[str, str]:
     }
 
 
+_KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
+
+
+def scrub_command_file(artifact_dir: Path) -> None:
+    """Cut the environment that ansible-runner stores in ``<artifacts>/command``.
+
+    ansible-runner writes the whole process environment there (whatever
+    suppress_env_files says), so any credential in the user's environment would
+    land on disk. Only the settings EVC chose and a few harmless names are kept.
+    """
+    import json
+
+    path = artifact_dir / "command"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    env = data.get("env") or {}
+    data["env"] = {k: v for k, v in env.items() if k in _KEEP_ENV or k.startswith("ANSIBLE_")}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.chmod(0o600)
+    os.replace(tmp, path)
+
+
 class _Collector:
     """Turns ansible-runner events into per-host results and a progress line."""
 
-    def __init__(self, hosts: list[str], progress):
+    def __init__(self, hosts: list[str], progress, artifact_dir: Path):
         self.hosts = {h: HostResult(host=h) for h in hosts}
         self.task = ""
         self.progress = progress
         self.done: set[str] = set()
+        self.artifact_dir = artifact_dir
+        self.scrubbed = False
 
     def _update(self) -> None:
         if self.progress is not None:
@@ -173,6 +200,9 @@ class _Collector:
             )
 
     def __call__(self, event: dict) -> bool:
+        if not self.scrubbed:  # the command file is written just before the first event
+            scrub_command_file(self.artifact_dir)
+            self.scrubbed = True
         kind = event.get("event", "")
         data = event.get("event_data", {})
         host = data.get("host")
@@ -245,7 +275,7 @@ def run_playbook(
     ident = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     started = time.time()
     with progress_line(f"{path.name} on {target}", enabled=progress) as line:
-        collector = _Collector(hosts, line)
+        collector = _Collector(hosts, line, ws.artifacts_dir / "artifacts" / ident)
         runner = ansible_runner.run(
             private_data_dir=str(ws.artifacts_dir),
             ident=ident,
@@ -259,6 +289,7 @@ def run_playbook(
             suppress_env_files=True,
             rotate_artifacts=200,
         )
+    scrub_command_file(Path(runner.config.artifact_dir))
     if runner.status not in ("successful", "failed"):
         raise EVCError(
             f"ansible-playbook {path.name} did not run ({runner.status}, rc={runner.rc}); "

@@ -99,3 +99,17 @@ def test_unknown_node_and_unknown_target(lab_ws, lab_env):
     assert "No lab node named 'node9'" in proc.stderr and "node1" in proc.stderr
     with pytest.raises(UsageError, match=r"matches no host.*Known groups: .*lab"):
         run_playbook(lab_ws, "ping.yml", "nosuchgroup", progress=False)
+
+
+def test_no_environment_secret_lands_in_run_artifacts(lab_ws, monkeypatch):
+    monkeypatch.setenv("EVC_TEST_CLOUD_TOKEN", "tok-9f8e7d6c5b4a")
+    run = run_playbook(lab_ws, "ping.yml", "lab", progress=False)
+    assert run.ok
+    leaked = [
+        p
+        for p in Path(run.artifacts_dir).rglob("*")
+        if p.is_file() and "tok-9f8e7d6c5b4a" in p.read_text(errors="replace")
+    ]
+    assert leaked == []
+    command = json.loads(Path(run.artifacts_dir, "command").read_text())
+    assert command["env"]["ANSIBLE_PIPELINING"] == "True"

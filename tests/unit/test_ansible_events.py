@@ -1,6 +1,9 @@
 """ansible-runner events -> per-host results (pure parsing, no Ansible run)."""
 
-from evc.ansible import RunResult, _Collector
+import json
+from pathlib import Path
+
+from evc.ansible import RunResult, _Collector, scrub_command_file
 
 
 def _ev(kind, host=None, **data):
@@ -8,7 +11,7 @@ def _ev(kind, host=None, **data):
 
 
 def _run(events, hosts=("a", "b", "c", "d")):
-    c = _Collector(list(hosts), None)
+    c = _Collector(list(hosts), None, Path("/nonexistent"))
     for e in events:
         c(e)
     return RunResult("p.yml", "all", "id", "/x", 0.0, 1.0, 2, c.hosts)
@@ -63,3 +66,25 @@ def test_message_is_last_line_of_stderr_when_no_msg():
         hosts=["a"],
     )
     assert run.hosts["a"].message == "the real reason"
+
+
+def test_scrub_command_file_keeps_only_evc_settings(tmp_path):
+    (tmp_path / "command").write_text(
+        json.dumps(
+            {
+                "command": ["ansible-playbook"],
+                "cwd": "/",
+                "env": {
+                    "PATH": "/bin",
+                    "ANSIBLE_FORKS": "3",
+                    "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+                    "GRAFANA_TOKEN": "t0k3n",
+                },
+            }
+        )
+    )
+    scrub_command_file(tmp_path)
+    data = json.loads((tmp_path / "command").read_text())
+    assert data["env"] == {"PATH": "/bin", "ANSIBLE_FORKS": "3"}
+    assert data["command"] == ["ansible-playbook"]
+    assert (tmp_path / "command").stat().st_mode & 0o777 == 0o600
