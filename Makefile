@@ -8,7 +8,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := docker.io docker-registry debootstrap openssh-client tar iproute2 ca-certificates
+APT_PACKAGES := docker.io docker-registry debootstrap openssh-client tar iproute2 ca-certificates \
+                busybox-static openssl
 DOCKERD_LOG ?= /var/log/evc-dockerd.log
 DOCKERD_WAIT ?= 60
 

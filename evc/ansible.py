@@ -248,8 +248,14 @@ class _Collector:
 
 
 def _message(res: dict) -> str:
-    text = res.get("msg") or res.get("stderr") or res.get("module_stderr") or res.get("stdout")
-    return str(text or "failed").strip().splitlines()[-1][:500] if text else "failed"
+    """The reason a task failed: its stderr's last line beats a generic module message."""
+    stderr = str(res.get("stderr") or res.get("module_stderr") or "").strip()
+    msg = str(res.get("msg") or "").strip()
+    if stderr and (not msg or msg == "non-zero return code"):
+        text = stderr
+    else:
+        text = msg or stderr or str(res.get("stdout") or "").strip()
+    return text.splitlines()[-1][:500] if text else "failed"
 
 
 def run_playbook(

@@ -31,7 +31,7 @@ SUITE = "bookworm"
 IMAGE_REPO = "evc-lab"
 LABEL = "evc.lab"
 HASH_LABEL = "evc.lab.hash"
-IMAGE_DIR = Path(__file__).parent / "lab_image"
+IMAGE_DIR = Path(__file__).parent / "lab_image"  # one build context per image: node, registry
 # Flags checked on this kind of machine: --privileged fails ("unable to apply
 # caps"), all caps but SYS_RESOURCE with host cgroupns works.
 NODE_RUN_OPTS: dict[str, Any] = {
@@ -86,6 +86,7 @@ class LabUpResult:
     subnet: str
     gateway: str
     nodes: list[LabNode]
+    registry: str | None = None  # address the nodes pull from
     created: list[str] = field(default_factory=list)
     images_built: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -196,19 +197,20 @@ def ensure_base_image(client, log=print) -> tuple[str, bool]:
     return tag, True
 
 
-def ensure_node_image(client, base_tag: str, log=print) -> tuple[str, bool]:
-    """The node image (sshd, dockerd, python3-requests) FROM the base; (tag, built_now)."""
+def ensure_image(client, name: str, base_tag: str, log=print) -> tuple[str, bool]:
+    """Image ``name`` built FROM the base from evc/lab_image/<name>; (tag, built_now)."""
     import docker.errors
 
-    files = sorted(p for p in IMAGE_DIR.iterdir() if p.is_file())
-    digest = _digest("node-v1", base_tag, *(p.name + p.read_text() for p in files))
-    tag = f"{IMAGE_REPO}/node:{digest}"
+    context = IMAGE_DIR / name
+    files = sorted(p for p in context.iterdir() if p.is_file())
+    digest = _digest(f"{name}-v1", base_tag, *(p.name + p.read_text() for p in files))
+    tag = f"{IMAGE_REPO}/{name}:{digest}"
     if _image_with_hash(client, tag, digest):
         return tag, False
-    log(f"building node image {tag} (apt-get inside, about 40 s)")
+    log(f"building lab image {tag} (apt-get inside, about 40 s)")
     try:
         client.images.build(
-            path=str(IMAGE_DIR),
+            path=str(context),
             tag=tag,
             buildargs={"BASE": base_tag},
             labels={HASH_LABEL: digest},
@@ -218,7 +220,7 @@ def ensure_node_image(client, base_tag: str, log=print) -> tuple[str, bool]:
     except docker.errors.BuildError as exc:
         lines = [c.get("stream", c.get("error", "")) for c in exc.build_log]
         tail = "".join(lines).strip().splitlines()[-8:]
-        raise EVCError("lab node image build failed:\n" + "\n".join(tail)) from None
+        raise EVCError(f"lab {name} image build failed:\n" + "\n".join(tail)) from None
     return tag, True
 
 
@@ -354,7 +356,7 @@ class Lab:
         try:
             base, built = ensure_base_image(self.client, log)
             result.images_built += [base] if built else []
-            image, built = ensure_node_image(self.client, base, log)
+            image, built = ensure_image(self.client, "node", base, log)
             result.images_built += [image] if built else []
             timings["images_s"] = time.monotonic() - t0
             _, pubkey = controller_key(self.ws)
@@ -399,6 +401,11 @@ class Lab:
             timings["nodes_s"] = time.monotonic() - t1
             pin_host_keys(self.ws, {ip: ready[n] for n, (_, _, ip) in wanted.items()})
             self.register()
+            t3 = time.monotonic()
+            registry_image, built = ensure_image(self.client, "registry", base, log)
+            result.images_built += [registry_image] if built else []
+            result.registry = self.ensure_registry(str(net[1]), registry_image)
+            timings["registry_s"] = time.monotonic() - t3
         except BaseException:
             for action in reversed(undo):
                 try:
@@ -477,6 +484,19 @@ class Lab:
         with ThreadPoolExecutor(max_workers=min(len(names), 16) or 1) as pool:
             return dict(zip(names, pool.map(ready, names), strict=True))
 
+    def ensure_registry(self, gateway: str, image: str) -> str:
+        """The workspace registry, reachable by the nodes at the lab gateway, with the probe."""
+        from evc import registry
+
+        try:
+            settings = registry.load(self.ws)
+        except UsageError:
+            settings = registry.init(self.ws, [gateway], image=image)
+        registry.up(self.ws, image, client=self.client)
+        if registry.PROBE_REPO not in registry.RegistryClient.for_workspace(self.ws).catalog():
+            registry.push_probe(self.ws, self.client)
+        return settings.address
+
     def register(self, progress: bool = False) -> list:
         """Enrol nodes that are not devices yet, through the device code (facts included)."""
         from evc import devices
@@ -538,6 +558,9 @@ class Lab:
             ips.add(c.labels.get("evc.lab.ip", ""))
             removed["containers"].append(c.name)
             self._remove(c)
+        from evc import registry
+
+        removed["registry"] = registry.down(self.ws, client=self.client)  # bound to the gateway
         network = self.network()
         if network is not None:
             network.remove()
@@ -555,7 +578,7 @@ class Lab:
             import docker.errors
 
             removed["kept_in_use"] = []
-            for repo in ("node", "base"):  # node images first: they sit on the base
+            for repo in ("node", "registry", "base"):  # the base last: the others sit on it
                 for image in self.client.images.list(name=f"{IMAGE_REPO}/{repo}"):
                     try:
                         self.client.images.remove(image.id, force=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from evc import __version__
-from evc.cli import device, inventory, lab
+from evc.cli import device, inventory, lab, registry
 
 app = typer.Typer(
     name="evc",
@@ -26,6 +26,7 @@ app = typer.Typer(
 app.add_typer(device.app, name="device")
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(lab.app, name="lab")
+app.add_typer(registry.app, name="registry")
 
 
 def _version(value: bool) -> None:

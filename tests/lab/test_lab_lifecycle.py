@@ -46,4 +46,6 @@ def test_down_leaves_no_container_network_or_volume(lab_ws, tmp_path):
     down = json.loads(evc("lab", "down", "--json", env=env, check=0).stdout)
     assert down["containers"] == ["evc-evcdown-node1"]
     assert _leftovers(client, "evcdown") == ([], [], [])
+    assert down["registry"] and down["registry"][0].startswith("evc-registry-default-")
+    assert not client.containers.list(all=True, filters={"name": down["registry"][0]})
     assert (tmp_path / ".evc" / "known_hosts").read_text() == ""

@@ -88,3 +88,31 @@ def test_scrub_command_file_keeps_only_evc_settings(tmp_path):
     assert data["env"] == {"PATH": "/bin", "ANSIBLE_FORKS": "3"}
     assert data["command"] == ["ansible-playbook"]
     assert (tmp_path / "command").stat().st_mode & 0o777 == 0o600
+
+
+def test_command_failure_reports_stderr_not_the_generic_message():
+    run = _run(
+        [
+            _ev(
+                "runner_on_failed",
+                "a",
+                task="pull",
+                res={
+                    "msg": "non-zero return code",
+                    "rc": 1,
+                    "stderr": "Error response from daemon: x509: certificate signed by unknown "
+                    "authority",
+                },
+            ),
+            _ev(
+                "runner_on_failed",
+                "b",
+                task="t",
+                res={"msg": "Missing sudo password", "stderr": "noise"},
+            ),
+            _ev("playbook_on_stats", failures={"a": 1, "b": 1}),
+        ],
+        hosts=["a", "b"],
+    )
+    assert run.hosts["a"].message.endswith("certificate signed by unknown authority")
+    assert run.hosts["b"].message == "Missing sudo password"

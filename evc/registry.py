@@ -1,0 +1,389 @@
+"""The private registry: distribution v2 in a container with TLS, htpasswd auth and deletes.
+
+Settings live in ``.evc/registry/registry.json`` beside the certificates
+(evc.pki). The controller's own Docker engine trusts the CA through
+``/etc/docker/certs.d/HOST:PORT/ca.crt`` so it can push; nodes get it with
+``evc cert push``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evc import pki
+from evc.config import Workspace
+from evc.errors import EVCError, UsageError
+
+DEFAULT_IMAGE = "registry:2"
+DEFAULT_PORT = 5000
+CONFIG_PATH = "/etc/docker/registry/config.yml"
+CERTS_D = Path("/etc/docker/certs.d")
+PROBE_REPO = "evc/probe"
+PROBE_TAG = "1"
+
+
+@dataclass
+class RegistrySettings:
+    hosts: list[str]
+    port: int = DEFAULT_PORT
+    image: str = DEFAULT_IMAGE
+    user: str = pki.USER
+
+    @property
+    def address(self) -> str:
+        return f"{self.hosts[0]}:{self.port}"
+
+
+@dataclass
+class RegistryStatus:
+    address: str
+    container: str
+    state: str  # running, exited, absent
+    image: str
+    cert: dict[str, Any]
+    ca: dict[str, Any]
+    repositories: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def files(ws: Workspace) -> pki.RegistryFiles:
+    root = ws.ensure_private_dir() / "registry"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return pki.RegistryFiles(root)
+
+
+def container_name(ws: Workspace) -> str:
+    """Unique per workspace on one engine (many workspaces are named 'default')."""
+    import hashlib
+
+    return f"evc-registry-{ws.name}-{hashlib.sha256(str(ws.root).encode()).hexdigest()[:8]}"
+
+
+def load(ws: Workspace) -> RegistrySettings:
+    path = files(ws).root / "registry.json"
+    if not path.is_file():
+        raise UsageError("No registry in this workspace yet: run `evc registry init --host H`.")
+    return RegistrySettings(**json.loads(path.read_text()))
+
+
+def save(ws: Workspace, settings: RegistrySettings) -> None:
+    (files(ws).root / "registry.json").write_text(json.dumps(asdict(settings), indent=2))
+
+
+def init(
+    ws: Workspace,
+    hosts: list[str],
+    days: int = 825,
+    password: str | None = None,
+    port: int = DEFAULT_PORT,
+    image: str = DEFAULT_IMAGE,
+) -> RegistrySettings:
+    """CA, server certificate for ``hosts``, credentials and settings (refused if present)."""
+    f = files(ws)
+    if (f.root / "registry.json").exists():
+        raise UsageError(
+            f"The registry is already initialised ({f.root}). Use `evc registry rotate` for "
+            "new certificates."
+        )
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port {port} is out of range (1-65535).")
+    pki.subject_alt_names(hosts)  # validate before writing anything
+    if not 1 <= days <= 3650:
+        raise UsageError(f"--days {days}: a server certificate lasts 1 to 3650 days.")
+    if password is not None and len(password) < 12:
+        raise UsageError("The registry password must be at least 12 characters.")
+    pki.make_ca(f)
+    pki.make_server_cert(f, hosts, days)
+    pki.make_credentials(f, password)
+    settings = RegistrySettings(hosts=list(hosts), port=port, image=image)
+    save(ws, settings)
+    return settings
+
+
+def _config_yaml() -> str:
+    return "\n".join(
+        [
+            "version: 0.1",
+            "log: {level: info, fields: {service: evc-registry}}",
+            "storage:",
+            "  filesystem: {rootdirectory: /var/lib/registry}",
+            "  delete: {enabled: true}",
+            "http:",
+            "  addr: :5000",
+            "  tls: {certificate: /certs/server.crt, key: /certs/server.key}",
+            "  headers: {X-Content-Type-Options: [nosniff]}",
+            "auth:",
+            "  htpasswd: {realm: evc-registry, path: /auth/htpasswd}",
+            "",
+        ]
+    )
+
+
+def trust_on_controller(ws: Workspace, settings: RegistrySettings) -> Path:
+    """Let the controller's Docker engine verify the registry (it reads certs.d per pull)."""
+    target = CERTS_D / settings.address / "ca.crt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(files(ws).ca_cert.read_bytes())
+    return target
+
+
+def up(ws: Workspace, image: str | None = None, client=None) -> RegistryStatus:
+    """Start (or keep) the registry container and wait until it answers over TLS."""
+    import docker.errors
+
+    from evc.lab import docker_client
+
+    settings = load(ws)
+    if image and image != settings.image:
+        settings.image = image
+        save(ws, settings)
+    client = client or docker_client()
+    f = files(ws)
+    config = f.root / "config.yml"
+    config.write_text(_config_yaml())
+    name = container_name(ws)
+    try:
+        container = client.containers.get(name)
+        if container.image.tags and settings.image not in container.image.tags:
+            container.remove(force=True)
+            container = None
+    except docker.errors.NotFound:
+        container = None
+    if container is None:
+        try:
+            client.images.get(settings.image)
+        except docker.errors.ImageNotFound:
+            raise EVCError(
+                f"Registry image {settings.image!r} is not on this machine and cannot be pulled "
+                "here; pass --image (the lab builds one: `evc lab up`)."
+            ) from None
+        host_ip = settings.hosts[0] if _is_ip(settings.hosts[0]) else "0.0.0.0"
+        try:
+            container = client.containers.run(
+                settings.image,
+                name=name,
+                detach=True,
+                restart_policy={"Name": "unless-stopped"},
+                ports={"5000/tcp": (host_ip, settings.port)},
+                volumes={
+                    str(config): {"bind": CONFIG_PATH, "mode": "ro"},
+                    str(f.server_cert): {"bind": "/certs/server.crt", "mode": "ro"},
+                    str(f.server_key): {"bind": "/certs/server.key", "mode": "ro"},
+                    str(f.htpasswd): {"bind": "/auth/htpasswd", "mode": "ro"},
+                    f"{name}-data": {"bind": "/var/lib/registry", "mode": "rw"},
+                },
+                labels={"evc.registry": str(ws.root)},
+            )
+        except docker.errors.APIError as exc:
+            raise EVCError(f"Could not start the registry on {settings.address}: {exc}") from None
+    elif container.status != "running":
+        container.start()
+    trust_on_controller(ws, settings)
+    _wait_answering(RegistryClient.for_workspace(ws))
+    return status(ws, client)
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _wait_answering(api: RegistryClient, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            api.ping()
+            return
+        except EVCError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def down(ws: Workspace, purge: bool = False, client=None) -> list[str]:
+    """Stop and remove the registry container (and with ``purge`` its stored images)."""
+    import docker.errors
+
+    from evc.lab import docker_client
+
+    client = client or docker_client()
+    removed = []
+    name = container_name(ws)
+    try:
+        client.containers.get(name).remove(force=True)
+        removed.append(name)
+    except docker.errors.NotFound:
+        pass
+    if purge:
+        try:
+            client.volumes.get(f"{name}-data").remove(force=True)
+            removed.append(f"{name}-data")
+        except docker.errors.NotFound:
+            pass
+    return removed
+
+
+def status(ws: Workspace, client=None) -> RegistryStatus:
+    import docker.errors
+
+    from evc.lab import docker_client
+
+    settings = load(ws)
+    f = files(ws)
+    client = client or docker_client()
+    try:
+        state = client.containers.get(container_name(ws)).status
+    except docker.errors.NotFound:
+        state = "absent"
+    result = RegistryStatus(
+        address=settings.address,
+        container=container_name(ws),
+        state=state,
+        image=settings.image,
+        cert=pki.certificate_info(f.server_cert),
+        ca=pki.certificate_info(f.ca_cert),
+    )
+    if state == "running":
+        try:
+            result.repositories = RegistryClient.for_workspace(ws).catalog()
+        except EVCError as exc:
+            result.error = str(exc)
+    return result
+
+
+def garbage_collect(ws: Workspace, client=None) -> str:
+    """Run the registry's garbage collector (after deleting tags) inside its container."""
+    from evc.lab import docker_client
+
+    client = client or docker_client()
+    container = client.containers.get(container_name(ws))
+    code, out = container.exec_run(
+        ["registry", "garbage-collect", "--delete-untagged", CONFIG_PATH]
+    )
+    if code != 0:
+        raise EVCError(f"registry garbage-collect failed: {out.decode(errors='replace')[-500:]}")
+    return out.decode(errors="replace")
+
+
+def push_probe(ws: Workspace, client=None) -> str:
+    """Build the tiny busybox probe image on the controller and push it; returns its ref."""
+    import shutil
+
+    from evc.lab import docker_client
+
+    busybox = shutil.which("busybox")
+    if not busybox:
+        raise EVCError("busybox is not installed (apt-get install busybox-static; `make` does it).")
+    settings = load(ws)
+    client = client or docker_client()
+    ref = f"{settings.address}/{PROBE_REPO}"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "bin").mkdir()
+        shutil.copy(busybox, root / "bin" / "busybox")
+        for applet in ("sh", "echo", "cat", "sleep", "ls"):
+            (root / "bin" / applet).symlink_to("busybox")
+        (root / "Dockerfile").write_text('FROM scratch\nCOPY bin /bin\nCMD ["/bin/sh"]\n')
+        client.images.build(path=tmp, tag=f"{ref}:{PROBE_TAG}", rm=True)
+    login(ws, client)
+    for line in client.images.push(ref, tag=PROBE_TAG, stream=True, decode=True):
+        if "error" in line:
+            raise EVCError(f"pushing the probe image to {settings.address} failed: {line['error']}")
+    return f"{ref}:{PROBE_TAG}"
+
+
+def login(ws: Workspace, client) -> None:
+    settings = load(ws)
+    password = files(ws).password.read_text()
+    try:
+        client.login(username=settings.user, password=password, registry=settings.address)
+    except Exception as exc:
+        raise EVCError(f"login to the registry at {settings.address} failed: {exc}") from None
+
+
+class RegistryClient:
+    """The registry HTTP API (v2) over TLS verified against the workspace CA."""
+
+    MANIFEST_TYPES = ", ".join(
+        [
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.index.v1+json",
+        ]
+    )
+
+    def __init__(self, address: str, user: str, password: str, ca_file: Path, timeout=10):
+        import requests
+
+        self.base = f"https://{address}/v2/"
+        self.session = requests.Session()
+        # The workspace CA only: with trust_env, REQUESTS_CA_BUNDLE or a proxy from the
+        # environment would override it (requests merges env settings over the session's).
+        self.session.trust_env = False
+        self.session.auth = (user, password)
+        self.verify = str(ca_file)
+        self.timeout = timeout
+
+    @classmethod
+    def for_workspace(cls, ws: Workspace) -> RegistryClient:
+        settings = load(ws)
+        f = files(ws)
+        return cls(settings.address, settings.user, f.password.read_text(), f.ca_cert)
+
+    def _request(self, method: str, path: str, **kwargs):
+        import requests
+
+        try:
+            response = self.session.request(
+                method, self.base + path, timeout=self.timeout, verify=self.verify, **kwargs
+            )
+        except requests.exceptions.SSLError as exc:
+            raise EVCError(f"TLS to the registry {self.base} failed: {exc}") from None
+        except requests.exceptions.RequestException as exc:
+            raise EVCError(f"The registry {self.base} does not answer: {exc}") from None
+        if response.status_code == 401:
+            raise EVCError(f"The registry {self.base} refused the credentials (401).")
+        return response
+
+    def ping(self) -> None:
+        self._request("GET", "").raise_for_status()
+
+    def catalog(self) -> list[str]:
+        response = self._request("GET", "_catalog", params={"n": 1000})
+        response.raise_for_status()
+        return sorted(response.json().get("repositories") or [])
+
+    def tags(self, repo: str) -> list[str]:
+        response = self._request("GET", f"{repo}/tags/list")
+        if response.status_code == 404:
+            return []
+        response.raise_for_status()
+        return sorted(response.json().get("tags") or [])
+
+    def manifest_digest(self, repo: str, tag: str) -> str | None:
+        response = self._request(
+            "HEAD", f"{repo}/manifests/{tag}", headers={"Accept": self.MANIFEST_TYPES}
+        )
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.headers.get("Docker-Content-Digest")
+
+    def delete(self, repo: str, tag: str) -> bool:
+        """Delete the manifest a tag points to; False if there was no such tag."""
+        digest = self.manifest_digest(repo, tag)
+        if digest is None:
+            return False
+        self._request("DELETE", f"{repo}/manifests/{digest}").raise_for_status()
+        return True

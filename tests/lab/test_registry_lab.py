@@ -1,0 +1,98 @@
+"""The lab's private registry, for real: TLS, auth, API, and nodes that do not trust it yet."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from evc import registry
+from evc.ansible import run_playbook
+from evc.lab import docker_client
+from tests.conftest import evc
+
+PULL = str(Path(__file__).parent / "playbooks" / "pull_probe.yml")
+
+
+@pytest.fixture
+def reg(lab_ws):
+    settings = registry.load(lab_ws)
+    files = registry.files(lab_ws)
+    return settings, files, f"https://{settings.address}/v2/"
+
+
+def test_lab_registry_runs_at_the_gateway_with_the_probe(lab_session, lab_env):
+    lab_ws, up = lab_session
+    gateway = up["gateway"]
+    assert up["registry"] == f"{gateway}:5000"
+    st = json.loads(evc("registry", "status", "--json", env=lab_env, check=0).stdout)
+    assert st["state"] == "running" and st["image"].startswith("evc-lab/registry:")
+    assert st["cert"]["sans"] == [gateway] and 820 <= st["cert"]["days_left"] <= 825
+    assert "evc/probe" in st["repositories"]
+
+
+def test_anonymous_and_wrong_password_are_refused(reg):
+    settings, files, base = reg
+    ca = str(files.ca_cert)
+    assert requests.get(base, verify=ca, timeout=10).status_code == 401
+    assert requests.get(base + "_catalog", verify=ca, timeout=10).status_code == 401
+    push = requests.post(base + "evc/x/blobs/uploads/", verify=ca, timeout=10)
+    assert push.status_code == 401
+    wrong = requests.get(base, auth=(settings.user, "not-the-password"), verify=ca, timeout=10)
+    assert wrong.status_code == 401
+    right = requests.get(
+        base, auth=(settings.user, files.password.read_text()), verify=ca, timeout=10
+    )
+    assert right.status_code == 200
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(base, timeout=10)  # the system trust store does not know our CA
+
+
+def test_node_without_the_ca_cannot_pull(lab_ws, reg):
+    settings, _, _ = reg
+    ref = f"{settings.address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}"
+    run = run_playbook(lab_ws, PULL, "node1", extravars={"probe_ref": ref}, progress=False)
+    assert run.hosts["node1"].state == "failed"
+    assert "certificate signed by unknown authority" in run.hosts["node1"].message
+
+
+def test_api_lists_tags_and_deletes_with_garbage_collection(lab_ws, reg, tmp_path):
+    settings, _, _ = reg
+    api = registry.RegistryClient.for_workspace(lab_ws)
+    assert api.tags(registry.PROBE_REPO) == [registry.PROBE_TAG]
+    assert api.manifest_digest(registry.PROBE_REPO, registry.PROBE_TAG).startswith("sha256:")
+    # A second, different image to delete (same-digest tags would go together).
+    (tmp_path / "x").write_text("scratch\n")
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY x /x\n")
+    client = docker_client()
+    ref = f"{settings.address}/evc/scratch"
+    client.images.build(path=str(tmp_path), tag=f"{ref}:gone", rm=True)
+    registry.login(lab_ws, client)
+    out = [ln for ln in client.images.push(ref, tag="gone", stream=True, decode=True)]
+    assert not [ln for ln in out if "error" in ln], out
+    assert api.tags("evc/scratch") == ["gone"]
+    assert api.delete("evc/scratch", "gone") is True
+    assert api.delete("evc/scratch", "gone") is False
+    gc_log = registry.garbage_collect(lab_ws)
+    assert "eligible for deletion" in gc_log, gc_log
+    assert api.tags("evc/scratch") == []
+    assert api.tags(registry.PROBE_REPO) == [registry.PROBE_TAG]
+
+
+def test_registry_password_is_nowhere_evc_writes_in_clear(lab_ws, lab_env, reg):
+    _, files, _ = reg
+    password = files.password.read_text()
+    assert files.password.stat().st_mode & 0o777 == 0o600
+    outputs = evc("registry", "status", "--json", env=lab_env, check=0).stdout
+    outputs += evc("lab", "status", "--json", env=lab_env).stdout
+    assert password not in outputs
+    places = [lab_ws.inventory, *(lab_ws.root / "db").glob("evc.db*")]
+    places += [p for p in (lab_ws.private_dir / "runs").rglob("*") if p.is_file()]
+    assert not [p for p in places if password in p.read_bytes().decode("latin-1")]
+    # Nor in the repository itself.
+    repo = Path(__file__).resolve().parents[2]
+    tracked = subprocess.run(
+        ["git", "-C", str(repo), "grep", "-l", password], capture_output=True, text=True
+    )
+    assert tracked.stdout == ""
