@@ -264,11 +264,16 @@ def run_playbook(
     target: str = "all",
     *,
     extravars: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
     inventory: Path | None = None,
     task_timeout: int = 300,
     progress: bool = True,
 ) -> RunResult:
-    """Run a bundled playbook (or a path) against ``target`` and return per-host results."""
+    """Run a bundled playbook (or a path) against ``target`` and return per-host results.
+
+    Secrets go in ``env`` (read in the playbook with ``lookup('env')`` under no_log),
+    never in ``extravars``, which ansible-runner puts on the command line.
+    """
     import ansible_runner
 
     from evc.console import progress_line
@@ -289,7 +294,7 @@ def run_playbook(
             inventory=str(inventory),
             limit=target,
             extravars=extravars or {},
-            envvars=ansible_env(ws, forks, task_timeout),
+            envvars={**ansible_env(ws, forks, task_timeout), **(env or {})},
             event_handler=collector,
             quiet=True,
             suppress_env_files=True,

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from evc import __version__
-from evc.cli import device, inventory, lab, registry
+from evc.cli import cert, device, inventory, lab, registry
 
 app = typer.Typer(
     name="evc",
@@ -27,6 +27,7 @@ app.add_typer(device.app, name="device")
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(lab.app, name="lab")
 app.add_typer(registry.app, name="registry")
+app.add_typer(cert.app, name="cert")
 
 
 def _version(value: bool) -> None:

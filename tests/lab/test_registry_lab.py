@@ -96,3 +96,39 @@ def test_registry_password_is_nowhere_evc_writes_in_clear(lab_ws, lab_env, reg):
         ["git", "-C", str(repo), "grep", "-l", password], capture_output=True, text=True
     )
     assert tracked.stdout == ""
+
+
+def test_cert_push_then_revoke_on_every_node(lab_ws, lab_env, reg):
+    """Unknown authority before, a real pull after push, refused again after revoke."""
+    settings, files, _ = reg
+    ref = f"{settings.address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}"
+    password = files.password.read_text()
+
+    pushed = json.loads(evc("cert", "push", "lab", "--json", env=lab_env, check=0).stdout)
+    assert pushed["status"] == "success" and sorted(pushed["hosts"]) == ["node1", "node2", "node3"]
+    run = run_playbook(lab_ws, PULL, "lab", extravars={"probe_ref": ref}, progress=False)
+    assert run.ok, {h: r.message for h, r in run.hosts.items()}
+
+    again = json.loads(evc("cert", "push", "lab", "--json", env=lab_env, check=0).stdout)
+    assert {h: r["changed"] for h, r in again["hosts"].items()} == {
+        "node1": 0, "node2": 0, "node3": 0}  # fmt: skip
+
+    checked = json.loads(evc("cert", "check", "lab", "--json", env=lab_env, check=0).stdout)
+    assert all(c["trusts_current_ca"] for c in checked)
+    assert {c["server_cert_days_left"] for c in checked} <= {823, 824, 825}
+
+    revoked = json.loads(evc("cert", "revoke", "node2", "--json", env=lab_env, check=0).stdout)
+    assert revoked["hosts"]["node2"]["state"] in ("ok", "changed")
+    run = run_playbook(lab_ws, PULL, "lab", extravars={"probe_ref": ref}, progress=False)
+    assert run.hosts["node2"].state == "failed"
+    assert "certificate signed by unknown authority" in run.hosts["node2"].message
+    assert run.hosts["node1"].state == run.hosts["node3"].state == "ok"
+    proc = evc("cert", "check", "lab", "--json", env=lab_env, check=1)
+    assert {c["host"]: c["trusts_current_ca"] for c in json.loads(proc.stdout)} == {
+        "node1": True, "node2": False, "node3": True}  # fmt: skip
+
+    # The password travelled to the nodes but is in no artifact or output.
+    runs = lab_ws.private_dir / "runs"
+    assert not [p for p in runs.rglob("*") if p.is_file()
+                and password in p.read_text(errors="replace")]  # fmt: skip
+    evc("cert", "revoke", "lab", env=lab_env, check=0)  # leave the nodes as they were
