@@ -65,6 +65,7 @@ lint: venv
 bench: setup
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/devices_scale.py
+	$(BIN)/python bench/cert_push.py
 	$(BIN)/python bench/lab_up.py
 
 clean:
