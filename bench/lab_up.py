@@ -38,7 +38,7 @@ def main() -> int:
         finally:
             timed(down, env)
     ratio = cold / cached
-    print(f"cold   (debootstrap + node image + 3 nodes): {cold:6.1f} s")
+    print(f"cold   (debootstrap, node + registry images, 3 nodes): {cold:6.1f} s")
     print(f"cached (images cached, 3 new nodes):         {cached:6.1f} s")
     print(f"no-op  (lab already up):                      {again:6.1f} s")
     print(f"no-op phases: {phases}")

@@ -188,6 +188,26 @@ def up(ws: Workspace, image: str | None = None, client=None) -> RegistryStatus:
     return status(ws, client)
 
 
+def rotate(ws: Workspace, days: int = 825, client=None) -> RegistryStatus:
+    """A new server certificate from the same CA; nodes keep trusting the registry.
+
+    The registry reads its certificate at start, so it is restarted (a second or
+    two); Docker resolves the file mounts again at each start.
+    """
+    from evc.lab import docker_client
+
+    settings = load(ws)
+    pki.make_server_cert(files(ws), settings.hosts, days)
+    client = client or docker_client()
+    try:
+        container = client.containers.get(container_name(ws))
+    except Exception:
+        return status(ws, client)  # not running: it starts with the new certificate
+    container.restart(timeout=5)
+    _wait_answering(RegistryClient.for_workspace(ws))
+    return status(ws, client)
+
+
 def _is_ip(host: str) -> bool:
     import ipaddress
 

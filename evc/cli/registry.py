@@ -98,3 +98,14 @@ def status(json: bool = JSON) -> None:
     _print_status(st, json)
     if st.state != "running" or st.error:
         raise typer.Exit(1)
+
+
+@app.command()
+def rotate(
+    days: int = typer.Option(825, help="New server certificate lifetime in days."),
+    json: bool = JSON,
+) -> None:
+    """Issue a new server certificate from the same CA and restart the registry."""
+    from evc import registry
+
+    _print_status(registry.rotate(_ws(), days), json)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from evc import registry
+from evc import pki, registry
 from evc.ansible import run_playbook
 from evc.lab import docker_client
 from tests.conftest import evc
@@ -131,4 +131,15 @@ def test_cert_push_then_revoke_on_every_node(lab_ws, lab_env, reg):
     runs = lab_ws.private_dir / "runs"
     assert not [p for p in runs.rglob("*") if p.is_file()
                 and password in p.read_text(errors="replace")]  # fmt: skip
+    # Rotation (same CA): a new server certificate, and every trusting node still pulls.
+    evc("cert", "push", "node2", env=lab_env, check=0)
+    before = pki.certificate_info(files.server_cert)
+    rotated = json.loads(evc("registry", "rotate", "--days", "90", "--json", env=lab_env,
+                             check=0).stdout)  # fmt: skip
+    assert rotated["state"] == "running" and 88 <= rotated["cert"]["days_left"] <= 90
+    assert pki.certificate_info(files.server_cert)["not_before"] >= before["not_before"]
+    run = run_playbook(lab_ws, PULL, "lab", extravars={"probe_ref": ref}, progress=False)
+    assert run.ok, {h: r.message for h, r in run.hosts.items()}
+    checked = json.loads(evc("cert", "check", "lab", "--json", env=lab_env, check=0).stdout)
+    assert all(c["trusts_current_ca"] and c["server_cert_days_left"] <= 90 for c in checked)
     evc("cert", "revoke", "lab", env=lab_env, check=0)  # leave the nodes as they were
