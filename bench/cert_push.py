@@ -27,6 +27,7 @@ def main() -> int:
                 all_.append(timed(EVC + ["cert", "push", "lab"], env))
         finally:
             timed(EVC + ["lab", "down"], env)
+            timed(EVC + ["registry", "down", "--purge"], env)
     a, b = statistics.median(one), statistics.median(all_)
     print(f"cert push, 1 node:  median {a:5.2f} s  {sorted(round(x, 2) for x in one)}")
     print(f"cert push, 3 nodes: median {b:5.2f} s  {sorted(round(x, 2) for x in all_)}")

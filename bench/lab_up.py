@@ -37,6 +37,7 @@ def main() -> int:
             phases = json.loads(out)["timings"]
         finally:
             timed(down, env)
+            timed(EVC + ["registry", "down", "--purge"], env)
     ratio = cold / cached
     print(f"cold   (debootstrap, node + registry images, 3 nodes): {cold:6.1f} s")
     print(f"cached (images cached, 3 new nodes):         {cached:6.1f} s")

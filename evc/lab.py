@@ -560,7 +560,8 @@ class Lab:
             self._remove(c)
         from evc import registry
 
-        removed["registry"] = registry.down(self.ws, client=self.client)  # bound to the gateway
+        # Bound to the gateway, so it goes with the network; --purge takes its data too.
+        removed["registry"] = registry.down(self.ws, purge=purge, client=self.client)
         network = self.network()
         if network is not None:
             network.remove()

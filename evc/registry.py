@@ -231,7 +231,11 @@ def _wait_answering(api: RegistryClient, seconds: float = 30) -> None:
 
 
 def down(ws: Workspace, purge: bool = False, client=None) -> list[str]:
-    """Stop and remove the registry container (and with ``purge`` its stored images)."""
+    """Stop and remove the registry container.
+
+    With ``purge`` also its stored images, and the controller's local images
+    tagged for it (the probe, pushed models).
+    """
     import docker.errors
 
     from evc.lab import docker_client
@@ -250,6 +254,15 @@ def down(ws: Workspace, purge: bool = False, client=None) -> list[str]:
             removed.append(f"{name}-data")
         except docker.errors.NotFound:
             pass
+        try:
+            prefix = load(ws).address + "/"
+        except UsageError:
+            prefix = None  # never initialised: nothing was tagged for it
+        for image in client.images.list() if prefix else []:
+            for tag in image.tags:
+                if tag.startswith(prefix):
+                    client.images.remove(tag)
+                    removed.append(tag)
     return removed
 
 

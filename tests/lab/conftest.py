@@ -34,6 +34,7 @@ def lab_session(tmp_path_factory):
         yield Workspace.load(root), json.loads(up.stdout)
     finally:
         evc("lab", "down", env=env, check=0)
+        evc("registry", "down", "--purge", env=env, check=0)  # its data and local tags
 
 
 @pytest.fixture

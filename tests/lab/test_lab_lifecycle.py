@@ -48,4 +48,7 @@ def test_down_leaves_no_container_network_or_volume(lab_ws, tmp_path):
     assert _leftovers(client, "evcdown") == ([], [], [])
     assert down["registry"] and down["registry"][0].startswith("evc-registry-default-")
     assert not client.containers.list(all=True, filters={"name": down["registry"][0]})
+    purged = json.loads(evc("registry", "down", "--purge", "--json", env=env, check=0).stdout)
+    assert purged == [f"{down['registry'][0]}-data", "172.31.240.1:5000/evc/probe:1"]
+    assert not client.images.list(name="172.31.240.1:5000/evc/probe")
     assert (tmp_path / ".evc" / "known_hosts").read_text() == ""
