@@ -8,6 +8,15 @@ from pathlib import Path
 from evc.config import Workspace
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret 0600 from the first byte (no window with wider permissions)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
 def controller_key(ws: Workspace) -> tuple[Path, str]:
     """The workspace's SSH key pair (ed25519; private file 0600): (path, public key line).
 
@@ -26,9 +35,7 @@ def controller_key(ws: Workspace) -> tuple[Path, str]:
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         )
-        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        write_private(private, data)
         pub = key.public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         )

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from evc.errors import UsageError
+from evc.keys import write_private
 
 CA_DAYS = 3650
 USER = "evc"
@@ -46,15 +46,6 @@ class RegistryFiles:
     @property
     def password(self) -> Path:
         return self.root / "password"
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret 0600 from the first byte (no window with wider permissions)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
 
 
 def subject_alt_names(hosts: list[str]):
