@@ -497,10 +497,25 @@ class Lab:
             registry.push_probe(self.ws, self.client)
         return settings.address
 
-    def register(self, progress: bool = False) -> list:
-        """Enrol nodes that are not devices yet, through the device code (facts included)."""
+    def _devices(self) -> list[dict]:
+        """The devices this lab enrolled (labelled lab=<name>)."""
         from evc import devices
 
+        return [d for d in devices.list_devices(self.ws) if d["labels"].get("lab") == self.name]
+
+    def register(self, progress: bool = False) -> list:
+        """Make the lab's devices match its nodes, through the device code (facts included).
+
+        Devices of nodes that are gone, or were recreated with another address or
+        profile, are removed; nodes without a device are enrolled.
+        """
+        from evc import devices
+
+        nodes = {n.name: n for n in self.nodes()}
+        for d in self._devices():
+            n = nodes.get(d["name"])
+            if n is None or d["host"] != n.ip or d["labels"].get("profile") != n.profile:
+                devices.remove(self.ws, d["name"])
         known = {d["name"] for d in devices.list_devices(self.ws)}
         new = [
             devices.Device(
@@ -509,7 +524,7 @@ class Lab:
                 groups=["lab", f"profile_{n.profile}"],
                 labels={"lab": self.name, "profile": n.profile, **PROFILES[n.profile].labels},
             )
-            for n in self.nodes()
+            for n in nodes.values()
             if n.name not in known
         ]
         return devices.add(self.ws, new, scan_keys=False, progress=progress) if new else []
@@ -572,9 +587,8 @@ class Lab:
         close_connections(self.ws)
         from evc import devices
 
-        for d in devices.list_devices(self.ws):
-            if d["labels"].get("lab") == self.name:
-                devices.remove(self.ws, d["name"])
+        for d in self._devices():
+            devices.remove(self.ws, d["name"])
         if purge:
             import docker.errors
 

@@ -180,6 +180,10 @@ def up(ws: Workspace, image: str | None = None, client=None) -> RegistryStatus:
                 labels={"evc.registry": str(ws.root)},
             )
         except docker.errors.APIError as exc:
+            try:  # run() creates before it starts: leave no half-made container behind
+                client.containers.get(name).remove(force=True)
+            except docker.errors.NotFound:
+                pass
             raise EVCError(f"Could not start the registry on {settings.address}: {exc}") from None
     elif container.status != "running":
         container.start()

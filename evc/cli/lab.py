@@ -60,11 +60,11 @@ def up(
 ) -> None:
     """Build the images if needed and bring the lab to exactly N running nodes."""
     from evc.console import err, print_json
-    from evc.lab import validate_request
+    from evc.lab import DEFAULT_PROFILES, validate_request
 
     from .output import exit_for, print_run
 
-    validate_request(nodes, list(profile or ["rpi"]))  # usage errors before touching Docker
+    validate_request(nodes, list(profile or DEFAULT_PROFILES))  # before touching Docker
     lab = _lab()
     with err.status("bringing the lab up") if err.is_terminal else _null():
         result = lab.up(nodes, profile or None, subnet, log=lambda m: err.print(m, highlight=False))

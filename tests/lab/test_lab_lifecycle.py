@@ -37,12 +37,25 @@ def test_clashing_subnet_is_refused_and_creates_nothing(lab_ws, tmp_path):
 def test_down_leaves_no_container_network_or_volume(lab_ws, tmp_path):
     write_settings(tmp_path, "lab: {name: evcdown, subnet: 172.31.240.0/24}\n")
     env = {"EVC_HOME": str(tmp_path)}
+    try:
+        _up_recreate_and_down(env, tmp_path)
+    finally:  # a failed assertion must not leave a lab holding the subnet and port
+        evc("lab", "down", env=env)
+        evc("registry", "down", "--purge", env=env)
+
+
+def _up_recreate_and_down(env, tmp_path):
     up = json.loads(
         evc("lab", "up", "--nodes", "1", "--profile", "rpi", "--json", env=env, check=0).stdout
     )
     assert up["ping"]["status"] == "success" and up["created"]
     client = docker_client()
     assert all(_leftovers(client, "evcdown"))
+    # Recreated with another profile: the device follows the node, facts included.
+    evc("lab", "up", "--nodes", "1", "--profile", "nuc", env=env, check=0)
+    (dev,) = json.loads(evc("device", "list", "--json", env=env, check=0).stdout)
+    assert dev["labels"]["profile"] == "nuc" and dev["cpu_count"] == 1.0
+    assert "profile_nuc" in dev["groups"] and "profile_rpi" not in dev["groups"]
     down = json.loads(evc("lab", "down", "--json", env=env, check=0).stdout)
     assert down["containers"] == ["evc-evcdown-node1"]
     assert _leftovers(client, "evcdown") == ([], [], [])
