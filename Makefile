@@ -42,10 +42,13 @@ system-packages:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# torch goes in first and pinned (constraints.txt says why), then the package with
+# its dev and export extras (ultralytics, for exporting YOLO weights to ONNX).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt torch
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,export]'
 	touch $@
 
 # Start a Docker engine in the background if none answers; fail clearly after a bound.

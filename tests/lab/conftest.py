@@ -4,14 +4,16 @@ The lab has its own name and subnet so it never touches a demo lab on the same e
 """
 
 import json
+import os
 
 import pytest
 
 from evc.config import Workspace
 from tests.conftest import evc, write_settings
 
-LAB_NAME = "evctest"
-SUBNET = "172.30.0.0/24"
+# Overridable so that two checkouts can run their lab tests side by side.
+LAB_NAME = os.environ.get("EVC_TEST_LAB", "evctest")
+SUBNET = os.environ.get("EVC_TEST_SUBNET", "172.30.0.0/24")
 
 
 def pytest_collection_modifyitems(items):
