@@ -1,0 +1,3 @@
+from evc_infer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""Command line: ``evc-infer --input DIR --output DIR [...]`` and ``evc-infer --selftest``."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from evc_infer import ModelError, UsageError
+from evc_infer.home import default_home, load_config, load_model, resolve_params
+from evc_infer.runner import prepare_output, run
+from evc_infer.selftest import selftest
+
+SHOWN = ("count", "ok", "failed", "skipped", "elapsed_s", "throughput")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"evc-infer: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="evc-infer",
+        description="Run the image's model over every image under --input; write "
+        "results.jsonl and summary.json to --output.",
+    )
+    p.add_argument("--input", type=Path, help="folder of images (searched recursively)")
+    p.add_argument("--output", type=Path, help="folder for results.jsonl and summary.json")
+    p.add_argument("--conf", type=float, help="minimum score (default: model.yaml defaults)")
+    p.add_argument("--iou", type=float, help="NMS IoU threshold (default: model.yaml defaults)")
+    p.add_argument("--imgsz", type=int, help="inference size (default: model.yaml defaults)")
+    p.add_argument("--home", type=Path, help="model home (default: $EVC_HOME_DIR or /opt/evc)")
+    p.add_argument("--selftest", action="store_true", help="check the model on a built-in image")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    home = args.home or default_home()
+    if args.selftest:
+        if args.input or args.output:
+            parser.error("--selftest takes no --input or --output")
+        return selftest(home, args.conf, args.iou, args.imgsz)
+    if not args.input or not args.output:
+        parser.error("--input and --output are required (or --selftest)")
+    try:
+        if not args.input.is_dir():
+            raise UsageError(f"input folder {args.input} does not exist or is not a folder")
+        config = load_config(home)
+        params = resolve_params(config, args.conf, args.iou, args.imgsz)
+        prepare_output(args.output)
+        model, versions = load_model(home, config)
+        summary = run(model, config, versions, args.input, args.output, params)
+    except UsageError as exc:
+        print(f"evc-infer: error: {exc}", file=sys.stderr)
+        return 2
+    except ModelError as exc:
+        print(f"evc-infer: cannot load the model: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: summary[k] for k in SHOWN}), flush=True)
+    return 0
