@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-BUILTIN = "haarcascade_frontalface_default.xml"
+CASCADE = "haarcascade_frontalface_default.xml"
 
 
 class HaarFaces:
@@ -37,6 +37,4 @@ class HaarFaces:
 
 
 def load(model_dir: Path, config: dict) -> HaarFaces:
-    """A cascade .xml in model/ (model.yaml weights.file) replaces the built-in one."""
-    custom = model_dir / str((config.get("weights") or {}).get("file"))
-    return HaarFaces(custom if custom.is_file() else Path(cv2.data.haarcascades) / BUILTIN)
+    return HaarFaces(Path(cv2.data.haarcascades) / CASCADE)
