@@ -41,9 +41,9 @@ COCO = (
 # ----------------------------------------------------------------------------- helpers
 
 
-def evc_infer(*args) -> subprocess.CompletedProcess:
+def evc_infer(*args, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m evc_infer ARGS` with only the shared package on the path."""
-    env = {k: v for k, v in os.environ.items() if k != "EVC_HOME_DIR"}
+    env = {**{k: v for k, v in os.environ.items() if k != "EVC_HOME_DIR"}, **(env or {})}
     env["PYTHONPATH"] = str(COMMON)
     return subprocess.run(
         [sys.executable, "-m", "evc_infer", *map(str, args)],
@@ -113,17 +113,33 @@ def face_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def yolo_onnx(tmp_path_factory) -> Path:
-    """yolov8n built from its YAML (random weights) exported to ONNX at 320 px."""
+def ultralytics_env(tmp_path_factory) -> dict:
     pytest.importorskip("ultralytics")
+    return {"YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(tmp_path_factory.mktemp("yolo-cfg"))}
+
+
+@pytest.fixture(scope="module")
+def yolo_weights(tmp_path_factory, ultralytics_env) -> Path:
+    """yolov8n built from its YAML (random weights): yolov8n.pt, and yolov8n.onnx at 320 px."""
     work = tmp_path_factory.mktemp("export")
-    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(work / "cfg")}
-    code = "from ultralytics import YOLO; YOLO('yolov8n.yaml').export(format='onnx', imgsz=320)"
+    code = (
+        "from ultralytics import YOLO; m = YOLO('yolov8n.yaml'); m.save('yolov8n.pt'); "
+        "m.export(format='onnx', imgsz=320)"
+    )
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True
+        [sys.executable, "-c", code],
+        cwd=work,
+        env={**os.environ, **ultralytics_env},
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return work / "yolov8n.onnx"
+    return work
+
+
+@pytest.fixture(scope="module")
+def yolo_onnx(yolo_weights) -> Path:
+    return yolo_weights / "yolov8n.onnx"
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +290,22 @@ def test_ultralytics_mapping():
         {"label": "class5", "class_id": 5, "score": 0.3, "box": [0.0, 0.0, 5.0, 5.0]},
     ]
     assert to_detections(np.empty((0, 4)), np.empty(0), np.empty(0), {}) == []
+
+
+def test_ultralytics_runtime_loads_and_leaves_decoding_to_pillow(
+    tmp_path, images, yolo_weights, ultralytics_env
+):
+    # Predict itself cannot run on this machine's CPU torch (no torchvision ops), so the
+    # astronaut may be a model error here; load, versions and the other lines must hold.
+    home = make_home(tmp_path / "home", "ultralytics", yolo_weights / "yolov8n.pt")
+    out = tmp_path / "out"
+    proc = evc_infer("--home", home, "--input", images, "--output", out, env=ultralytics_env)
+    assert proc.returncode == 0, proc.stderr
+    records, summary = assert_well_formed(out)
+    corrupt = next(r for r in records if r["item"] == "corrupt.jpg")
+    # importing ultralytics patches Image.open to pip-install pi-heif on unknown files
+    assert corrupt["error"].startswith("cannot decode image: cannot identify image file")
+    assert {"torch", "ultralytics", "cuda", "device"} <= set(summary["versions"])
 
 
 # ------------------------------------------------------------------ the shared runner

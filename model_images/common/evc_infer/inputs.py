@@ -8,6 +8,9 @@ from PIL import Image, ImageOps
 from evc_infer import one_line
 
 DEFAULT_TYPES = ("jpg", "jpeg", "png", "bmp", "webp")
+# Pillow's own open: importing ultralytics replaces Image.open with one that tries to pip
+# install pi-heif on any file Pillow cannot identify.
+_pil_open = Image.open
 
 
 class DecodeError(Exception):
@@ -35,7 +38,7 @@ def find_inputs(
 def decode_image(path: Path) -> np.ndarray:
     """HxWx3 uint8 RGB, EXIF orientation applied; DecodeError on anything unreadable."""
     try:
-        with Image.open(path) as image:
+        with _pil_open(path) as image:
             return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except Exception as exc:
         raise DecodeError(f"cannot decode image: {one_line(exc)}") from None
