@@ -5,7 +5,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from evc_infer import ModelError, UsageError
+from evc_infer import ModelError, UsageError, one_line
 from evc_infer.contract import check_output
 from evc_infer.home import load_config, load_model, resolve_params
 from evc_infer.runner import run
@@ -50,6 +50,8 @@ def selftest(home: Path, conf=None, iou=None, imgsz=None) -> int:
             problems = check_expectations(config.get("selftest") or {}, record["detections"])
     except (UsageError, ModelError) as exc:
         problems = [str(exc)]
+    except OSError as exc:  # e.g. no writable temp folder
+        problems = [f"selftest I/O: {one_line(exc)}"]
     if problems:
         report["reason"] = "; ".join(problems[:5])
     else:
