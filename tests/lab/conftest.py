@@ -9,11 +9,12 @@ import os
 import pytest
 
 from evc.config import Workspace
+from evc.lab import docker_client, free_subnet
 from tests.conftest import evc, write_settings
 
-# Overridable so that two checkouts can run their lab tests side by side.
+# Overridable so that two checkouts can run their lab tests side by side; without
+# EVC_TEST_SUBNET the first free /24 from 172.30.0.0 on (a leftover network may hold it).
 LAB_NAME = os.environ.get("EVC_TEST_LAB", "evctest")
-SUBNET = os.environ.get("EVC_TEST_SUBNET", "172.30.0.0/24")
 
 
 def pytest_collection_modifyitems(items):
@@ -26,7 +27,10 @@ def pytest_collection_modifyitems(items):
 def lab_session(tmp_path_factory):
     """(workspace, parsed `evc lab up --json` output)."""
     root = tmp_path_factory.mktemp("labws")
-    write_settings(root, f"name: labtest\nlab: {{name: {LAB_NAME}, subnet: {SUBNET}}}\n")
+    subnet = os.environ.get("EVC_TEST_SUBNET") or free_subnet(
+        docker_client(), f"evc-{LAB_NAME}", "172.30.0.0/24"
+    )
+    write_settings(root, f"name: labtest\nlab: {{name: {LAB_NAME}, subnet: {subnet}}}\n")
     env = {"EVC_HOME": str(root)}
     up = evc("lab", "up", "--nodes", "3", "--json", env=env, timeout=900)
     if up.returncode != 0:

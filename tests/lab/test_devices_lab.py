@@ -1,5 +1,6 @@
 """Devices on the real lab: true facts, liveness, host-key pinning, run records."""
 
+import ipaddress
 import json
 
 import yaml
@@ -84,7 +85,8 @@ def test_replaced_host_key_is_refused(lab_ws, lab_env):
 
 def test_unreachable_host_at_add_is_recorded_not_a_crash(lab_ws, lab_env):
     # An address on the lab network where nothing listens.
-    proc = evc("device", "add", "ghost", "--host", "172.30.0.200", "--json", env=lab_env, check=1)
+    ghost = str(ipaddress.ip_network(lab_ws.lab_subnet)[200])
+    proc = evc("device", "add", "ghost", "--host", ghost, "--json", env=lab_env, check=1)
     (result,) = json.loads(proc.stdout)
     assert result["state"] == "unreachable" and "Traceback" not in proc.stderr
     try:

@@ -2,9 +2,9 @@
 
 import json
 
-from evc.lab import LABEL, docker_client
+from evc.lab import LABEL, docker_client, free_subnet
 from tests.conftest import evc, write_settings
-from tests.lab.conftest import SUBNET
+from tests.lab.conftest import LAB_NAME
 
 
 def _leftovers(client, name):
@@ -18,7 +18,7 @@ def _leftovers(client, name):
 
 def test_clashing_subnet_is_refused_and_creates_nothing(lab_ws, tmp_path):
     write_settings(tmp_path, "lab: {name: evcclash}\n")
-    overlapping = SUBNET.replace("/24", "/25")
+    overlapping = lab_ws.lab_subnet.replace("/24", "/25")
     proc = evc(
         "lab",
         "up",
@@ -29,22 +29,23 @@ def test_clashing_subnet_is_refused_and_creates_nothing(lab_ws, tmp_path):
         env={"EVC_HOME": str(tmp_path)},
         check=2,
     )
-    assert "overlaps Docker network 'evc-evctest'" in proc.stderr
+    assert f"overlaps Docker network 'evc-{LAB_NAME}'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert _leftovers(docker_client(), "evcclash") == ([], [], [])
 
 
 def test_down_leaves_no_container_network_or_volume(lab_ws, tmp_path):
-    write_settings(tmp_path, "lab: {name: evcdown, subnet: 172.31.240.0/24}\n")
+    subnet = free_subnet(docker_client(), "evc-evcdown", "172.31.240.0/24")
+    write_settings(tmp_path, f"lab: {{name: evcdown, subnet: {subnet}}}\n")
     env = {"EVC_HOME": str(tmp_path)}
     try:
-        _up_recreate_and_down(env, tmp_path)
+        _up_recreate_and_down(env, tmp_path, gateway=subnet.replace(".0/24", ".1"))
     finally:  # a failed assertion must not leave a lab holding the subnet and port
         evc("lab", "down", env=env)
         evc("registry", "down", "--purge", env=env)
 
 
-def _up_recreate_and_down(env, tmp_path):
+def _up_recreate_and_down(env, tmp_path, gateway):
     up = json.loads(
         evc("lab", "up", "--nodes", "1", "--profile", "rpi", "--json", env=env, check=0).stdout
     )
@@ -62,6 +63,6 @@ def _up_recreate_and_down(env, tmp_path):
     assert down["registry"] and down["registry"][0].startswith("evc-registry-default-")
     assert not client.containers.list(all=True, filters={"name": down["registry"][0]})
     purged = json.loads(evc("registry", "down", "--purge", "--json", env=env, check=0).stdout)
-    assert purged == [f"{down['registry'][0]}-data", "172.31.240.1:5000/evc/probe:1"]
-    assert not client.images.list(name="172.31.240.1:5000/evc/probe")
+    assert purged == [f"{down['registry'][0]}-data", f"{gateway}:5000/evc/probe:1"]
+    assert not client.images.list(name=f"{gateway}:5000/evc/probe")
     assert (tmp_path / ".evc" / "known_hosts").read_text() == ""

@@ -60,3 +60,23 @@ def test_no_mirror_is_an_environment_error(tmp_path):
 def test_bad_subnets_fail_before_touching_docker(subnet, match):
     with pytest.raises(UsageError, match=match):
         lab.check_subnet(None, subnet, "evc-x", 3)  # no client needed: parsing comes first
+
+
+class _Net:
+    def __init__(self, name, subnet):
+        self.name, self.id = name, "0123456789abcdef"
+        self.attrs = {"IPAM": {"Config": [{"Subnet": subnet}]}}
+
+
+class _Client:
+    def __init__(self, *nets):
+        self.networks = type("N", (), {"list": lambda _self: list(nets)})()
+
+
+def test_a_clashing_subnet_suggests_one_that_is_free():
+    client = _Client(_Net("evc-old", "172.30.0.0/24"), _Net("other", "172.30.1.0/24"))
+    with pytest.raises(UsageError, match=r"'evc-old'.*e\.g\. --subnet 172\.30\.2\.0/24"):
+        lab.check_subnet(client, "172.30.0.0/24", "evc-new", 3)
+    assert lab.free_subnet(client, "evc-new", "172.30.0.0/24") == "172.30.2.0/24"
+    # A lab's own network is no obstacle to itself.
+    assert lab.free_subnet(client, "evc-old", "172.30.0.0/24") == "172.30.0.0/24"
