@@ -243,7 +243,7 @@ class _Collector:
                 r.state = "changed"
             elif r.ok:
                 r.state = "ok"
-            elif r.skipped:
+            else:  # skipped every task, or never ran (a rollout that stopped early)
                 r.state = "skipped"
 
 

@@ -84,9 +84,59 @@ def _core(db: sqlite_utils.Database) -> None:
     )
 
 
+def _models(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE models (
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            runtime TEXT NOT NULL,
+            task TEXT NOT NULL,
+            arch TEXT NOT NULL,
+            owner TEXT,
+            image TEXT NOT NULL,
+            image_id TEXT NOT NULL,
+            size_bytes INTEGER,
+            weights_source TEXT,
+            weights_digest TEXT,
+            built_at REAL NOT NULL,
+            build_s REAL,
+            selftest TEXT,
+            registry_digest TEXT,
+            pushed_size INTEGER,
+            pushed_at REAL,
+            PRIMARY KEY (name, version)
+        );
+        """
+    )
+
+
+def _deployments(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE deployments (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            node TEXT NOT NULL,
+            image TEXT NOT NULL,
+            action TEXT NOT NULL CHECK (action IN ('deploy', 'rollback', 'undeploy')),
+            state TEXT NOT NULL CHECK (state IN ('running', 'failed', 'removed', 'skipped')),
+            run_id TEXT,
+            started REAL NOT NULL,
+            finished REAL,
+            error TEXT
+        );
+        CREATE INDEX deployments_model_node ON deployments(model, node, id);
+        """
+    )
+
+
 # Applied in order, once each; never edit or reorder a released entry, append a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_core", _core),
+    ("0002_models", _models),
+    ("0003_deployments", _deployments),
 ]
 
 

@@ -424,3 +424,15 @@ class RegistryClient:
             return False
         self._request("DELETE", f"{repo}/manifests/{digest}").raise_for_status()
         return True
+
+    def image_size(self, repo: str, tag: str) -> int | None:
+        """Bytes the registry stores for an image manifest: config plus layers."""
+        response = self._request(
+            "GET", f"{repo}/manifests/{tag}", headers={"Accept": self.MANIFEST_TYPES}
+        )
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        manifest = response.json()
+        parts = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
+        return sum(int(p.get("size", 0)) for p in parts)
