@@ -1,0 +1,105 @@
+"""Model image building: names, platform tags and the bad-input paths that stop before Docker."""
+
+import pytest
+
+from evc import images
+from evc.errors import UsageError
+from tests.conftest import evc
+
+
+@pytest.mark.parametrize(
+    "ref,expected",
+    [("faces:1.0", ("faces", "1.0")), ("yolo-v8.n:2026_11-rc1", ("yolo-v8.n", "2026_11-rc1"))],
+)
+def test_parse_ref(ref, expected):
+    assert images.parse_ref(ref) == expected
+
+
+@pytest.mark.parametrize("ref", ["faces", "Faces:1", "faces:", ":1", "faces:1:2", "a b:1"])
+def test_parse_ref_rejects(ref):
+    with pytest.raises(UsageError, match="expected NAME:VERSION"):
+        images.parse_ref(ref)
+
+
+def test_platform_tags_cover_older_glibc_only():
+    args = images._platform_args("amd64", "2.36")
+    tags = args[1::2]
+    assert "manylinux_2_17_x86_64" in tags and "manylinux_2_36_x86_64" in tags
+    assert "manylinux_2_37_x86_64" not in tags and "manylinux2014_x86_64" in tags
+    assert all(t.endswith("aarch64") for t in images._platform_args("arm64", "2.31")[1::2])
+
+
+def test_runtimes_are_listed_with_their_specs():
+    assert {"yolo-onnx", "face-haar", "ultralytics"} <= set(images.available_runtimes())
+    rt = images.Runtime.load("yolo-onnx")
+    assert rt.weights["required"] and ".onnx" in rt.weights["formats"]
+    assert "onnxruntime" in " ".join(rt.requirements)
+    assert not any(r.startswith(("torch", "opencv")) for r in rt.requirements)
+
+
+def _build(*args, check=2):
+    proc = evc("model", "build", *args, check=check)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    return proc.stderr
+
+
+def test_unknown_runtime(workspace):
+    err = _build("m", "--runtime", "keras", "--version", "1")
+    assert "unknown runtime 'keras'" in err and "face-haar" in err
+
+
+def test_missing_weights_file(workspace, tmp_path):
+    err = _build("m", "--runtime", "yolo-onnx", "--version", "1", "--weights", tmp_path / "x.onnx")
+    assert "x.onnx does not exist" in err
+
+
+def test_weights_required(workspace):
+    assert "needs --weights" in _build("m", "--runtime", "yolo-onnx", "--version", "1")
+
+
+def test_weights_of_the_wrong_kind(workspace, tmp_path):
+    bad = tmp_path / "model.h5"
+    bad.write_bytes(b"\x89HDF")
+    err = _build("m", "--runtime", "yolo-onnx", "--version", "1", "--weights", bad)
+    assert "is a .h5" in err and ".onnx" in err
+
+
+def test_onnx_that_is_not_a_model(workspace, tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_text("this is not a protobuf")
+    err = _build("m", "--runtime", "yolo-onnx", "--version", "1", "--weights", bad)
+    assert "is not an ONNX model" in err
+
+
+def test_pt_that_is_not_a_model(workspace, tmp_path):
+    evc("registry", "init", "--host", "10.0.0.1", check=0)  # files only, no container
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    err = _build("m", "--runtime", "yolo-onnx", "--version", "1", "--weights", bad)
+    assert "model.pt" in err and "not a YOLO model" in err
+
+
+def test_builtin_runtime_takes_no_weights(workspace, tmp_path):
+    w = tmp_path / "w.onnx"
+    w.write_bytes(b"x")
+    err = _build("m", "--runtime", "face-haar", "--version", "1", "--weights", w)
+    assert "takes no --weights" in err
+
+
+def test_bad_name_and_task_and_arch(workspace):
+    assert "bad model name" in _build("Bad/Name", "--runtime", "face-haar", "--version", "1")
+    err = _build("m", "--runtime", "face-haar", "--version", "1", "--task", "classify")
+    assert "does 'detect', not 'classify'" in err
+    err = _build("m", "--runtime", "face-haar", "--version", "1", "--arch", "s390")
+    assert "unknown arch" in err
+
+
+def test_build_needs_a_registry(workspace):
+    assert "evc registry init" in _build("m", "--runtime", "face-haar", "--version", "1")
+
+
+def test_unknown_model(workspace):
+    for cmd in ("push", "show", "delete"):
+        proc = evc("model", cmd, "ghost:1", check=2)
+        assert "no model ghost:1 in the catalogue" in proc.stderr
+    assert "expected NAME:VERSION" in evc("model", "push", "ghost", check=2).stderr
