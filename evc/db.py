@@ -120,6 +120,8 @@ def _deployments(db: sqlite_utils.Database) -> None:
             version TEXT NOT NULL,
             node TEXT NOT NULL,
             image TEXT NOT NULL,
+            cpus REAL,
+            memory TEXT,
             action TEXT NOT NULL CHECK (action IN ('deploy', 'rollback', 'undeploy')),
             state TEXT NOT NULL CHECK (state IN ('running', 'failed', 'removed', 'skipped')),
             run_id TEXT,
