@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from evc import __version__
-from evc.cli import cert, device, inventory, lab, registry
+from evc.cli import cert, device, inventory, lab, model, registry
 
 app = typer.Typer(
     name="evc",
@@ -28,6 +28,7 @@ app.add_typer(inventory.app, name="inventory")
 app.add_typer(lab.app, name="lab")
 app.add_typer(registry.app, name="registry")
 app.add_typer(cert.app, name="cert")
+app.add_typer(model.app, name="model")
 
 
 def _version(value: bool) -> None:

@@ -52,3 +52,17 @@ def lab_ws(lab_session):
 def lab_env(lab_ws, monkeypatch):
     monkeypatch.setenv("EVC_HOME", str(lab_ws.root))
     return {"EVC_HOME": str(lab_ws.root)}
+
+
+def evc_json(*args, env, check=0):
+    """Run ``evc ARGS --json`` and parse its output."""
+    return json.loads(evc(*args, "--json", env=env, check=check, timeout=900).stdout)
+
+
+@pytest.fixture(scope="module")
+def trusted(lab_session):
+    """Every node trusts the registry for this module; revoked afterwards."""
+    env = {"EVC_HOME": str(lab_session[0].root)}
+    evc("cert", "push", "all", env=env, check=0)
+    yield
+    evc("cert", "revoke", "all", env=env, check=0)

@@ -1,0 +1,95 @@
+"""Deploy, redeploy, roll out in batches past a stopped node, roll back, undeploy: for real."""
+
+import json
+
+import pytest
+
+from evc.lab import Lab, docker_client
+from tests.conftest import evc
+from tests.lab.conftest import evc_json as _json
+
+MODEL = "dfaces"
+
+
+def _running(ws, node: str) -> str | None:
+    """The image the node's model container runs, or None if it has none."""
+    container = docker_client().containers.get(Lab(ws).container_name(node))
+    code, out = container.exec_run(
+        ["docker", "inspect", "--format", "{{.Config.Image}}", f"evc-model-{MODEL}"]
+    )
+    return out.decode().strip() if code == 0 else None
+
+
+def _states(run: dict) -> dict[str, str]:
+    return {h: r["state"] for h, r in run["hosts"].items()}
+
+
+@pytest.fixture(scope="module")
+def versions(lab_session, trusted):
+    """Two pushed versions of a face-haar model: {version: image}."""
+    env = {"EVC_HOME": str(lab_session[0].root)}
+    out = {}
+    for version in ("1", "2"):
+        build = ["model", "build", MODEL, "--runtime", "face-haar", "--version", version]
+        out[version] = _json(*build, env=env)["image"]
+        _json("model", "push", f"{MODEL}:{version}", env=env)
+    yield out
+    evc("model", "undeploy", MODEL, "all", env=env)
+    for version in out:
+        evc("model", "delete", f"{MODEL}:{version}", "--force", env=env)
+
+
+def test_deploy_is_health_checked_recorded_and_idempotent(lab_ws, lab_env, versions):
+    first = _json("model", "deploy", f"{MODEL}:1", "all", env=lab_env)
+    assert set(_states(first["run"]).values()) == {"changed"}
+    assert all(_running(lab_ws, n) == versions["1"] for n in ("node1", "node2", "node3"))
+
+    again = _json("model", "deploy", f"{MODEL}:1", "all", env=lab_env)
+    assert set(_states(again["run"]).values()) == {"ok"}
+    assert all(r["changed"] == 0 for r in again["run"]["hosts"].values())
+
+    shown = _json("model", "show", f"{MODEL}:1", env=lab_env)
+    assert sorted(shown["deployed_on"]) == ["node1", "node2", "node3"]
+    refused = evc("model", "delete", f"{MODEL}:1", env=lab_env, check=2)
+    assert "deployed" in refused.stderr and "--force" in refused.stderr
+
+
+def test_rolling_deploy_stops_at_a_dead_node_and_rollback_restores(lab_ws, lab_env, versions):
+    evc("lab", "stop", "node2", env=lab_env)
+    try:
+        proc = evc(
+            "model", "deploy", f"{MODEL}:2", "all", "--serial", "1", "--max-fail-percent", "0",
+            "--json", env=lab_env, check=1,
+        )  # fmt: skip
+    finally:
+        evc("lab", "start", "node2", env=lab_env)
+    states = _states(json.loads(proc.stdout)["run"])
+    # node1 went first and got v2; node2 was down; the rollout stopped before node3.
+    assert states == {"node1": "changed", "node2": "unreachable", "node3": "skipped"}
+    assert _running(lab_ws, "node1") == versions["2"]
+    assert _running(lab_ws, "node3") == versions["1"]
+    models = _json("model", "list", env=lab_env)
+    where = {n: m["version"] for m in models if m["name"] == MODEL for n in m["deployed_on"]}
+    assert where == {"node1": "2", "node2": "1", "node3": "1"}
+
+    back = _json("model", "rollback", MODEL, "node1", env=lab_env)
+    assert back["versions"] == {"node1": "1"} and _states(back["run"]) == {"node1": "changed"}
+    assert _running(lab_ws, "node1") == versions["1"]
+
+
+def test_rollback_on_failure_and_undeploy(lab_ws, lab_env, versions):
+    # A memory limit too small for the selftest fails the health check on every node.
+    proc = evc(
+        "model", "deploy", f"{MODEL}:2", "node3", "--memory", "8m", "--rollback-on-failure",
+        "--json", env=lab_env, check=1,
+    )  # fmt: skip
+    result = json.loads(proc.stdout)
+    assert _states(result["run"]) == {"node3": "failed"}
+    assert result["rolled_back"] == {"node3": "1"} and _running(lab_ws, "node3") == versions["1"]
+
+    gone = _json("model", "undeploy", MODEL, "all", env=lab_env)
+    assert set(_states(gone["run"]).values()) == {"changed"}
+    assert all(_running(lab_ws, n) is None for n in ("node1", "node2", "node3"))
+    assert not [m for m in _json("model", "list", env=lab_env) if m["deployed_on"]]
+    again = _json("model", "undeploy", MODEL, "all", env=lab_env)
+    assert set(_states(again["run"]).values()) == {"ok"}
