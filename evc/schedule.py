@@ -1,0 +1,345 @@
+"""Shard planning and the runtime work queue of a distributed inference job.
+
+Strategies (``plan``):
+
+- ``round-robin``: an equal split, one shard per node.
+- ``load``: one shard per node, sized by spare capacity ``1 - load_score`` from the
+  latest telemetry.
+- ``proportional``: one shard per node, sized by the node's measured throughput for
+  this model (items/s, from a calibration run or earlier jobs).
+- ``dynamic``: many small unassigned shards; each node takes the next one when it is
+  free (work stealing), so a slow or failing node holds up at most one small shard.
+
+``WorkQueue`` runs either kind of plan: it hands shards out, re-queues failed ones
+onto other nodes, takes work back from lost nodes, and accepts exactly one final
+outcome per shard, so every input item ends with exactly one result.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, replace
+
+from evc.errors import UsageError
+
+STRATEGIES = ("round-robin", "load", "proportional", "dynamic")
+
+# Weights of the load score's terms; they sum to 1.
+LOAD_WEIGHTS = {"cpu": 0.3, "mem": 0.1, "xpu": 0.4, "bandwidth": 0.1, "latency": 0.1}
+BANDWIDTH_REF_BPS = 100e6  # spare bandwidth at which the bandwidth term is 0.5
+LATENCY_REF_MS = 50.0  # latency at which the latency term is 0.5
+NEUTRAL_LOAD = 0.5  # score of a node that reports no telemetry at all
+LOAD_FLOOR = 0.05  # smallest spare capacity a node counts with under `load`
+MAX_DYNAMIC_SHARD = 64
+
+
+@dataclass(frozen=True)
+class NodeStats:
+    """Latest telemetry of one node; None means not measured.
+
+    ``bandwidth_bps`` is the spare network bandwidth between the controller and the
+    node in bits/s (link speed minus current rx+tx, or the link speed alone when usage
+    is unknown). ``throughput`` is items/s measured for the job's model.
+    """
+
+    name: str
+    cpu_pct: float | None = None
+    mem_pct: float | None = None
+    xpu_pct: float | None = None
+    bandwidth_bps: float | None = None
+    latency_ms: float | None = None
+    throughput: float | None = None
+
+
+@dataclass
+class Shard:
+    """A slice of the job's items; ``node`` is None while anyone may take it.
+
+    ``error`` is the last failure (``"NODE: message"``), kept across retries.
+    """
+
+    index: int
+    items: list[str]
+    node: str | None
+    attempt: int = 1
+    error: str | None = None
+
+
+def _measured(value: float | None) -> float | None:
+    """A usable measurement (finite, negatives read as 0), or None."""
+    if value is None or not math.isfinite(value):
+        return None
+    return max(float(value), 0.0)
+
+
+def load_score(stats: NodeStats) -> float:
+    """How busy a node is, from 0 (idle) to 1 (saturated).
+
+    A weighted mean (``LOAD_WEIGHTS``) of terms that each lie in [0, 1]: cpu, memory
+    and accelerator utilisation as pct/100; bandwidth as ``ref / (ref + bw)`` with
+    ``BANDWIDTH_REF_BPS``, so more spare bandwidth lowers the load; latency as
+    ``ms / (ms + LATENCY_REF_MS)``. A missing metric (None or NaN; ``xpu_pct`` is None
+    on a node with no accelerator) is left out and the weights are renormalised over
+    the metrics present, so it neither helps nor hurts; with no metric at all the
+    score is ``NEUTRAL_LOAD``.
+    """
+    metrics = {
+        "cpu": stats.cpu_pct,
+        "mem": stats.mem_pct,
+        "xpu": stats.xpu_pct,
+        "bandwidth": stats.bandwidth_bps,
+        "latency": stats.latency_ms,
+    }
+    present: dict[str, float] = {}
+    for key, raw in metrics.items():
+        if (value := _measured(raw)) is None:
+            continue
+        if key == "bandwidth":
+            present[key] = BANDWIDTH_REF_BPS / (BANDWIDTH_REF_BPS + value)
+        elif key == "latency":
+            present[key] = value / (value + LATENCY_REF_MS)
+        else:
+            present[key] = min(value, 100.0) / 100
+    if not present:
+        return NEUTRAL_LOAD
+    total = sum(LOAD_WEIGHTS[k] for k in present)
+    return sum(LOAD_WEIGHTS[k] * v for k, v in present.items()) / total
+
+
+def _check(strategy: str, nodes: list[NodeStats]) -> None:
+    if strategy not in STRATEGIES:
+        raise UsageError(
+            f"Unknown scheduling strategy {strategy!r}; expected one of: {', '.join(STRATEGIES)}."
+        )
+    if not nodes:
+        raise UsageError("No nodes to schedule on: the target group has no live node.")
+    names = [n.name for n in nodes]
+    if len(set(names)) != len(names):
+        raise UsageError(f"Node names must be unique, got {names}.")
+
+
+def weights(strategy: str, nodes: list[NodeStats]) -> dict[str, float]:
+    """Each node's share of the items (in node order, summing to 1).
+
+    ``round-robin`` and ``dynamic``: equal. ``load``: proportional to
+    ``max(1 - load_score, LOAD_FLOOR)``, so a saturated node still gets a little work
+    (telemetry is a snapshot) and an all-saturated fleet splits equally.
+    ``proportional``: by ``throughput``; a node without a positive measurement counts
+    with the mean of the measured ones, and with none measured the split is equal.
+    """
+    _check(strategy, nodes)
+    if strategy == "load":
+        raw = [max(1.0 - load_score(n), LOAD_FLOOR) for n in nodes]
+    elif strategy == "proportional":
+        rates = [_measured(n.throughput) or None for n in nodes]
+        known = [r for r in rates if r is not None]
+        mean = sum(known) / len(known) if known else 1.0
+        raw = [mean if r is None else r for r in rates]
+    else:
+        raw = [1.0] * len(nodes)
+    total = sum(raw)
+    return {n.name: r / total for n, r in zip(nodes, raw, strict=True)}
+
+
+def _apportion(total: int, shares: list[float]) -> list[int]:
+    """Largest-remainder split of ``total`` by ``shares`` (ties go to the earlier one)."""
+    whole = sum(shares)
+    quotas = [total * s / whole for s in shares]
+    counts = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(shares)), key=lambda i: counts[i] - quotas[i])
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def plan(
+    items: list[str], nodes: list[NodeStats], strategy: str, shard_size: int | None = None
+) -> list[Shard]:
+    """Split ``items`` into shards, each item in exactly one, order preserved.
+
+    Static strategies: one shard per node, sized by largest-remainder apportionment of
+    ``weights``; a node whose count is 0 gets no shard; ``shard_size`` is not used.
+    ``dynamic``: unassigned shards of ``shard_size`` items. The default is
+    ``ceil(len(items) * smallest proportional share / 4)`` clamped to [1, 64]: with no
+    throughput measured that is ``ceil(items / (4 * nodes))``; with measurements a
+    shard on the slowest node takes about a quarter of the ideal job time at most.
+    """
+    w = weights(strategy, nodes)
+    if shard_size is not None and shard_size < 1:
+        raise UsageError(f"shard_size must be at least 1, got {shard_size}.")
+    if not items:
+        return []
+    if strategy == "dynamic":
+        if shard_size is None:
+            smallest = min(weights("proportional", nodes).values())
+            shard_size = min(max(math.ceil(len(items) * smallest / 4), 1), MAX_DYNAMIC_SHARD)
+        starts = range(0, len(items), shard_size)
+        return [Shard(i, items[s : s + shard_size], None) for i, s in enumerate(starts)]
+    shards: list[Shard] = []
+    start = 0
+    for node, count in zip(w, _apportion(len(items), list(w.values())), strict=True):
+        if count:
+            shards.append(Shard(len(shards), items[start : start + count], node))
+            start += count
+    return shards
+
+
+class WorkQueue:
+    """The runtime state of one job's shards; thread-safe (one runner thread per node).
+
+    A shard planned for a node is handed only to that node (while it lives); an
+    unassigned shard (dynamic, or re-queued work) goes to any node that asks. A failed
+    shard is re-queued unassigned with ``attempt + 1`` and is never handed again to any
+    node it failed on; after ``retries + 1`` attempts it fails for good. A lost node's
+    shards (planned or in flight) are re-queued unassigned *without* using an attempt
+    (the node went away, the shard did not fail; each loss removes a node, so this is
+    bounded), and any later report from that node is refused. Only the node currently
+    holding a shard can report it, and once, so each shard gets exactly one outcome.
+    """
+
+    def __init__(self, shards: list[Shard], nodes: list[str], retries: int):
+        if retries < 0:
+            raise UsageError(f"retries must be 0 or more, got {retries}.")
+        if len({s.index for s in shards}) != len(shards):
+            raise UsageError("Shard indexes must be unique.")
+        self._cond = threading.Condition(threading.Lock())
+        self._retries = retries
+        self._total = list(shards)
+        self._live = set(nodes)
+        self._own: dict[str, dict[int, Shard]] = {n: {} for n in nodes}
+        self._open: dict[int, Shard] = {}  # unassigned, in queue order
+        self._running: dict[int, Shard] = {}
+        self._excluded: dict[int, set[str]] = {}
+        self._done: list[Shard] = []
+        self._failed: list[Shard] = []
+        for s in shards:
+            if s.node in self._own:
+                self._own[s.node][s.index] = s
+            else:  # unassigned, or planned for a node not in this job
+                self._open[s.index] = replace(s, node=None)
+
+    def _next(self, node: str) -> Shard | None:
+        if node not in self._live:
+            return None
+        own = self._own[node]
+        if own:
+            shard = own.pop(next(iter(own)))
+        else:
+            index = next((i for i in self._open if node not in self._excluded.get(i, ())), None)
+            if index is None:
+                return None
+            shard = replace(self._open.pop(index), node=node)
+        self._running[shard.index] = shard
+        return shard
+
+    def next_for(self, node: str) -> Shard | None:
+        """A shard for ``node`` to run now (its own planned shard first, else the
+        first unassigned one it has not failed), or None (nothing suitable, or the
+        node is lost or unknown). The returned shard has ``node`` set to ``node``."""
+        with self._cond:
+            return self._next(node)
+
+    def take(self, node: str, timeout: float | None = None) -> Shard | None:
+        """Like ``next_for`` but waits until a shard for ``node`` is available. None
+        means stop: the job is finished, the node is lost, or ``timeout`` passed."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: node not in self._live or self._finished() or self._can_take(node),
+                timeout,
+            )
+            return self._next(node)
+
+    def _can_take(self, node: str) -> bool:
+        return bool(self._own[node]) or any(
+            node not in self._excluded.get(i, ()) for i in self._open
+        )
+
+    def _holds(self, shard: Shard, node: str | None) -> bool:
+        current = self._running.get(shard.index)
+        return current is not None and (current.node, current.attempt) == (node, shard.attempt)
+
+    def done(self, shard: Shard) -> bool:
+        """Record ``shard`` as completed by ``shard.node``. False when the report is
+        stale (that node no longer holds the shard, e.g. it was lost): drop its results."""
+        with self._cond:
+            if not self._holds(shard, shard.node):
+                return False
+            self._done.append(self._running.pop(shard.index))
+            self._cond.notify_all()
+            return True
+
+    def failed(self, shard: Shard, node: str, error: object) -> Shard | None:
+        """Record that ``shard`` failed on ``node``. Returns the re-queued shard, or
+        None when it is not re-queued: out of attempts (it is then in ``failures()``),
+        or a stale report from a node that no longer holds it, which changes nothing."""
+        with self._cond:
+            if not self._holds(shard, node):
+                return None
+            current = self._running.pop(shard.index)
+            self._cond.notify_all()
+            message = f"{node}: {error}"
+            if current.attempt > self._retries:
+                self._failed.append(replace(current, error=message))
+                return None
+            retry = Shard(current.index, current.items, None, current.attempt + 1, message)
+            self._excluded.setdefault(current.index, set()).add(node)
+            self._open[current.index] = retry
+            return retry
+
+    def node_lost(self, node: str) -> None:
+        """``node`` is gone: its planned and in-flight shards are re-queued unassigned
+        (same attempt) and it gets no more work. Calling it again does nothing."""
+        with self._cond:
+            if node not in self._live:
+                return
+            self._live.discard(node)
+            moved = list(self._own.pop(node).values())
+            moved += [s for s in self._running.values() if s.node == node]
+            for s in moved:
+                self._running.pop(s.index, None)
+                self._open[s.index] = replace(s, node=None)
+            self._cond.notify_all()
+
+    def _stranded(self) -> list[Shard]:
+        return [s for i, s in self._open.items() if not self._live - self._excluded.get(i, set())]
+
+    def stranded(self) -> list[Shard]:
+        """Pending shards that no live node may take (all lost, or every live node
+        already failed them); they stay so, and the runner records them as failed."""
+        with self._cond:
+            return self._stranded()
+
+    def _finished(self) -> bool:
+        return (
+            not self._running
+            and not any(self._own.values())
+            and len(self._stranded()) == len(self._open)
+        )
+
+    def finished(self) -> bool:
+        """True when nothing runs and nothing left can run (only stranded shards)."""
+        with self._cond:
+            return self._finished()
+
+    def failures(self) -> list[Shard]:
+        """Shards that failed for good, each with its last ``error``."""
+        with self._cond:
+            return list(self._failed)
+
+    def summary(self) -> dict[str, int]:
+        """Counts of shards and items by state; ``pending`` includes ``stranded``."""
+        with self._cond:
+            pending = [s for own in self._own.values() for s in own.values()]
+            pending += self._open.values()
+            return {
+                "shards": len(self._total),
+                "shards_done": len(self._done),
+                "shards_failed": len(self._failed),
+                "shards_running": len(self._running),
+                "shards_pending": len(pending),
+                "shards_stranded": len(self._stranded()),
+                "items": sum(len(s.items) for s in self._total),
+                "items_done": sum(len(s.items) for s in self._done),
+                "items_failed": sum(len(s.items) for s in self._failed),
+            }
