@@ -134,11 +134,78 @@ def _deployments(db: sqlite_utils.Database) -> None:
     )
 
 
+def _jobs(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            image TEXT NOT NULL,
+            target TEXT NOT NULL,
+            strategy TEXT NOT NULL,
+            retries INTEGER NOT NULL,
+            params TEXT NOT NULL DEFAULT '{}',
+            source TEXT NOT NULL,
+            data_dir TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('running', 'interrupted', 'complete')),
+            skipped_nodes TEXT,
+            created REAL NOT NULL,
+            started REAL,
+            finished REAL,
+            makespan_s REAL,
+            items INTEGER NOT NULL,
+            ok INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX jobs_created ON jobs(created);
+        CREATE TABLE shards (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            node TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            items INTEGER NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('running', 'done', 'failed', 'lost', 'interrupted')),
+            started REAL NOT NULL,
+            finished REAL,
+            error TEXT
+        );
+        CREATE INDEX shards_job ON shards(job_id);
+        CREATE TABLE results (
+            job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            item TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'ok', 'error')),
+            error TEXT,
+            latency_ms REAL,
+            width INTEGER,
+            height INTEGER,
+            node TEXT,
+            shard_id INTEGER REFERENCES shards(id),
+            attempt INTEGER,
+            PRIMARY KEY (job_id, item)
+        );
+        CREATE TABLE detections (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            item TEXT NOT NULL,
+            label TEXT NOT NULL,
+            class_id INTEGER,
+            score REAL NOT NULL,
+            x REAL NOT NULL, y REAL NOT NULL, w REAL NOT NULL, h REAL NOT NULL
+        );
+        CREATE INDEX detections_job_item ON detections(job_id, item);
+        """
+    )
+
+
 # Applied in order, once each; never edit or reorder a released entry, append a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_core", _core),
     ("0002_models", _models),
     ("0003_deployments", _deployments),
+    ("0004_jobs", _jobs),
 ]
 
 

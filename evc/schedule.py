@@ -31,6 +31,7 @@ BANDWIDTH_REF_BPS = 100e6  # spare bandwidth at which the bandwidth term is 0.5
 LATENCY_REF_MS = 50.0  # latency at which the latency term is 0.5
 NEUTRAL_LOAD = 0.5  # score of a node that reports no telemetry at all
 LOAD_FLOOR = 0.05  # smallest spare capacity a node counts with under `load`
+MIN_DYNAMIC_SHARD = 8  # a shard costs seconds of shipping and start-up: amortise it
 MAX_DYNAMIC_SHARD = 64
 
 
@@ -161,7 +162,7 @@ def plan(
     Static strategies: one shard per node, sized by largest-remainder apportionment of
     ``weights``; a node whose count is 0 gets no shard; ``shard_size`` is not used.
     ``dynamic``: unassigned shards of ``shard_size`` items. The default is
-    ``ceil(len(items) * smallest proportional share / 4)`` clamped to [1, 64]: with no
+    ``ceil(len(items) * smallest proportional share / 4)`` clamped to [8, 64]: with no
     throughput measured that is ``ceil(items / (4 * nodes))``; with measurements a
     shard on the slowest node takes about a quarter of the ideal job time at most.
     """
@@ -173,7 +174,8 @@ def plan(
     if strategy == "dynamic":
         if shard_size is None:
             smallest = min(weights("proportional", nodes).values())
-            shard_size = min(max(math.ceil(len(items) * smallest / 4), 1), MAX_DYNAMIC_SHARD)
+            quarter = math.ceil(len(items) * smallest / 4)
+            shard_size = min(max(quarter, MIN_DYNAMIC_SHARD), MAX_DYNAMIC_SHARD)
         starts = range(0, len(items), shard_size)
         return [Shard(i, items[s : s + shard_size], None) for i, s in enumerate(starts)]
     shards: list[Shard] = []

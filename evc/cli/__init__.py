@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from evc import __version__
-from evc.cli import cert, device, inventory, lab, model, registry
+from evc.cli import cert, device, infer, inventory, lab, model, registry
 
 app = typer.Typer(
     name="evc",
@@ -29,6 +29,7 @@ app.add_typer(lab.app, name="lab")
 app.add_typer(registry.app, name="registry")
 app.add_typer(cert.app, name="cert")
 app.add_typer(model.app, name="model")
+app.add_typer(infer.app, name="infer")
 
 
 def _version(value: bool) -> None:

@@ -164,7 +164,8 @@ def test_dynamic_shard_sizes():
 
     assert sizes(1000, four) == [63] * 15 + [55]  # ceil(1000 / 16)
     assert set(sizes(100_000, four)[:-1]) == {64}  # clamped to 64
-    assert sizes(3, four) == [1, 1, 1]  # at least 1
+    assert sizes(20, four) == [8, 8, 4]  # at least 8: each shard costs seconds to ship
+    assert sizes(3, four) == [3]
     assert sizes(10, four, shard_size=4) == [4, 4, 2]
     # measured throughput: a shard on the slowest node takes <= 1/4 of the ideal time
     uneven = [NodeStats("pi", throughput=1), NodeStats("orin", throughput=19)]

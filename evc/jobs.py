@@ -1,0 +1,481 @@
+"""Inference jobs spread across the fleet: plan -> dispatch -> collect -> ingest -> retry.
+
+A job's items are fixed when it is created (a folder's images, a zip's images or a
+video's frames, the last two extracted into the job's folder) and each item gets
+one ``results`` row, 'pending' until the one shard that completes it turns it 'ok'
+or 'error'. So the end of a job is exact: every item has one final row, never two.
+One thread per node takes shards from an ``evc.schedule.WorkQueue`` and runs each
+through ``playbooks/infer_shard.yml`` (one archive per shard); a failed shard goes
+back to the queue for another node, an unreachable node is dropped and its work
+re-queued. Ctrl-C leaves pending items pending: ``resume`` runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import threading
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from evc import db as evcdb
+from evc import deploy, images, schedule
+from evc.ansible import resolve_hosts, run_playbook
+from evc.config import Workspace
+from evc.console import progress_line
+from evc.errors import EVCError, UsageError
+
+IMAGE_TYPES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VIDEO_TYPES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg")
+BROKEN_AFTER = 2  # a node whose shards fail this many times in a row is dropped
+SHARD_TIMEOUT_S = 300  # base per-shard task timeout; plus 2 s per item
+
+
+class Interrupted(EVCError):
+    """Ctrl-C during a job: pending items stay pending for ``evc infer resume``."""
+
+    exit_code = 130
+
+
+@dataclass
+class JobResult:
+    """A finished (or interrupted) job, as ``status`` shows it."""
+
+    job: dict
+    nodes: dict[str, dict]  # node -> items, ok, failed, busy_s, throughput
+    skipped_nodes: dict[str, str]  # node -> why it took no part
+
+    @property
+    def status(self) -> str:
+        """success (every item ok), partial (some errors) or error (none ok)."""
+        if self.job["failed"] == 0 and self.job["state"] == "complete":
+            return "success"
+        return "partial" if self.job["ok"] else "error"
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, **self.job, "nodes": self.nodes,
+                "skipped_nodes": self.skipped_nodes}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- items
+
+
+def _images_under(root: Path) -> list[str]:
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_TYPES
+    )
+
+
+def _extract_zip(path: Path, dest: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = Path(info.filename)
+                if info.is_dir() or name.suffix.lower() not in IMAGE_TYPES:
+                    continue
+                if name.is_absolute() or ".." in name.parts:
+                    raise UsageError(f"{path}: entry {info.filename!r} points outside the zip.")
+                target = dest / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UsageError(f"{path} is not a readable zip file ({exc}).") from None
+
+
+def _extract_frames(path: Path, dest: Path, fps: float) -> None:
+    """Frames every 1/fps seconds, as NAME_<milliseconds>ms.jpg."""
+    import cv2
+
+    video = cv2.VideoCapture(str(path))
+    if not video.isOpened():
+        raise UsageError(f"{path} is not a video OpenCV can read.")
+    try:
+        step_ms, next_ms = 1000.0 / fps, 0.0
+        while True:
+            ok, frame = video.read()
+            if not ok:
+                break
+            at = video.get(cv2.CAP_PROP_POS_MSEC)
+            if at + 1e-6 >= next_ms:
+                cv2.imwrite(str(dest / f"{path.stem}_{int(at):08d}ms.jpg"), frame)
+                next_ms += step_ms * max(1, int((at - next_ms) // step_ms) + 1)
+    finally:
+        video.release()
+
+
+def stage_items(data: Path, job_dir: Path, fps: float) -> tuple[Path, list[str]]:
+    """(folder the items are read from, item paths relative to it) for a data path."""
+    if not data.exists():
+        raise UsageError(f"--data {data} does not exist; expected a folder, a zip or a video.")
+    if fps <= 0:
+        raise UsageError(f"--fps {fps} must be above 0.")
+    if data.is_dir():
+        root = data.resolve()
+    else:
+        root = job_dir / "data"
+        root.mkdir(parents=True, exist_ok=True)
+        suffix = data.suffix.lower()
+        if suffix == ".zip":
+            _extract_zip(data, root)
+        elif suffix in VIDEO_TYPES:
+            _extract_frames(data, root, fps)
+        else:
+            raise UsageError(
+                f"--data {data}: expected a folder of images, a .zip of images or a video "
+                f"({', '.join(VIDEO_TYPES)})."
+            )
+    items = _images_under(root)
+    if not items:
+        raise UsageError(f"--data {data} holds no images ({', '.join(IMAGE_TYPES)}).")
+    return root, items
+
+
+# --------------------------------------------------------------------------- job records
+
+
+def job_dir(ws: Workspace, job_id: str) -> Path:
+    return ws.ensure_private_dir() / "jobs" / job_id
+
+
+def get(ws: Workspace, job_id: str) -> dict:
+    rows = list(evcdb.workspace_db(ws).query("SELECT * FROM jobs WHERE id = ?", [job_id]))
+    if not rows:
+        raise UsageError(f"No job {job_id!r}; `evc infer list` shows the jobs.")
+    return rows[0]
+
+
+def list_jobs(ws: Workspace, limit: int = 50) -> list[dict]:
+    return list(
+        evcdb.workspace_db(ws).query("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", [limit])
+    )
+
+
+def results(ws: Workspace, job_id: str) -> list[dict]:
+    """Every item's final (or pending) row, with its detections."""
+    get(ws, job_id)
+    db = evcdb.workspace_db(ws)
+    dets: dict[str, list] = {}
+    for d in db.query(
+        "SELECT item, label, class_id, score, x, y, w, h FROM detections WHERE job_id = ? "
+        "ORDER BY id", [job_id],
+    ):  # fmt: skip
+        dets.setdefault(d.pop("item"), []).append(d)
+    rows = db.query("SELECT * FROM results WHERE job_id = ? ORDER BY item", [job_id])
+    return [{**r, "detections": dets.get(r["item"], [])} for r in rows]
+
+
+def status(ws: Workspace, job_id: str) -> JobResult:
+    job = get(ws, job_id)
+    db = evcdb.workspace_db(ws)
+    nodes = {
+        r["node"]: {**r, "throughput": round(r["items"] / r["busy_s"], 3) if r["busy_s"] else None}
+        for r in db.query(
+            "SELECT node, SUM(items) AS items, ROUND(SUM(finished - started), 3) AS busy_s, "
+            "COUNT(*) AS shards FROM shards WHERE job_id = ? AND state = 'done' GROUP BY node",
+            [job_id],
+        )
+    }
+    for r in db.query(
+        "SELECT node, SUM(state = 'ok') AS ok, SUM(state = 'error') AS failed FROM results "
+        "WHERE job_id = ? AND node IS NOT NULL GROUP BY node", [job_id],
+    ):  # fmt: skip
+        nodes.setdefault(r["node"], {"node": r["node"]}).update(ok=r["ok"], failed=r["failed"])
+    return JobResult(job, nodes, json.loads(job["skipped_nodes"] or "{}"))
+
+
+def _throughputs(ws: Workspace, model: str, version: str) -> dict[str, float]:
+    """Items/s per node for this model version, measured on earlier jobs' shards."""
+    rows = evcdb.workspace_db(ws).query(
+        "SELECT s.node, SUM(s.items) / SUM(s.finished - s.started) AS tput FROM shards s "
+        "JOIN jobs j ON j.id = s.job_id WHERE j.model = ? AND j.version = ? "
+        "AND s.state = 'done' AND s.finished > s.started GROUP BY s.node",
+        [model, version],
+    )
+    return {r["node"]: r["tput"] for r in rows}
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _model_for(ws: Workspace, ref: str, hosts: list[str]) -> images.Model:
+    """NAME:VERSION as given, or NAME's one version deployed on the targeted nodes."""
+    if ":" in ref:
+        return images.get(ws, ref)
+    versions = {r["version"] for r in deploy.current(ws, ref) if r["node"] in hosts}
+    if len(versions) != 1:
+        found = ", ".join(sorted(versions)) or "none"
+        raise UsageError(
+            f"Which version of {ref}? Deployed on the target: {found}. Give NAME:VERSION."
+        )
+    return images.get(ws, f"{ref}:{versions.pop()}")
+
+
+def run(
+    ws: Workspace,
+    ref: str,
+    data: Path,
+    target: str,
+    strategy: str = "dynamic",
+    retries: int = 2,
+    conf: float | None = None,
+    iou: float | None = None,
+    imgsz: int | None = None,
+    fps: float = 1.0,
+    shard_size: int | None = None,
+    progress: bool = True,
+) -> JobResult:
+    """Create a job over ``data`` on the nodes of ``target`` that run the model, and run it."""
+    if strategy not in schedule.STRATEGIES:
+        raise UsageError(f"--strategy {strategy!r}: choose one of {', '.join(schedule.STRATEGIES)}.")
+    if retries < 0:
+        raise UsageError(f"--retries {retries} must be 0 or more.")
+    hosts = resolve_hosts(ws.inventory, target)
+    model = _model_for(ws, ref, hosts)
+    _nodes(ws, model.name, model.version, hosts)  # refuse before creating anything
+    job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    folder = job_dir(ws, job_id)
+    try:
+        root, items = stage_items(data, folder, fps)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    params = {"conf": conf, "iou": iou, "imgsz": imgsz, "shard_size": shard_size, "fps": fps}
+    db = evcdb.workspace_db(ws)
+    with evcdb.transaction(db):
+        db["jobs"].insert(
+            {
+                "id": job_id, "model": model.name, "version": model.version,
+                "image": model.image, "target": target, "strategy": strategy,
+                "retries": retries, "params": json.dumps(params), "source": str(data),
+                "data_dir": str(root), "state": "running", "created": time.time(),
+                "items": len(items), "ok": 0, "failed": 0,
+            }  # fmt: skip
+        )
+        db["results"].insert_all(
+            ({"job_id": job_id, "item": item, "state": "pending"} for item in items),
+            batch_size=1000,
+        )
+    return _execute(ws, job_id, hosts, progress)
+
+
+def resume(ws: Workspace, job_id: str, target: str | None = None, progress: bool = True):
+    """Run a job's pending items again (after Ctrl-C, or to retry on other nodes)."""
+    job = get(ws, job_id)
+    if job["state"] == "complete":
+        raise UsageError(f"Job {job_id} is complete; nothing to resume.")
+    return _execute(ws, job_id, resolve_hosts(ws.inventory, target or job["target"]), progress)
+
+
+def _nodes(ws, model: str, version: str, hosts: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(nodes that run MODEL:VERSION, {other node: why it is skipped}); none is an error."""
+    running = set(deploy.deployed_on(ws, model, version))
+    nodes = [h for h in hosts if h in running]
+    if not nodes:
+        raise UsageError(
+            f"{model}:{version} runs on none of the target's nodes ({', '.join(hosts)}): "
+            f"run `evc model deploy {model}:{version} TARGET` first."
+        )
+    return nodes, {h: f"{model}:{version} is not deployed here" for h in hosts if h not in running}
+
+
+def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: bool) -> JobResult:
+    job = get(ws, job_id)
+    db = evcdb.workspace_db(ws)
+    nodes, skipped = _nodes(ws, job["model"], job["version"], hosts)
+    db["jobs"].update(job_id, {"skipped_nodes": json.dumps(skipped), "state": "running"})
+    pending = [r["item"] for r in db.query(
+        "SELECT item FROM results WHERE job_id = ? AND state = 'pending' ORDER BY item", [job_id]
+    )]  # fmt: skip
+    params = json.loads(job["params"])
+    tputs = _throughputs(ws, job["model"], job["version"])
+    stats = [schedule.NodeStats(n, throughput=tputs.get(n)) for n in nodes]
+    shards = schedule.plan(pending, stats, job["strategy"], params.get("shard_size"))
+    queue = schedule.WorkQueue(shards, nodes, job["retries"])
+    runner = _Runner(ws, job, queue)
+    if not job["started"]:
+        db["jobs"].update(job_id, {"started": time.time()})
+    threads = [threading.Thread(target=runner.work, args=(n,), daemon=True) for n in nodes]
+    with progress_line(f"job {job_id}", enabled=progress) as line:
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                line.update(runner.progress(len(pending)))
+                for t in threads:
+                    t.join(timeout=0.5)
+        except KeyboardInterrupt:
+            runner.stop.set()
+            db["jobs"].update(job_id, {"state": "interrupted"})
+            db.execute(
+                "UPDATE shards SET state = 'interrupted', finished = ? "
+                "WHERE job_id = ? AND state = 'running'", [time.time(), job_id],
+            )  # fmt: skip
+            raise Interrupted(
+                f"Job {job_id} interrupted; its pending items stay pending: "
+                f"`evc infer resume {job_id}` runs them."
+            ) from None
+    _fail_leftovers(db, job_id, queue)
+    _finish(db, job_id)
+    shutil.rmtree(job_dir(ws, job_id) / "shards", ignore_errors=True)
+    return status(ws, job_id)
+
+
+def _fail_leftovers(db, job_id: str, queue: schedule.WorkQueue) -> None:
+    """Items of shards that failed for good, or that no node could take, get error rows."""
+    reasons = [(s, f"shard failed after {s.attempt} attempt(s): {s.error}") for s in queue.failures()]
+    reasons += [(s, f"no node left to run it (last error: {s.error})") for s in queue.stranded()]
+    with evcdb.transaction(db):
+        for shard, reason in reasons:
+            db.conn.executemany(
+                "UPDATE results SET state = 'error', error = ? "
+                "WHERE job_id = ? AND item = ? AND state = 'pending'",
+                [(reason, job_id, item) for item in shard.items],
+            )
+
+
+def _finish(db, job_id: str) -> None:
+    counts = next(iter(db.query(
+        "SELECT SUM(state = 'ok') AS ok, SUM(state = 'error') AS failed, "
+        "SUM(state = 'pending') AS pending FROM results WHERE job_id = ?", [job_id],
+    )))  # fmt: skip
+    job = next(iter(db.query("SELECT started FROM jobs WHERE id = ?", [job_id])))
+    now = time.time()
+    db["jobs"].update(
+        job_id,
+        {
+            "ok": counts["ok"] or 0,
+            "failed": counts["failed"] or 0,
+            "state": "interrupted" if counts["pending"] else "complete",
+            "finished": now,
+            "makespan_s": round(now - job["started"], 3),
+        },
+    )
+
+
+class _Runner:
+    """What one node's thread does: take a shard, ship it, run it, ingest it."""
+
+    def __init__(self, ws: Workspace, job: dict, queue: schedule.WorkQueue):
+        self.ws, self.job, self.queue = ws, job, queue
+        self.stop = threading.Event()
+        self.done_items = 0
+        self._lock = threading.Lock()
+        params = json.loads(job["params"])
+        self.args = [
+            a for k in ("conf", "iou", "imgsz") if params.get(k) is not None
+            for a in (f"--{k}", str(params[k]))
+        ]  # fmt: skip
+        self.dir = job_dir(ws, job["id"]) / "shards"
+
+    def progress(self, total: int) -> str:
+        s = self.queue.summary()
+        return f"{self.done_items}/{total} items, {s['shards_running']} shards running"
+
+    def work(self, node: str) -> None:
+        failures = 0
+        while not self.stop.is_set() and (shard := self.queue.take(node)) is not None:
+            outcome, error = self._run_shard(node, shard)
+            if self.stop.is_set():
+                return
+            if outcome == "done":
+                failures = 0
+            elif outcome == "lost":
+                self.queue.node_lost(node)
+                return
+            else:
+                self.queue.failed(shard, node, error)
+                failures += 1
+                if failures >= BROKEN_AFTER:  # e.g. its model container is gone
+                    self.queue.node_lost(node)
+                    return
+
+    def _run_shard(self, node: str, shard: schedule.Shard) -> tuple[str, str | None]:
+        db = evcdb.workspace_db(self.ws)
+        name = f"{shard.index}-{shard.attempt}"
+        started = time.time()
+        shard_id = db["shards"].insert(
+            {"job_id": self.job["id"], "idx": shard.index, "node": node,
+             "attempt": shard.attempt, "items": len(shard.items), "state": "running",
+             "started": started},  # fmt: skip
+        ).last_pk
+        work = self.dir / name
+        fetched = work / "out"
+        fetched.mkdir(parents=True, exist_ok=True)
+        try:
+            archive = self._archive(shard, f"{self.job['id']}/{name}/in", work / "in.tar")
+            run = run_playbook(
+                self.ws, "infer_shard.yml", node, progress=False,
+                task_timeout=SHARD_TIMEOUT_S + 2 * len(shard.items),
+                extravars={
+                    "evc_job": self.job["id"], "evc_shard": name, "evc_archive": str(archive),
+                    "evc_fetch_dir": str(fetched), "evc_jobs_dir": deploy.JOBS_DIR,
+                    "evc_container": f"evc-model-{self.job['model']}",
+                    "evc_infer_args": self.args,
+                },
+            )  # fmt: skip
+            host = run.hosts[node]
+            if host.state == "unreachable":
+                outcome, error = "lost", host.message or "unreachable"
+            elif host.state == "failed":
+                outcome, error = "failed", f"{host.failed_task}: {host.message}"
+            else:
+                outcome, error = self._ingest(db, shard, shard_id, node, fetched)
+        except OSError as exc:
+            outcome, error = "failed", f"cannot stage the shard: {exc}"
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if outcome != "done":
+            state = "interrupted" if self.stop.is_set() else outcome
+            db["shards"].update(shard_id, {"state": state, "finished": time.time(), "error": error})
+        return outcome, error
+
+    def _archive(self, shard: schedule.Shard, prefix: str, path: Path) -> Path:
+        root = Path(self.job["data_dir"])
+        with tarfile.open(path, "w") as tar:
+            for item in shard.items:
+                tar.add(root / item, arcname=f"{prefix}/{item}")
+        return path
+
+    def _ingest(self, db, shard, shard_id: int, node: str, fetched: Path):
+        try:
+            lines = (fetched / "results.jsonl").read_text().splitlines()
+            records = {r["item"]: r for r in map(json.loads, filter(None, lines))}
+        except (OSError, ValueError, KeyError) as exc:
+            return "failed", f"unreadable results.jsonl: {exc}"
+        missing = set(shard.items) - set(records)
+        if missing:
+            return "failed", f"results.jsonl lacks {len(missing)} of {len(shard.items)} items"
+        if not self.queue.done(shard):  # a stale report (the node was given up): drop it
+            return "lost", "report came after the node was given up"
+        with evcdb.transaction(db):
+            for item in shard.items:
+                self._ingest_item(db, records[item], shard_id, node, shard.attempt)
+            db["shards"].update(shard_id, {"state": "done", "finished": time.time()})
+        with self._lock:
+            self.done_items += len(shard.items)
+        return "done", None
+
+    def _ingest_item(self, db, rec: dict, shard_id: int, node: str, attempt: int) -> None:
+        cursor = db.execute(
+            "UPDATE results SET state = ?, error = ?, latency_ms = ?, width = ?, height = ?, "
+            "node = ?, shard_id = ?, attempt = ? WHERE job_id = ? AND item = ? "
+            "AND state = 'pending'",
+            ["ok" if rec["ok"] else "error", rec.get("error"), rec.get("latency_ms"),
+             rec.get("width"), rec.get("height"), node, shard_id, attempt, self.job["id"],
+             rec["item"]],
+        )  # fmt: skip
+        if cursor.rowcount != 1:
+            return  # already final: exactly once
+        db["detections"].insert_all(
+            {"job_id": self.job["id"], "item": rec["item"], "label": d["label"],
+             "class_id": d.get("class_id"), "score": d["score"], "x": d["box"][0],
+             "y": d["box"][1], "w": d["box"][2], "h": d["box"][3]}
+            for d in rec.get("detections") or []
+        )  # fmt: skip

@@ -1,0 +1,187 @@
+"""Inference jobs on the real lab: every item accounted for once, through corrupt
+images, a node stopped mid-job, Ctrl-C and resume, zip and video inputs."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+
+from evc import db as evcdb
+from tests.conftest import evc
+from tests.lab.conftest import evc_json as _json
+
+MODEL = "ifaces"
+PICTURES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field")
+
+
+@pytest.fixture(scope="module")
+def deployed(lab_session, trusted):
+    """MODEL:1 (face-haar) running on node1 and node2; node3 has no model."""
+    env = {"EVC_HOME": str(lab_session[0].root)}
+    _json("model", "build", MODEL, "--runtime", "face-haar", "--version", "1", env=env)
+    _json("model", "push", f"{MODEL}:1", env=env)
+    _json("model", "deploy", f"{MODEL}:1", "node1,node2", env=env)
+    yield
+    evc("model", "undeploy", MODEL, "all", env=env)
+    evc("model", "delete", f"{MODEL}:1", "--force", env=env)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Copies of skimage pictures (one astronaut face each) plus one corrupt jpg."""
+    from PIL import Image
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("data")
+    for copy in range(4):
+        (root / str(copy)).mkdir()
+        for name in PICTURES:
+            Image.fromarray(getattr(data, name)()).save(root / str(copy) / f"{name}.jpg")
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg" * 20)
+    return root
+
+
+def _items(data_root):
+    return sorted(p.relative_to(data_root).as_posix() for p in data_root.rglob("*.jpg"))
+
+
+def _check_complete(ws, job_id, items):
+    """Exactly one final row per item; the corrupt one an error; one face per astronaut."""
+    db = evcdb.workspace_db(ws)
+    rows = list(db.query("SELECT * FROM results WHERE job_id = ? ORDER BY item", [job_id]))
+    assert [r["item"] for r in rows] == items
+    assert {r["item"] for r in rows if r["state"] != "ok"} == {"corrupt.jpg"}
+    (bad,) = [r for r in rows if r["item"] == "corrupt.jpg"]
+    assert bad["state"] == "error" and bad["error"]
+    faces = list(db.query(
+        "SELECT item, COUNT(*) AS n FROM detections WHERE job_id = ? AND item LIKE "
+        "'%astronaut.jpg' GROUP BY item", [job_id],
+    ))  # fmt: skip
+    assert [f["n"] for f in faces] == [1, 1, 1, 1]
+    job = _json("infer", "status", job_id, env={"EVC_HOME": str(ws.root)})
+    assert job["state"] == "complete" and job["ok"] == len(items) - 1 and job["failed"] == 1
+    return job
+
+
+def test_job_accounts_for_every_item_and_reports_the_node_without_the_model(
+    lab_ws, lab_env, deployed, dataset
+):
+    proc = evc("infer", "run", MODEL, "--data", dataset, "--json", env=lab_env, check=1)
+    job = json.loads(proc.stdout)
+    assert job["status"] == "partial" and job["version"] == "1"
+    assert job["skipped_nodes"] == {"node3": f"{MODEL}:1 is not deployed here"}
+    _check_complete(lab_ws, job["id"], _items(dataset))
+    assert set(job["nodes"]) == {"node1", "node2"}
+    assert sum(n["items"] for n in job["nodes"].values()) == len(_items(dataset))
+
+    listed = {j["id"]: j for j in _json("infer", "list", env=lab_env)}
+    assert listed[job["id"]]["state"] == "complete"
+    csv = evc("infer", "results", job["id"], "--csv", env=lab_env, check=0).stdout
+    assert csv.splitlines()[0].startswith("item,state,node,error")
+    assert sum(",face," in line for line in csv.splitlines()) >= 4
+
+
+def _wait_for_shard(ws, job_node=None, timeout=120):
+    """Id of the newest job once one of its shards runs (on ``job_node`` if given)."""
+    db = evcdb.workspace_db(ws)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        row = next(iter(db.query(
+            "SELECT s.job_id FROM shards s JOIN jobs j ON j.id = s.job_id "
+            "WHERE s.state = 'running' AND (? IS NULL OR s.node = ?) "
+            "ORDER BY j.created DESC LIMIT 1", [job_node, job_node],
+        )), None)  # fmt: skip
+        if row:
+            return row["job_id"]
+        time.sleep(0.2)
+    pytest.fail("no shard started")
+
+
+def _start_job(env, dataset, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "evc", "infer", "run", MODEL, "--data", str(dataset),
+         "--target", "node1,node2", "--json", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_a_node_stopped_mid_job_loses_and_duplicates_nothing(lab_ws, lab_env, deployed, dataset):
+    import os
+
+    env = {**os.environ, **lab_env}
+    proc = _start_job(env, dataset, "--strategy", "round-robin")
+    try:
+        job_id = _wait_for_shard(lab_ws, "node2")
+        evc("lab", "stop", "node2", env=lab_env)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        evc("lab", "start", "node2", env=lab_env)
+    job = _check_complete(lab_ws, job_id, _items(dataset))
+    assert set(job["nodes"]) == {"node1"}, err  # node2's half was re-run on node1
+    shards = list(evcdb.workspace_db(lab_ws).query(
+        "SELECT node, state FROM shards WHERE job_id = ?", [job_id]
+    ))  # fmt: skip
+    assert {"node": "node2", "state": "lost"} in shards or any(
+        s["node"] == "node2" and s["state"] == "failed" for s in shards
+    ), shards
+
+
+def test_ctrl_c_leaves_a_resumable_job(lab_ws, lab_env, deployed, dataset, tmp_path):
+    import os
+
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for item in _items(dataset):
+            z.write(dataset / item, item)
+    proc = _start_job({**os.environ, **lab_env}, archive, "--shard-size", "8")
+    job_id = _wait_for_shard(lab_ws)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and f"evc infer resume {job_id}" in err
+    assert "Traceback" not in err
+    assert _json("infer", "status", job_id, env=lab_env)["state"] == "interrupted"
+
+    resumed = json.loads(evc("infer", "resume", job_id, "--json", env=lab_env, check=1).stdout)
+    assert resumed["id"] == job_id
+    _check_complete(lab_ws, job_id, _items(dataset))
+
+
+def test_a_video_becomes_frames(lab_ws, lab_env, deployed, tmp_path):
+    import cv2
+    import numpy as np
+    from skimage import data
+
+    face = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    video = cv2.VideoWriter(str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10,
+                            (512, 512))  # fmt: skip
+    for _ in range(30):  # 3 s at 10 fps
+        video.write(np.ascontiguousarray(face))
+    video.release()
+    job = _json("infer", "run", f"{MODEL}:1", "--data", tmp_path / "clip.avi", "--fps", "2",
+                env=lab_env)  # fmt: skip
+    rows = _json("infer", "results", job["id"], env=lab_env)
+    assert [r["item"] for r in rows] == [f"clip_{ms:08d}ms.jpg" for ms in range(0, 3000, 500)]
+    assert all(r["state"] == "ok" and len(r["detections"]) == 1 for r in rows)
+
+
+def test_bad_input_is_refused_before_anything_runs(lab_ws, lab_env, deployed, tmp_path):
+    before = len(_json("infer", "list", env=lab_env))
+    cases = [
+        (["--data", tmp_path / "nope"], "does not exist"),
+        (["--data", tmp_path], "holds no images"),
+        (["--data", tmp_path, "--strategy", "fastest"], "choose one of"),
+    ]
+    (tmp_path / "bad.zip").write_bytes(b"PK not a zip")
+    cases.append((["--data", tmp_path / "bad.zip"], "not a readable zip"))
+    for args, message in cases:
+        proc = evc("infer", "run", MODEL, *args, env=lab_env, check=2)
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "one.png").write_bytes(b"")  # never read: the target check comes first
+    proc = evc("infer", "run", f"{MODEL}:1", "--data", tmp_path, "--target", "node3",
+               env=lab_env, check=2)  # fmt: skip
+    assert "runs on none of the target's nodes (node3)" in proc.stderr
+    assert len(_json("infer", "list", env=lab_env)) == before
