@@ -233,7 +233,8 @@ def run(
 ) -> JobResult:
     """Create a job over ``data`` on the nodes of ``target`` that run the model, and run it."""
     if strategy not in schedule.STRATEGIES:
-        raise UsageError(f"--strategy {strategy!r}: choose one of {', '.join(schedule.STRATEGIES)}.")
+        allowed = ", ".join(schedule.STRATEGIES)
+        raise UsageError(f"--strategy {strategy!r}: choose one of {allowed}.")
     if retries < 0:
         raise UsageError(f"--retries {retries} must be 0 or more.")
     hosts = resolve_hosts(ws.inventory, target)
@@ -251,11 +252,21 @@ def run(
     with evcdb.transaction(db):
         db["jobs"].insert(
             {
-                "id": job_id, "model": model.name, "version": model.version,
-                "image": model.image, "target": target, "strategy": strategy,
-                "retries": retries, "params": json.dumps(params), "source": str(data),
-                "data_dir": str(root), "state": "running", "created": time.time(),
-                "items": len(items), "ok": 0, "failed": 0,
+                "id": job_id,
+                "model": model.name,
+                "version": model.version,
+                "image": model.image,
+                "target": target,
+                "strategy": strategy,
+                "retries": retries,
+                "params": json.dumps(params),
+                "source": str(data),
+                "data_dir": str(root),
+                "state": "running",
+                "created": time.time(),
+                "items": len(items),
+                "ok": 0,
+                "failed": 0,
             }  # fmt: skip
         )
         db["results"].insert_all(
@@ -329,7 +340,7 @@ def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: bool) -> Jo
 
 def _fail_leftovers(db, job_id: str, queue: schedule.WorkQueue) -> None:
     """Items of shards that failed for good, or that no node could take, get error rows."""
-    reasons = [(s, f"shard failed after {s.attempt} attempt(s): {s.error}") for s in queue.failures()]
+    reasons = [(s, f"failed after {s.attempt} attempt(s): {s.error}") for s in queue.failures()]
     reasons += [(s, f"no node left to run it (last error: {s.error})") for s in queue.stranded()]
     with evcdb.transaction(db):
         for shard, reason in reasons:
@@ -400,11 +411,21 @@ class _Runner:
         db = evcdb.workspace_db(self.ws)
         name = f"{shard.index}-{shard.attempt}"
         started = time.time()
-        shard_id = db["shards"].insert(
-            {"job_id": self.job["id"], "idx": shard.index, "node": node,
-             "attempt": shard.attempt, "items": len(shard.items), "state": "running",
-             "started": started},  # fmt: skip
-        ).last_pk
+        shard_id = (
+            db["shards"]
+            .insert(
+                {
+                    "job_id": self.job["id"],
+                    "idx": shard.index,
+                    "node": node,
+                    "attempt": shard.attempt,
+                    "items": len(shard.items),
+                    "state": "running",
+                    "started": started,
+                },  # fmt: skip
+            )
+            .last_pk
+        )
         work = self.dir / name
         fetched = work / "out"
         fetched.mkdir(parents=True, exist_ok=True)

@@ -130,7 +130,8 @@ def results(
     elif csv:
         import csv as csvlib
 
-        cols = ["item", "state", "node", "error", "latency_ms", "label", "score", "x", "y", "w", "h"]
+        cols = ["item", "state", "node", "error", "latency_ms", "label", "score"]
+        cols += ["x", "y", "w", "h"]
         writer = csvlib.DictWriter(sys.stdout, cols, extrasaction="ignore")
         writer.writeheader()
         for r in rows:

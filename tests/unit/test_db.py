@@ -39,8 +39,18 @@ def test_connect_creates_a_wal_db_and_migrates_once(tmp_path):
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    tables = {"devices", "ansible_runs", "host_results", "audit_log", "models", "deployments",
-              "jobs", "shards", "results", "detections"}
+    tables = {
+        "devices",
+        "ansible_runs",
+        "host_results",
+        "audit_log",
+        "models",
+        "deployments",
+        "jobs",
+        "shards",
+        "results",
+        "detections",
+    }
     assert tables <= set(db.table_names())
     assert [r["name"] for r in db["migrations"].rows] == [n for n, _ in evcdb.MIGRATIONS]
     assert [n for n, _ in evcdb.MIGRATIONS][0] == "0001_core"

@@ -1,0 +1,82 @@
+"""`evc infer run`: makespan / ideal of each strategy on nodes of unequal speed, one run.
+
+A 3-node lab; the face-haar model is deployed with unequal CPU limits (0.2, 0.4
+and 0.8 CPU: their sum stays below this machine's cores so that nodes measured
+alone and together see the same CPU). Each node first runs the data set alone;
+ideal = items / (sum of those throughputs). Then the same job runs on all nodes
+under each strategy. Targets: proportional and dynamic at most 1.15x ideal;
+round-robin is printed beside them as the seed's baseline. The alone runs are
+also the history `proportional` splits by.
+"""
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from _util import EVC, bench_workspace, run, timed
+
+ITEMS = 96
+CPUS = {"node1": 0.2, "node2": 0.4, "node3": 0.8}
+TARGET = 1.15
+
+
+def _dataset(root: Path) -> Path:
+    from PIL import Image
+    from skimage import data
+
+    pictures = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    folder = root / "data"
+    folder.mkdir()
+    for i in range(ITEMS):
+        Image.fromarray(pictures[i % len(pictures)]).save(folder / f"{i:04d}.jpg")
+    return folder
+
+
+def _job(env, folder, *args) -> dict:
+    out = run(EVC + ["infer", "run", "bfaces:1", "--data", str(folder), "--json", *args], env)[1]
+    return json.loads(out)
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = bench_workspace(Path(tmp), "evcbench", "172.31.250.0/24")
+        folder = _dataset(Path(tmp))
+        try:
+            run(EVC + ["lab", "up", "--nodes", "3"], env)
+            run(EVC + ["cert", "push", "all"], env)
+            build = ["model", "build", "bfaces", "--runtime", "face-haar", "--version", "1"]
+            run(EVC + build, env)
+            run(EVC + ["model", "push", "bfaces:1"], env)
+            for node, cpus in CPUS.items():
+                run(EVC + ["model", "deploy", "bfaces:1", node, "--cpus", str(cpus)], env)
+            alone = {}
+            for node in CPUS:
+                job = _job(env, folder, "--target", node, "--strategy", "round-robin")
+                alone[node] = ITEMS / job["makespan_s"]
+            ideal = ITEMS / sum(alone.values())
+            makespans = {
+                s: _job(env, folder, "--strategy", s)["makespan_s"]
+                for s in ("round-robin", "proportional", "dynamic")
+            }
+        finally:
+            timed(EVC + ["lab", "down"], env)
+            timed(EVC + ["registry", "down", "--purge"], env)
+    for node, tput in alone.items():
+        print(f"{node} alone ({CPUS[node]} CPU): {tput:5.2f} items/s")
+    print(f"ideal makespan for {ITEMS} items: {ideal:6.1f} s")
+    ok = True
+    for strategy, makespan in makespans.items():
+        ratio = makespan / ideal
+        goal = (
+            ""
+            if strategy == "round-robin"
+            else f"  target <= {TARGET}: " + ("PASS" if ratio <= TARGET else "FAIL")
+        )
+        ok &= strategy == "round-robin" or ratio <= TARGET
+        print(f"{strategy:>12}: makespan {makespan:6.1f} s  = {ratio:4.2f}x ideal{goal}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
