@@ -69,6 +69,8 @@ bench: setup
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/devices_scale.py
 	$(BIN)/python bench/cert_push.py
+	$(BIN)/python bench/model_images.py
+	$(BIN)/python bench/infer_strategies.py
 	$(BIN)/python bench/lab_up.py
 
 clean:
