@@ -11,7 +11,7 @@ image of the same model; a warm rebuild (`--force`, unchanged model) under 20 s.
 - Cold: every build starts FROM a fresh copy of the model base (the base plus a unique
   label), so no layer cached by an earlier build applies. The wheelhouse cache
   (~/.cache/evc/wheels) is kept between runs; the table says when a build downloaded it
-  (ultralytics: PyPI's CUDA torch, about 3 GB, a 6 GB image; the run takes ~15 min).
+  (ultralytics: PyPI's CUDA torch, about 3 GB, a 6 GB image; the run takes 10-15 min).
   Warm: the median of ROUNDS interleaved `--force` rebuilds (ultralytics: one).
 - Latency: `evc-infer` in each image (`docker run --rm --network none`, no CPU limit)
   over 20 JPEGs (five skimage.data pictures at four widths), ROUNDS interleaved runs;
@@ -19,6 +19,7 @@ image of the same model; a warm rebuild (`--force`, unchanged model) under 20 s.
 - Removes every image built on its base, the base copy and the workspace at the end.
 """
 
+import contextlib
 import io
 import json
 import statistics
@@ -27,6 +28,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import docker.errors
 from _util import EVC, run, timed
 
 from evc.images import cache_dir
@@ -63,19 +65,17 @@ def make_inputs(folder: Path) -> None:
             img.resize(size).save(folder / f"{name}-{width}.jpg", quality=90)
 
 
-def fresh_base(client) -> str:
+def fresh_base(client):
     """The model base with a unique label: a new image id, so no earlier layer cache applies."""
     base, _ = ensure_image(client, "model-base", ensure_base_image(client)[0])
     tag = f"evc-bench/model-base:{uuid.uuid4().hex[:12]}"
     dockerfile = io.BytesIO(f"FROM {base}\n".encode())
-    client.images.build(fileobj=dockerfile, tag=tag, labels={"evc.bench": tag}, rm=True)
-    return tag
+    return client.images.build(fileobj=dockerfile, tag=tag, labels={"evc.bench": tag}, rm=True)[0]
 
 
-def remove_built_on(client, base: str) -> None:
-    """Remove the leaves of the image tree over ``base`` (docker prunes their untagged
-    parents: the model images and the cached build stages), then ``base``."""
-    base_id = client.images.get(base).id
+def remove_built_on(client, base_id: str) -> None:
+    """Remove the leaves of the image tree over the base (docker prunes their untagged
+    parents: the model images and the cached build stages), then the base."""
     parent = {i.id: i.attrs["Parent"] for i in client.images.list(all=True)}
 
     def built_on(image_id: str) -> bool:
@@ -87,7 +87,8 @@ def remove_built_on(client, base: str) -> None:
     for leaf in set(parent) - set(parent.values()):
         if built_on(leaf):
             client.images.remove(leaf, force=True)
-    client.images.remove(base)
+    with contextlib.suppress(docker.errors.ImageNotFound):  # gone if someone pruned images
+        client.images.remove(base_id, force=True)
 
 
 def wheelhouses() -> set[Path]:
@@ -138,23 +139,27 @@ def main() -> int:
         timed([sys.executable, "-c", SAVE_PT, str(tmp)], {"YOLO_OFFLINE": "1"})
         make_inputs(tmp / "in")
         base = fresh_base(client)
-        base_mb = client.images.get(base).attrs["Size"] / 1e6
         cold, warm, built, downloaded = {}, {}, {}, {}
+
+        def build_image(name: str, force: bool) -> float:
+            weights = BUILDS[name][1]
+            seconds, built[name] = build(env, name, base.tags[0], weights and tmp / weights, force)
+            return seconds
+
         try:
-            for name, (_, weights) in BUILDS.items():
+            for name in BUILDS:
                 before = wheelhouses()
-                cold[name], built[name] = build(env, name, base, weights and tmp / weights, False)
+                cold[name] = build_image(name, force=False)
                 downloaded[name] = wheelhouses() != before
             for r in range(ROUNDS):  # interleaved; the 6 GB image once (over a minute each)
-                for name, (_, weights) in BUILDS.items():
+                for name in BUILDS:
                     if r == 0 or name != "torch":
-                        t, built[name] = build(env, name, base, weights and tmp / weights, True)
-                        warm.setdefault(name, []).append(t)
+                        warm.setdefault(name, []).append(build_image(name, force=True))
             lat = latency(built, tmp / "in", tmp)
         finally:
-            remove_built_on(client, base)
+            remove_built_on(client, base.id)
     warm = {name: statistics.median(times) for name, times in warm.items()}
-    return report(built, cold, warm, downloaded, lat, base_mb)
+    return report(built, cold, warm, downloaded, lat, base.attrs["Size"] / 1e6)
 
 
 def report(built, cold, warm, downloaded, lat, base_mb) -> int:
