@@ -40,3 +40,18 @@ def workspace(tmp_path, monkeypatch):
 def write_settings(root: Path, text: str) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "evc.yaml").write_text(text)
+
+
+def files_holding(ws, *secrets: str) -> list[Path]:
+    """Files EVC writes in clear (inventory, database, Ansible artifacts) that hold a secret."""
+    places = [ws.inventory, *(ws.root / "db").glob("evc.db*")]
+    places += (ws.private_dir / "runs").rglob("*")
+    found = []
+    for path in places:
+        try:
+            text = path.read_bytes().decode("latin-1")
+        except (IsADirectoryError, FileNotFoundError):  # a folder; a WAL file just merged
+            continue
+        if any(s in text for s in secrets):
+            found.append(path)
+    return found

@@ -10,7 +10,7 @@ import requests
 from evc import pki, registry
 from evc.ansible import run_playbook
 from evc.lab import docker_client
-from tests.conftest import evc
+from tests.conftest import evc, files_holding
 
 PULL = str(Path(__file__).parent / "playbooks" / "pull_probe.yml")
 
@@ -87,9 +87,7 @@ def test_registry_password_is_nowhere_evc_writes_in_clear(lab_ws, lab_env, reg):
     outputs = evc("registry", "status", "--json", env=lab_env, check=0).stdout
     outputs += evc("lab", "status", "--json", env=lab_env).stdout
     assert password not in outputs
-    places = [lab_ws.inventory, *(lab_ws.root / "db").glob("evc.db*")]
-    places += [p for p in (lab_ws.private_dir / "runs").rglob("*") if p.is_file()]
-    assert not [p for p in places if password in p.read_bytes().decode("latin-1")]
+    assert not files_holding(lab_ws, password)
     # Nor in the repository itself.
     repo = Path(__file__).resolve().parents[2]
     tracked = subprocess.run(
@@ -128,9 +126,7 @@ def test_cert_push_then_revoke_on_every_node(lab_ws, lab_env, reg):
         "node1": True, "node2": False, "node3": True}  # fmt: skip
 
     # The password travelled to the nodes but is in no artifact or output.
-    runs = lab_ws.private_dir / "runs"
-    assert not [p for p in runs.rglob("*") if p.is_file()
-                and password in p.read_text(errors="replace")]  # fmt: skip
+    assert not files_holding(lab_ws, password)
     # Rotation (same CA): a new server certificate, and every trusting node still pulls.
     evc("cert", "push", "node2", env=lab_env, check=0)
     before = pki.certificate_info(files.server_cert)
