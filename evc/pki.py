@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +22,23 @@ USER = "evc"
 
 @dataclass(frozen=True)
 class RegistryFiles:
+    """The files of one registry. ``ca`` names the CA pair: ``ca``, or ``ca-next`` for the
+    CA that a ``rotate --new-ca`` brings in (see :meth:`next_ca`)."""
+
     root: Path
+    ca: str = "ca"
 
     @property
     def ca_key(self) -> Path:
-        return self.root / "ca.key"
+        return self.root / f"{self.ca}.key"
 
     @property
     def ca_cert(self) -> Path:
-        return self.root / "ca.crt"
+        return self.root / f"{self.ca}.crt"
+
+    def next_ca(self) -> RegistryFiles:
+        """The same files, with the incoming CA in place of the current one."""
+        return RegistryFiles(self.root, "ca-next")
 
     @property
     def server_key(self) -> Path:
@@ -79,14 +88,15 @@ def _name(common_name: str):
 
 
 def make_ca(files: RegistryFiles, days: int = CA_DAYS) -> None:
-    """A new CA key and self-signed certificate."""
+    """A new CA key and self-signed certificate (at ``files.next_ca()`` for a rotation)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    name = _name(f"EVC registry CA {now:%Y-%m-%d %H:%M}")
+    # Unique: the incoming CA of a rotation must not share the current one's name.
+    name = _name(f"EVC registry CA {now:%Y-%m-%d %H:%M:%S} {secrets.token_hex(3)}")
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -124,15 +134,29 @@ def make_ca(files: RegistryFiles, days: int = CA_DAYS) -> None:
     files.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def make_server_cert(files: RegistryFiles, hosts: list[str], days: int) -> None:
-    """A server key and certificate signed by the CA, with a SAN for every host."""
+def check_days(days: int) -> None:
+    """Refuse a server certificate lifetime outside 1 to 3650 days."""
+    if not 1 <= days <= 3650:
+        raise UsageError(f"--days {days}: a server certificate lasts 1 to 3650 days.")
+
+
+def make_server_cert(
+    files: RegistryFiles,
+    hosts: list[str],
+    days: int,
+    valid_from: dt.datetime | None = None,
+) -> None:
+    """A server key and certificate signed by ``files``' CA, with a SAN for every host.
+
+    Valid from ``valid_from`` (default: five minutes ago, for clock skew) for ``days``;
+    an explicit start makes expired or not-yet-valid certificates for tests.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    if not 1 <= days <= 3650:
-        raise UsageError(f"--days {days}: a server certificate lasts 1 to 3650 days.")
+    check_days(days)
     sans = subject_alt_names(hosts)
     ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
@@ -144,8 +168,8 @@ def make_server_cert(files: RegistryFiles, hosts: list[str], days: int) -> None:
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(valid_from or now - dt.timedelta(minutes=5))
+        .not_valid_after((valid_from or now) + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
@@ -177,11 +201,12 @@ def make_credentials(files: RegistryFiles, password: str | None = None) -> None:
     write_private(files.htpasswd, f"{USER}:{hashed.replace('$2b$', '$2y$', 1)}\n".encode())
 
 
-def certificate_info(path: Path) -> dict:
-    """Subject, SANs and validity of a PEM certificate."""
+def certificate_info(cert: Path | bytes) -> dict:
+    """Subject, SANs, validity and SHA-256 fingerprint of a PEM certificate (file or bytes)."""
     from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
 
-    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    cert = x509.load_pem_x509_certificate(cert if isinstance(cert, bytes) else cert.read_bytes())
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         names = [str(n.value) for n in sans]
@@ -195,4 +220,26 @@ def certificate_info(path: Path) -> dict:
         "not_before": cert.not_valid_before_utc.timestamp(),
         "not_after": cert.not_valid_after_utc.timestamp(),
         "days_left": (cert.not_valid_after_utc - now).days,
+        "sha256": cert.fingerprint(hashes.SHA256()).hex(),
     }
+
+
+def signed_by(cert: Path, ca_cert: Path) -> bool:
+    """Whether ``ca_cert`` signed ``cert`` (signature checked, not just names)."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        x509.load_pem_x509_certificate(cert.read_bytes()).verify_directly_issued_by(
+            x509.load_pem_x509_certificate(ca_cert.read_bytes())
+        )
+    except (InvalidSignature, ValueError, TypeError, OSError):
+        return False
+    return True
+
+
+def promote_next_ca(files: RegistryFiles) -> None:
+    """Make the incoming CA the current one; the old CA's key and certificate are gone."""
+    nxt = files.next_ca()
+    os.replace(nxt.ca_key, files.ca_key)
+    os.replace(nxt.ca_cert, files.ca_cert)

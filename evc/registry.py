@@ -23,6 +23,7 @@ DEFAULT_IMAGE = "registry:2"
 DEFAULT_PORT = 5000
 CONFIG_PATH = "/etc/docker/registry/config.yml"
 CERTS_D = Path("/etc/docker/certs.d")
+NEXT_CA_NAME = "ca-next.crt"  # the incoming CA's file in certs.d during `rotate --new-ca`
 PROBE_REPO = "evc/probe"
 PROBE_TAG = "1"
 
@@ -49,6 +50,7 @@ class RegistryStatus:
     ca: dict[str, Any]
     repositories: list[str] = field(default_factory=list)
     error: str | None = None
+    next_ca: dict[str, Any] | None = None  # a rotation to this CA is under way
 
 
 def files(ws: Workspace) -> pki.RegistryFiles:
@@ -93,8 +95,7 @@ def init(
     if not 1 <= port <= 65535:
         raise UsageError(f"--port {port} is out of range (1-65535).")
     pki.subject_alt_names(hosts)  # validate before writing anything
-    if not 1 <= days <= 3650:
-        raise UsageError(f"--days {days}: a server certificate lasts 1 to 3650 days.")
+    pki.check_days(days)
     if password is not None and len(password) < 12:
         raise UsageError("The registry password must be at least 12 characters.")
     pki.make_ca(f)
@@ -124,11 +125,50 @@ def _config_yaml() -> str:
     )
 
 
+def rotation_pending(ws: Workspace) -> bool:
+    """A ``rotate --new-ca`` was started and not finished: the incoming CA is on disk."""
+    nxt = files(ws).next_ca()
+    return nxt.ca_cert.is_file() and nxt.ca_key.is_file()
+
+
+def trusted_cas(ws: Workspace) -> Path:
+    """The file the controller verifies the registry with: the CA, plus the incoming one
+    while a rotation to a new CA is under way.
+
+    Named after its content: urllib3-future (which grafana-client brings in place of
+    urllib3) keeps one TLS context per CA file name for the life of the process, so a
+    file whose content changes would go on being trusted as it was.
+    """
+    import hashlib
+
+    f = files(ws)
+    pem = f.ca_cert.read_bytes()
+    if rotation_pending(ws):
+        pem += f.next_ca().ca_cert.read_bytes()
+    bundle = f.root / f"trust-{hashlib.sha256(pem).hexdigest()[:16]}.pem"
+    for stale in f.root.glob("trust-*.pem"):
+        if stale != bundle:
+            stale.unlink(missing_ok=True)
+    if not bundle.exists():
+        bundle.write_bytes(pem)
+    return bundle
+
+
 def trust_on_controller(ws: Workspace, settings: RegistrySettings) -> Path:
-    """Let the controller's Docker engine verify the registry (it reads certs.d per pull)."""
+    """Let the controller's Docker engine verify the registry (it reads certs.d per pull).
+
+    Docker takes every ``*.crt`` there as a CA: during a rotation to a new CA the
+    incoming one sits next to ``ca.crt`` as ``ca-next.crt``.
+    """
+    f = files(ws)
     target = CERTS_D / settings.address / "ca.crt"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(files(ws).ca_cert.read_bytes())
+    target.write_bytes(f.ca_cert.read_bytes())
+    extra = target.parent / NEXT_CA_NAME
+    if rotation_pending(ws):
+        extra.write_bytes(f.next_ca().ca_cert.read_bytes())
+    else:
+        extra.unlink(missing_ok=True)
     return target
 
 
@@ -192,24 +232,51 @@ def up(ws: Workspace, image: str | None = None, client=None) -> RegistryStatus:
     return status(ws, client)
 
 
-def rotate(ws: Workspace, days: int = 825, client=None) -> RegistryStatus:
-    """A new server certificate from the same CA; nodes keep trusting the registry.
-
-    The registry reads its certificate at start, so it is restarted (a second or
-    two); Docker resolves the file mounts again at each start.
+def restart(ws: Workspace, client=None) -> RegistryStatus:
+    """Restart a running registry so that it reads its certificate, key and htpasswd
+    again (a second or two: Docker resolves the file mounts at each start), and wait
+    for a verified answer. A stopped one reads them when it starts.
     """
+    import docker.errors
+
     from evc.lab import docker_client
 
-    settings = load(ws)
-    pki.make_server_cert(files(ws), settings.hosts, days)
     client = client or docker_client()
     try:
         container = client.containers.get(container_name(ws))
-    except Exception:
-        return status(ws, client)  # not running: it starts with the new certificate
-    container.restart(timeout=5)
-    _wait_answering(RegistryClient.for_workspace(ws))
+    except docker.errors.NotFound:
+        return status(ws, client)
+    if container.status == "running":
+        container.restart(timeout=5)
+        _wait_answering(RegistryClient.for_workspace(ws))
     return status(ws, client)
+
+
+def rotate(ws: Workspace, days: int = 825, client=None) -> RegistryStatus:
+    """A new server certificate from the same CA; nodes keep trusting the registry.
+
+    Not while a rotation to a new CA is under way: that one finishes first.
+    """
+    if rotation_pending(ws):
+        raise UsageError(
+            "A rotation to a new CA is under way (.evc/registry/ca-next.crt exists): finish "
+            "it with `evc registry rotate --new-ca` first."
+        )
+    pki.make_server_cert(files(ws), load(ws).hosts, days)
+    return restart(ws, client)
+
+
+def served_certificate(address: str, timeout: float = 5) -> dict | None:
+    """What the registry at ``address`` presents, unverified (for explaining TLS failures);
+    None if it cannot be read."""
+    import ssl
+
+    host, _, port = address.rpartition(":")
+    try:
+        pem = ssl.get_server_certificate((host.strip("[]"), int(port)), timeout=timeout)
+        return pki.certificate_info(pem.encode())
+    except (OSError, ValueError):
+        return None
 
 
 def _is_ip(host: str) -> bool:
@@ -289,6 +356,7 @@ def status(ws: Workspace, client=None) -> RegistryStatus:
         image=settings.image,
         cert=pki.certificate_info(f.server_cert),
         ca=pki.certificate_info(f.ca_cert),
+        next_ca=pki.certificate_info(f.next_ca().ca_cert) if rotation_pending(ws) else None,
     )
     if state == "running":
         try:
@@ -376,7 +444,7 @@ class RegistryClient:
     def for_workspace(cls, ws: Workspace) -> RegistryClient:
         settings = load(ws)
         f = files(ws)
-        return cls(settings.address, settings.user, f.password.read_text(), f.ca_cert)
+        return cls(settings.address, settings.user, f.password.read_text(), trusted_cas(ws))
 
     def _request(self, method: str, path: str, **kwargs):
         import requests

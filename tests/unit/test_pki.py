@@ -1,5 +1,6 @@
 """Registry certificates and credentials, checked with openssl and bcrypt themselves."""
 
+import datetime as dt
 import subprocess
 
 import bcrypt
@@ -16,26 +17,22 @@ def files(tmp_path):
     return f
 
 
+def _openssl_verify(ca, cert, *extra) -> subprocess.CompletedProcess:
+    """`openssl verify`; what it says (its verdicts go to stderr) is in ``.stderr``."""
+    return subprocess.run(
+        ["openssl", "verify", "-CAfile", str(ca), *extra, str(cert)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+
+
 def test_server_cert_verifies_against_the_ca_with_every_san(files):
     pki.make_server_cert(files, ["172.28.0.1", "Registry.Example.com"], days=30)
-    out = subprocess.run(
-        ["openssl", "verify", "-CAfile", str(files.ca_cert), "-purpose", "sslserver",
-         str(files.server_cert)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    out = _openssl_verify(files.ca_cert, files.server_cert, "-purpose", "sslserver")
     assert out.returncode == 0, out.stderr
     for host, flag in (("172.28.0.1", "-verify_ip"), ("registry.example.com", "-verify_hostname")):
-        ok = subprocess.run(
-            ["openssl", "verify", "-CAfile", str(files.ca_cert), flag, host,
-             str(files.server_cert)],
-            capture_output=True, text=True,
-        )  # fmt: skip
+        ok = _openssl_verify(files.ca_cert, files.server_cert, flag, host)
         assert ok.returncode == 0, ok.stderr
-    wrong = subprocess.run(
-        ["openssl", "verify", "-CAfile", str(files.ca_cert), "-verify_ip", "10.9.9.9",
-         str(files.server_cert)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    wrong = _openssl_verify(files.ca_cert, files.server_cert, "-verify_ip", "10.9.9.9")
     assert wrong.returncode != 0
     info = pki.certificate_info(files.server_cert)
     assert info["sans"] == ["172.28.0.1", "registry.example.com"] and 28 <= info["days_left"] <= 30
@@ -77,3 +74,32 @@ def test_short_password_is_refused(files):
     with pytest.raises(UsageError, match="at least 12"):
         pki.make_credentials(files, "short")
     assert not files.password.exists()
+
+
+def test_explicit_validity_makes_expired_and_not_yet_valid_certificates(files):
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    pki.make_server_cert(files, ["10.0.0.1"], 10, valid_from=now - dt.timedelta(days=40))
+    info = pki.certificate_info(files.server_cert)
+    assert info["not_before"] == (now - dt.timedelta(days=40)).timestamp()
+    assert info["not_after"] == (now - dt.timedelta(days=30)).timestamp()
+    assert "certificate has expired" in _openssl_verify(files.ca_cert, files.server_cert).stderr
+    pki.make_server_cert(files, ["10.0.0.1"], 10, valid_from=now + dt.timedelta(days=2))
+    out = _openssl_verify(files.ca_cert, files.server_cert)
+    assert "certificate is not yet valid" in out.stderr
+
+
+def test_next_ca_signs_and_is_promoted_in_place_of_the_old(files):
+    old_pem = files.ca_cert.read_bytes()
+    nxt = files.next_ca()
+    assert nxt.ca_cert.name == "ca-next.crt" and nxt.server_cert == files.server_cert
+    pki.make_ca(nxt)
+    assert pki.certificate_info(nxt.ca_cert)["subject"] != pki.certificate_info(old_pem)["subject"]
+    pki.make_server_cert(nxt, ["10.0.0.1"], 30)
+    assert pki.signed_by(files.server_cert, nxt.ca_cert)
+    assert not pki.signed_by(files.server_cert, files.ca_cert)
+    assert _openssl_verify(nxt.ca_cert, files.server_cert).returncode == 0
+    new_pem = nxt.ca_cert.read_bytes()
+    pki.promote_next_ca(files)
+    assert files.ca_cert.read_bytes() == new_pem and not nxt.ca_cert.exists()
+    assert not nxt.ca_key.exists() and files.ca_key.stat().st_mode & 0o777 == 0o600
+    assert pki.signed_by(files.server_cert, files.ca_cert)
