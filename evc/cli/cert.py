@@ -31,7 +31,7 @@ def push(
     system_trust: bool = typer.Option(False, help="Also add the CA to the system trust store."),
     json: bool = JSON,
 ) -> None:
-    """Put the CA in Docker's certs.d, log in (no_log), verify with a real pull."""
+    """Put the CA in Docker's certs.d, log in (no_log), verify by a pull; per host, why not."""
     from evc import certs
 
     _report(certs.push(_ws(), target, system_trust, progress=not json), json)
@@ -47,7 +47,7 @@ def revoke(target: str = TARGET, json: bool = JSON) -> None:
 
 @app.command()
 def check(target: str = TARGET, json: bool = JSON) -> None:
-    """Per node: trusts the current CA? Days left on the server certificate."""
+    """Per node: trusts the current CA? Registry verified over TLS (else why)? Cert days left."""
     from dataclasses import asdict
 
     from evc import certs

@@ -61,8 +61,9 @@ def evc_json(*args, env, check=0):
 
 @pytest.fixture(scope="module")
 def trusted(lab_session):
-    """Every node trusts the registry for this module; revoked afterwards."""
+    """Every node trusts the registry for this module (yields the workspace); revoked
+    afterwards, as the other lab tests expect."""
     env = {"EVC_HOME": str(lab_session[0].root)}
     evc("cert", "push", "all", env=env, check=0)
-    yield
+    yield lab_session[0]
     evc("cert", "revoke", "all", env=env, check=0)

@@ -103,3 +103,45 @@ def test_next_ca_signs_and_is_promoted_in_place_of_the_old(files):
     assert files.ca_cert.read_bytes() == new_pem and not nxt.ca_cert.exists()
     assert not nxt.ca_key.exists() and files.ca_key.stat().st_mode & 0o777 == 0o600
     assert pki.signed_by(files.server_cert, files.ca_cert)
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        ("Request failed: <urlopen error [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+         "failed: certificate has expired (_ssl.c:1006)>",
+         "server certificate expired on 2020-01-11 00:00 UTC (renew it: `evc registry rotate`)"),
+        ("x509: certificate is valid for 10.9.9.9, not 172.30.64.1",
+         "certificate is for other names (10.9.9.9, reg.example), not 172.30.64.1"),
+        ("... certificate verify failed: unable to get local issuer certificate (_ssl.c:1006)>",
+         "unknown authority: the registry's certificate (issued by CN=other) is not signed by "
+         "a CA the node trusts; run `evc cert push`"),
+        ("Request failed: <urlopen error [Errno 111] Connection refused>",
+         "registry not answering at 172.30.64.1:5000 (connection refused)"),
+        ("Status code was 200 and not [401]: OK (0 bytes)",
+         "https://172.30.64.1:5000/v2/ answered HTTP 200, not 401: is it the EVC registry?"),
+        ("Request failed: <urlopen error [Errno 2] No such file or directory>",
+         "the node lacks the registry CA file: run `evc cert push`"),
+        ("something else entirely", "something else entirely"),
+    ],
+)  # fmt: skip
+def test_failure_reasons_in_plain_words(raw, reason):
+    from evc.certs import reason as explain
+
+    served = {
+        "sans": ["10.9.9.9", "reg.example"],
+        "issuer": "CN=other",
+        "not_before": dt.datetime(2020, 1, 1, tzinfo=dt.UTC).timestamp(),
+        "not_after": dt.datetime(2020, 1, 11, tzinfo=dt.UTC).timestamp(),
+    }
+    assert explain(raw, "172.30.64.1:5000", lambda: served) == reason
+
+
+def test_expired_by_the_nodes_clock_only_says_so():
+    from evc.certs import reason as explain
+
+    now = dt.datetime.now(dt.UTC).timestamp()
+    served = {"sans": [], "issuer": "", "not_before": now - 86400, "not_after": now + 86400}
+    msg = explain("certificate has expired", "10.0.0.1:5000", lambda: served)
+    assert msg.startswith("server certificate is expired by the node's clock")
+    assert msg.endswith("check the node's clock")
