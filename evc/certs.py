@@ -1,4 +1,4 @@
-"""Registry trust on the nodes: push, revoke and check the CA (evc cert).
+"""Registry trust on the nodes: push, revoke and check the CA, rotate to a new CA (evc cert).
 
 Failures are reported per host in plain words: the playbooks find out why a node
 cannot reach the registry without showing the secret (see cert_push.yml), and
@@ -12,11 +12,13 @@ import datetime as dt
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from evc import pki, registry
-from evc.ansible import RunResult, run_playbook
+from evc.ansible import RunResult, resolve_hosts, run_playbook
 from evc.config import Workspace
+from evc.errors import EVCError
 
 PASSWORD_ENV = "EVC_REGISTRY_PASSWORD"
 
@@ -184,3 +186,201 @@ def explain(run: RunResult, address: str) -> RunResult:
         elif r.state == "failed" and r.message:
             r.message = reason(r.message, address, served)
     return run
+
+
+# ------------------------------------------------------------------ rotation to a new CA
+
+PHASES = {
+    "trust-both": "push the new CA next to the old one",
+    "switch-server": "serve a certificate from the new CA",
+    "drop-old": "make the new CA the only one",
+}
+
+
+@dataclass
+class PhaseResult:
+    name: str  # a key of PHASES
+    title: str
+    status: str  # success, partial (some hosts unreachable), failed
+    hosts: dict[str, dict[str, Any]]  # host -> {state, verified, message}
+    artifacts_dir: str
+    duration_s: float
+    note: str | None = None
+
+
+@dataclass
+class RotationResult:
+    status: str  # complete, stopped
+    resumed: bool  # an unfinished rotation was picked up
+    stopped_at: str | None  # the phase that stopped it
+    targets: list[str]  # every enrolled device: each one pulls from the registry
+    old_ca: dict[str, Any]
+    new_ca: dict[str, Any]
+    phases: list[PhaseResult] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # host -> reason (stops a phase)
+    unreachable: dict[str, str] = field(default_factory=dict)  # need `evc cert push` later
+    server_cert: dict[str, Any] = field(default_factory=dict)
+    next_steps: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "complete" and not self.failed and not self.unreachable
+
+
+def rotate_ca(
+    ws: Workspace,
+    days: int = 825,
+    progress: bool = True,
+    after_phase: Callable[[PhaseResult], None] | None = None,
+    client=None,
+) -> RotationResult:
+    """Move the registry and every node to a new CA so that no node that is online loses
+    the ability to pull. Three phases, each one parallel Ansible run verified by a real
+    pull on every node:
+
+    1. trust-both: the new CA goes next to ``ca.crt`` on the nodes (as ``ca-next.crt``)
+       and on the controller;
+    2. switch-server: a server certificate from the new CA (same names), registry
+       restarted; rolled back to the old certificate if any node then fails;
+    3. drop-old: the new CA becomes the only ``ca.crt`` on the nodes, then in the
+       workspace; the old CA's key and certificate are gone.
+
+    A registry that does not answer stops it before anything changes. A node that fails
+    stops the rotation before the next phase; the new CA stays in
+    ``.evc/registry/ca-next.*`` and a re-run picks up from there. Unreachable nodes are
+    left out of the later phases and reported: they need `evc cert push` when back.
+    ``after_phase`` is called after each phase that ran (tests check pulls there).
+    """
+    settings = registry.load(ws)
+    pki.check_days(days)
+    targets = resolve_hosts(ws.inventory, "all")
+    registry.RegistryClient.for_workspace(ws).ping()
+    f = registry.files(ws)
+    nxt = f.next_ca()
+    resumed = registry.rotation_pending(ws)
+    if not resumed:
+        pki.make_ca(nxt)
+    registry.trust_on_controller(ws, settings)  # the controller trusts both from now on
+    rotation = _Rotation(
+        ws,
+        RotationResult("stopped", resumed, None, targets, _ca(f.ca_cert), _ca(nxt.ca_cert)),
+        progress,
+        after_phase,
+    )
+    base = _vars(ws)
+    drop = {**base, "registry_ca": str(nxt.ca_cert), "registry_ca_next": ""}
+    if (
+        rotation.phase("trust-both", base)
+        and _switch_server(ws, rotation, base, days, client)
+        and rotation.phase("drop-old", {**drop, "registry_probe_ca": "ca.crt"})
+    ):
+        pki.promote_next_ca(f)
+        registry.trust_on_controller(ws, settings)
+        registry.RegistryClient.for_workspace(ws).ping()  # the new CA alone verifies it
+        rotation.result.status = "complete"
+    return _finish(ws, rotation.result)
+
+
+class _Rotation:
+    """The phases of one rotate_ca run on the nodes that still answer."""
+
+    def __init__(self, ws: Workspace, result: RotationResult, progress: bool, after_phase):
+        self.ws = ws
+        self.result = result
+        self.progress = progress
+        self.after_phase = after_phase
+        self.active = list(result.targets)
+
+    def phase(self, name: str, extravars: dict, note: str | None = None) -> bool:
+        """Run one phase (cert_push.yml); False when the rotation must stop there."""
+        result = self.result
+        pattern = "all" if self.active == result.targets else ",".join(self.active)
+        run = _push(self.ws, pattern, extravars, self.progress)
+        hosts = {
+            h: {"state": r.state, "verified": "pull probe" in r.outputs, "message": r.message}
+            for h, r in sorted(run.hosts.items())
+        }
+        for host, r in hosts.items():
+            if r["state"] == "unreachable":
+                result.unreachable[host] = r["message"]
+                self.active.remove(host)
+            elif r["state"] == "failed":
+                result.failed[host] = r["message"]
+        bad = {r["state"] for r in hosts.values()} - {"ok", "changed"}
+        phase = PhaseResult(
+            name=name,
+            title=PHASES[name],
+            status="failed" if "failed" in bad else "partial" if bad else "success",
+            hosts=hosts,
+            artifacts_dir=run.artifacts_dir,
+            duration_s=round(run.ended - run.started, 2),
+            note=note,
+        )
+        result.phases.append(phase)
+        if self.after_phase:
+            self.after_phase(phase)
+        if result.failed or not self.active:
+            result.stopped_at = name
+            return False
+        return True
+
+
+def _switch_server(ws: Workspace, rotation: _Rotation, base: dict, days: int, client) -> bool:
+    """Phase 2: the registry serves a certificate from the new CA and every node pulls
+    (with the CAs it already has); if one fails, the old certificate is served again."""
+    f = registry.files(ws)
+    nxt = f.next_ca()
+    extravars = {**base, "registry_verify_only": True, "registry_probe_ca": registry.NEXT_CA_NAME}
+    if pki.signed_by(f.server_cert, nxt.ca_cert):
+        note = "the registry already served a certificate from the new CA"
+        return rotation.phase("switch-server", extravars, note)
+    backup = {p: p.read_bytes() for p in (f.server_cert, f.server_key)}
+    try:
+        pki.make_server_cert(nxt, registry.load(ws).hosts, days)
+        registry.restart(ws, client)
+        go_on = rotation.phase("switch-server", extravars)
+    except EVCError:
+        _restore(ws, backup, client)
+        raise
+    if rotation.result.failed:  # a node that pulled before cannot now
+        _restore(ws, backup, client)
+        rotation.result.phases[-1].note = "rolled back: the old certificate is served again"
+    return go_on
+
+
+def _ca(path) -> dict[str, Any]:
+    info = pki.certificate_info(path)
+    return {k: info[k] for k in ("subject", "sha256", "not_after", "days_left")}
+
+
+def _restore(ws: Workspace, backup: dict, client) -> None:
+    from evc.keys import write_private
+
+    for path, data in backup.items():
+        write_private(path, data)
+    registry.restart(ws, client)
+
+
+def _finish(ws: Workspace, result: RotationResult) -> RotationResult:
+    result.server_cert = pki.certificate_info(registry.files(ws).server_cert)
+    late = sorted(result.unreachable)
+    if result.status == "complete":
+        if late:
+            result.next_steps.append(
+                f"not moved to the new CA, so unable to pull until pushed: {', '.join(late)}; "
+                f"run `evc cert push {','.join(late)}` when they are back"
+            )
+        return result
+    hosts = ", ".join(f"{h} ({why})" for h, why in sorted(result.failed.items()))
+    result.next_steps.append(
+        f"stopped at phase {result.stopped_at} ({PHASES[result.stopped_at]})"
+        + (f": failed on {hosts}" if hosts else ": no node answered")
+        + ". The new CA is kept in .evc/registry/ca-next.*; fix that and run "
+        "`evc registry rotate --new-ca` again to finish."
+    )
+    if late:
+        result.next_steps.append(
+            f"unreachable: {', '.join(late)} (they need `evc cert push` once the rotation "
+            "is finished)"
+        )
+    return result

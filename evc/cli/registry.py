@@ -35,6 +35,13 @@ def _print_status(st, json: bool) -> None:
         highlight=False,
     )
     out.print(f"repositories: {', '.join(st.repositories) or 'none'}", highlight=False)
+    if st.next_ca:
+        out.print(
+            f"[yellow]a rotation to a new CA ({st.next_ca['subject']}) is under way: finish it "
+            "with `evc registry rotate --new-ca`[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
     if st.error:
         out.print(f"[red]{st.error}[/]", highlight=False)
 
@@ -103,9 +110,58 @@ def status(json: bool = JSON) -> None:
 @app.command()
 def rotate(
     days: int = typer.Option(825, help="New server certificate lifetime in days."),
+    new_ca: bool = typer.Option(
+        False,
+        "--new-ca",
+        help="Move to a new CA as well, on every enrolled device: the new CA is pushed next "
+        "to the old one, then the registry switches, then the old CA is removed; each step "
+        "is verified by a real pull on every node. A stopped rotation resumes when run again.",
+    ),
     json: bool = JSON,
 ) -> None:
-    """Issue a new server certificate from the same CA and restart the registry."""
-    from evc import registry
+    """New server certificate, same CA; --new-ca: registry and nodes to a new CA, no pull lost."""
+    if not new_ca:
+        from evc import registry
 
-    _print_status(registry.rotate(_ws(), days), json)
+        _print_status(registry.rotate(_ws(), days), json)
+        return
+    from evc import certs
+
+    result = certs.rotate_ca(_ws(), days, progress=not json)
+    _print_rotation(result, json)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _print_rotation(result, json: bool) -> None:
+    """Per host, its state in each phase and the last message; then the phases and what is next."""
+    from dataclasses import asdict
+
+    from evc.certs import PHASES
+    from evc.console import STATE_STYLE, out, print_json, print_table
+
+    if json:
+        print_json({**asdict(result), "ok": result.ok})
+        return
+    rows = []
+    for host in result.targets:
+        ran = [p.hosts[host] for p in result.phases if host in p.hosts]
+        cells = [f"[{STATE_STYLE.get(r['state'], '')}]{r['state']}[/]" for r in ran]
+        message = next((r["message"] for r in reversed(ran) if r["message"]), "")
+        rows.append([host, *cells, *["-"] * (len(PHASES) - len(ran)), message])
+    mode = "resumed" if result.resumed else "new CA"
+    print_table(f"registry rotate --new-ca ({mode})", ["host", *PHASES, "message"], rows)
+    for p in result.phases:
+        note = f" ({p.note})" if p.note else ""
+        out.print(f"{p.name}: {p.title}: {p.status} in {p.duration_s} s{note}", highlight=False)
+    if result.status == "complete":
+        new, old = result.new_ca, result.old_ca
+        out.print(
+            f"[green]done[/]: the registry and {len(result.targets) - len(result.unreachable)} "
+            f"nodes use the new CA {new['subject']} (sha256 {new['sha256'][:16]}…); "
+            f"the old CA (sha256 {old['sha256'][:16]}…) is removed",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for step in result.next_steps:
+        out.print(f"[yellow]{step}[/]", highlight=False, soft_wrap=True)

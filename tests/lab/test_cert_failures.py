@@ -155,7 +155,10 @@ def test_registry_down(trusted, lab_env):
         pushed, checked, _ = _push_and_check(lab_env)
         why = f"registry not answering at {address} (connection refused)"
         assert pushed == checked == dict.fromkeys(NODES, ("failed", why))
-        assert _state(ws) == before
+        # A rotation to a new CA stops before it makes one.
+        rotate = evc("registry", "rotate", "--new-ca", env=lab_env, check=1)
+        assert f"The registry https://{address}/v2/ does not answer" in rotate.stderr
+        assert _state(ws) == before and not registry.rotation_pending(ws)
     finally:
         registry.up(ws)
 

@@ -46,3 +46,16 @@ def test_init_creates_workspace(tmp_path):
     proc = evc("init", tmp_path / "w", "--name", "edge", check=0)
     assert "edge" in proc.stdout
     assert (tmp_path / "w" / "evc.yaml").is_file()
+
+
+def test_rotate_new_ca_bad_input_changes_nothing(workspace):
+    evc("registry", "init", "--host", "10.0.0.1", check=0)
+    registry = workspace.private_dir / "registry"
+    before = {p.name: p.read_bytes() for p in registry.iterdir()}
+    days = evc("registry", "rotate", "--new-ca", "--days", "0", check=2)
+    assert "--days 0: a server certificate lasts 1 to 3650 days" in days.stderr
+    nodes = evc("registry", "rotate", "--new-ca", check=2)  # no device enrolled yet
+    assert "No inventory at" in nodes.stderr
+    for proc in (days, nodes):
+        _no_traceback(proc)
+    assert {p.name: p.read_bytes() for p in registry.iterdir()} == before
