@@ -31,10 +31,6 @@ class DeployResult:
     rollback: RunResult | None = None
     rolled_back: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def ok(self) -> bool:
-        return self.run.ok
-
     def to_dict(self) -> dict:
         return {
             "action": self.action,
@@ -60,15 +56,6 @@ def current(ws: Workspace, model: str | None = None) -> list[dict]:
         [*_LIVE, model, model],
     )
     return list(rows)
-
-
-def history(ws: Workspace, model: str | None = None, limit: int = 200) -> list[dict]:
-    return list(
-        evcdb.workspace_db(ws).query(
-            "SELECT * FROM deployments WHERE (? IS NULL OR model = ?) ORDER BY id DESC LIMIT ?",
-            [model, model, limit],
-        )
-    )
 
 
 def _spec(row: dict) -> dict:

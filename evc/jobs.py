@@ -105,7 +105,7 @@ def _extract_frames(path: Path, dest: Path, fps: float) -> None:
             at = video.get(cv2.CAP_PROP_POS_MSEC)
             if at + 1e-6 >= next_ms:
                 cv2.imwrite(str(dest / f"{path.stem}_{int(at):08d}ms.jpg"), frame)
-                next_ms += step_ms * max(1, int((at - next_ms) // step_ms) + 1)
+                next_ms = (at // step_ms + 1) * step_ms  # the next multiple of the step
     finally:
         video.release()
 
