@@ -200,12 +200,62 @@ def _jobs(db: sqlite_utils.Database) -> None:
     )
 
 
+def _telemetry(db: sqlite_utils.Database) -> None:
+    """Node samples, container states and liveness changes (issue 7).
+
+    ``metrics`` holds one row per node per sample; ``temps`` is JSON
+    ``{zone: celsius}`` and ``net`` JSON ``{iface: [rx_bps, tx_bps]}``, the scalar
+    columns beside them are what dashboards plot (hottest zone, sum over
+    interfaces other than ``lo``). NULL means "this node has no such sensor".
+    """
+    db.executescript(
+        """
+        CREATE TABLE metrics (
+            node TEXT NOT NULL,
+            at REAL NOT NULL,
+            cpu_pct REAL,
+            load1 REAL, load5 REAL, load15 REAL,
+            mem_total INTEGER, mem_used INTEGER, mem_pct REAL,
+            disk_total INTEGER, disk_used INTEGER, disk_pct REAL,
+            temp_max_c REAL,
+            temps TEXT,
+            net_rx_bps REAL, net_tx_bps REAL,
+            net TEXT,
+            gpu_util_pct REAL, gpu_mem_used INTEGER, gpu_mem_total INTEGER,
+            npu_util_pct REAL,
+            PRIMARY KEY (node, at)
+        );
+        CREATE INDEX metrics_at ON metrics(at);
+        CREATE TABLE container_status (
+            node TEXT NOT NULL,
+            at REAL NOT NULL,
+            name TEXT NOT NULL,
+            image TEXT,
+            state TEXT NOT NULL,
+            restarts INTEGER,
+            PRIMARY KEY (node, at, name)
+        );
+        CREATE INDEX container_status_at ON container_status(at);
+        CREATE TABLE node_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            node TEXT NOT NULL,
+            from_state TEXT NOT NULL,
+            to_state TEXT NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE INDEX node_events_at ON node_events(at);
+        ALTER TABLE devices ADD COLUMN missed INTEGER NOT NULL DEFAULT 0;
+        """
+    )
+
+
 # Applied in order, once each; never edit or reorder a released entry, append a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_core", _core),
     ("0002_models", _models),
     ("0003_deployments", _deployments),
     ("0004_jobs", _jobs),
+    ("0005_telemetry", _telemetry),
 ]
 
 
