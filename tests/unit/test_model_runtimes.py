@@ -4,11 +4,15 @@ Each runtime gets a temp home laid out like /opt/evc in an image, and `python -m
 runs on it as a subprocess, exactly as the image's entrypoint would.
 """
 
+import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -464,3 +468,61 @@ def test_model_that_cannot_load_exits_1(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("evc-infer: cannot load the model: ")
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def _shard(path: Path, members: dict[str, bytes]) -> None:
+    """A shard archive written under a dot-name and renamed, as the controller does."""
+    part = path.with_name(f".{path.name}.part")
+    with tarfile.open(part, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    part.rename(path)
+
+
+def _wait_for(path: Path, seconds: float = 60) -> str:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def test_serve_runs_shards_from_the_inbox_until_sigterm(face_home, images, tmp_path):
+    jobs = tmp_path / "jobs"
+    env = {**os.environ, "PYTHONPATH": str(COMMON)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "evc_infer", "--serve", str(jobs), "--home", str(face_home)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        _wait_for(jobs / "serve.alive")  # the model is loaded, the inbox is there
+        face = (images / "astronaut.png").read_bytes()
+        _shard(jobs / "inbox" / "j1-0-1.tar", {
+            "shard.json": json.dumps({"conf": None, "iou": None, "imgsz": None}).encode(),
+            "a/astronaut.png": face, "corrupt.jpg": (images / "corrupt.jpg").read_bytes(),
+        })  # fmt: skip
+        lines = _wait_for(jobs / "outbox" / "j1-0-1.jsonl").splitlines()
+        records = {r["item"]: r for r in map(json.loads, lines)}
+        assert set(records) == {"a/astronaut.png", "corrupt.jpg"}
+        assert records["a/astronaut.png"]["ok"] and not records["corrupt.jpg"]["ok"]
+        box = records["a/astronaut.png"]["detections"][0]["box"]
+        assert near(box, ASTRONAUT_FACE)
+        assert [p for r in records.values() for p in check_record(r, r["item"])] == []
+        assert not (jobs / "inbox" / "j1-0-1.tar").exists()  # consumed
+        assert not (jobs / "work").exists() or not any((jobs / "work").iterdir())
+        # a shard it cannot use is answered with an .error, and the server goes on
+        _shard(jobs / "inbox" / "j1-1-1.tar", {"../escape.jpg": face})
+        assert "unsafe path" in _wait_for(jobs / "outbox" / "j1-1-1.error")
+        _shard(jobs / "inbox" / "j1-2-1.tar", {"shard.json": b'{"conf": 7}', "x.png": face})
+        assert "conf must be a number from 0 to 1" in _wait_for(jobs / "outbox" / "j1-2-1.error")
+        assert time.time() - (jobs / "serve.alive").stat().st_mtime < 5
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err
+    assert "serving face-haar" in out and "Traceback" not in err

@@ -9,6 +9,7 @@ from evc_infer import ModelError, UsageError
 from evc_infer.home import default_home, load_config, load_model, resolve_params
 from evc_infer.runner import prepare_output, run
 from evc_infer.selftest import selftest
+from evc_infer.serve import serve
 
 SHOWN = ("count", "ok", "failed", "skipped", "elapsed_s", "throughput")
 
@@ -31,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, help="inference size (default: model.yaml defaults)")
     p.add_argument("--home", type=Path, help="model home (default: $EVC_HOME_DIR or /opt/evc)")
     p.add_argument("--selftest", action="store_true", help="check the model on a built-in image")
+    p.add_argument(
+        "--serve", type=Path, metavar="DIR", help="run shards dropped into DIR/inbox (see serve.py)"
+    )
     return p
 
 
@@ -38,6 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     home = args.home or default_home()
+    if args.serve:
+        if args.input or args.output or args.selftest:
+            parser.error("--serve takes no --input, --output or --selftest")
+        try:
+            return serve(home, args.serve)
+        except UsageError as exc:
+            print(f"evc-infer: error: {exc}", file=sys.stderr)
+            return 2
+        except ModelError as exc:
+            print(f"evc-infer: cannot load the model: {exc}", file=sys.stderr)
+            return 1
     if args.selftest:
         if args.input or args.output:
             parser.error("--selftest takes no --input or --output")
