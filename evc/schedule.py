@@ -7,8 +7,11 @@ Strategies (``plan``):
   latest telemetry.
 - ``proportional``: one shard per node, sized by the node's measured throughput for
   this model (items/s, from a calibration run or earlier jobs).
-- ``dynamic``: many small unassigned shards; each node takes the next one when it is
-  free (work stealing), so a slow or failing node holds up at most one small shard.
+- ``dynamic``: work stealing. Items stay in one unassigned pool and each node cuts
+  its next shard when it asks (``Pacer``): about a quarter of its fair share of
+  the time left, never under ``MIN_SHARD_S`` of its own work, so shards shrink
+  towards the end and a slow or failing node holds up at most one small shard.
+  With ``shard_size`` the pool is cut into fixed shards instead.
 
 ``WorkQueue`` runs either kind of plan: it hands shards out, re-queues failed ones
 onto other nodes, takes work back from lost nodes, and accepts exactly one final
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import math
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from evc.errors import UsageError
@@ -31,8 +36,9 @@ BANDWIDTH_REF_BPS = 100e6  # spare bandwidth at which the bandwidth term is 0.5
 LATENCY_REF_MS = 50.0  # latency at which the latency term is 0.5
 NEUTRAL_LOAD = 0.5  # score of a node that reports no telemetry at all
 LOAD_FLOOR = 0.05  # smallest spare capacity a node counts with under `load`
-MIN_DYNAMIC_SHARD = 8  # a shard costs seconds of shipping and start-up: amortise it
-MAX_DYNAMIC_SHARD = 64
+MIN_SHARD_S = 6.0  # a shard costs ~2-3 s of controller work to hand over: amortise it
+SHARE = 0.15  # of a node's fair share of the time left, per shard
+PACED_POLL_S = 0.5  # a paced node may take more as time passes, not only on events
 
 
 @dataclass(frozen=True)
@@ -161,10 +167,9 @@ def plan(
 
     Static strategies: one shard per node, sized by largest-remainder apportionment of
     ``weights``; a node whose count is 0 gets no shard; ``shard_size`` is not used.
-    ``dynamic``: unassigned shards of ``shard_size`` items. The default is
-    ``ceil(len(items) * smallest proportional share / 4)`` clamped to [8, 64]: with no
-    throughput measured that is ``ceil(items / (4 * nodes))``; with measurements a
-    shard on the slowest node takes about a quarter of the ideal job time at most.
+    ``dynamic``: unassigned shards of ``shard_size`` items, or without it one
+    unassigned shard of every item, which a ``WorkQueue`` with a ``Pacer`` cuts as
+    nodes ask for work.
     """
     w = weights(strategy, nodes)
     if shard_size is not None and shard_size < 1:
@@ -172,12 +177,9 @@ def plan(
     if not items:
         return []
     if strategy == "dynamic":
-        if shard_size is None:
-            smallest = min(weights("proportional", nodes).values())
-            quarter = math.ceil(len(items) * smallest / 4)
-            shard_size = min(max(quarter, MIN_DYNAMIC_SHARD), MAX_DYNAMIC_SHARD)
-        starts = range(0, len(items), shard_size)
-        return [Shard(i, items[s : s + shard_size], None) for i, s in enumerate(starts)]
+        size = shard_size or len(items)
+        starts = range(0, len(items), size)
+        return [Shard(i, items[s : s + size], None) for i, s in enumerate(starts)]
     shards: list[Shard] = []
     start = 0
     for node, count in zip(w, _apportion(len(items), list(w.values())), strict=True):
@@ -185,6 +187,55 @@ def plan(
             shards.append(Shard(len(shards), items[start : start + count], node))
             start += count
     return shards
+
+
+class Pacer:
+    """Cuts dynamic shards as nodes ask for work: guided self-scheduling, weighted by pace.
+
+    ``T`` is how long the whole remainder (unassigned and in flight) takes on the
+    live nodes together. A node gets ``pace * max(min_s, share * T)`` items, where
+    ``pace`` (items/s) is its measured throughput (from earlier jobs, then from each
+    shard it completes). A node with none measured gets a probe of ``min_s`` at the
+    mean pace of the others (1 item/s when none is known). A node gets nothing while
+    it still has that much work queued (its shards in flight, less the time since the
+    oldest was taken): a second runner per node keeps its next shard waiting on the
+    node, which hides the hand-over cost, and no node hoards work near the end.
+    """
+
+    def __init__(
+        self, rates: dict[str, float | None] | None = None, min_s: float = MIN_SHARD_S,
+        share: float = SHARE,
+    ):  # fmt: skip
+        self.rates = {n: float(r) for n, r in (rates or {}).items() if r and r > 0}
+        self.min_s, self.share = min_s, share
+
+    def observe(self, node: str, items: int, busy_s: float) -> None:
+        """A shard of ``items`` kept ``node`` busy for ``busy_s`` seconds."""
+        if items > 0 and busy_s > 0:
+            self.rates[node] = items / busy_s
+
+    def _pace(self, node: str, live: list[str]) -> float:
+        known = [self.rates[n] for n in live if n in self.rates] or list(self.rates.values())
+        return self.rates.get(node) or (sum(known) / len(known) if known else 1.0)
+
+    def size(
+        self, node: str, unassigned: int, in_flight: dict[str, list[tuple[int, float]]],
+        now: float,
+    ) -> int:  # fmt: skip
+        """Items for ``node``'s next shard, 0 for "not now". ``in_flight`` maps every
+        live node to its running shards as (items, taken at)."""
+        live = list(in_flight)
+        paces = {n: self._pace(n, live) for n in live}
+        left = unassigned + sum(i for shards in in_flight.values() for i, _ in shards)
+        chunk_s = self.min_s  # a probe, until the node's pace is measured
+        if node in self.rates:
+            chunk_s = max(self.min_s, self.share * left / sum(paces.values()))
+        mine = in_flight.get(node, [])
+        since = now - min((t for _, t in mine), default=now)
+        backlog = sum(i for i, _ in mine) / paces[node] - since
+        if backlog >= chunk_s:
+            return 0
+        return min(unassigned, max(1, math.ceil(paces[node] * chunk_s)))
 
 
 class WorkQueue:
@@ -198,16 +249,25 @@ class WorkQueue:
     (the node went away, the shard did not fail; each loss removes a node, so this is
     bounded), and any later report from that node is refused. Only the node currently
     holding a shard can report it, and once, so each shard gets exactly one outcome.
+
+    With a ``Pacer``, an unassigned shard is cut when a node takes it: the node gets
+    the pacer's size from its front and the rest stays unassigned (a new index).
     """
 
-    def __init__(self, shards: list[Shard], nodes: list[str], retries: int):
+    def __init__(
+        self, shards: list[Shard], nodes: list[str], retries: int, pacer: Pacer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):  # fmt: skip
         if retries < 0:
             raise UsageError(f"retries must be 0 or more, got {retries}.")
         if len({s.index for s in shards}) != len(shards):
             raise UsageError("Shard indexes must be unique.")
         self._cond = threading.Condition(threading.Lock())
         self._retries = retries
-        self._total = list(shards)
+        self._pacer, self._clock = pacer, clock
+        self._items = sum(len(s.items) for s in shards)
+        self._next_index = max((s.index for s in shards), default=-1) + 1
+        self._taken_at: dict[int, float] = {}
         self._live = set(nodes)
         self._own: dict[str, dict[int, Shard]] = {n: {} for n in nodes}
         self._open: dict[int, Shard] = {}  # unassigned, in queue order
@@ -229,11 +289,29 @@ class WorkQueue:
             shard = own.pop(next(iter(own)))
         else:
             index = next((i for i in self._open if node not in self._excluded.get(i, ())), None)
-            if index is None:
+            if index is None or (size := self._size(node, index)) == 0:
                 return None
             shard = replace(self._open.pop(index), node=node)
+            if size < len(shard.items):  # cut: the rest stays unassigned, in front
+                rest = replace(shard, index=self._next_index, items=shard.items[size:], node=None)
+                self._excluded[rest.index] = set(self._excluded.get(index, ()))
+                self._open = {rest.index: rest, **self._open}
+                self._next_index += 1
+                shard.items = shard.items[:size]
         self._running[shard.index] = shard
+        self._taken_at[shard.index] = self._clock()
         return shard
+
+    def _size(self, node: str, index: int) -> int:
+        """How many items of unassigned shard ``index`` ``node`` takes now (0: none yet)."""
+        if self._pacer is None:
+            return len(self._open[index].items)
+        in_flight: dict[str, list[tuple[int, float]]] = {n: [] for n in self._live}
+        for i, s in self._running.items():
+            in_flight.setdefault(s.node, []).append((len(s.items), self._taken_at[i]))
+        unassigned = sum(len(s.items) for s in self._open.values())
+        size = self._pacer.size(node, unassigned, in_flight, self._clock())
+        return min(size, len(self._open[index].items))
 
     def next_for(self, node: str) -> Shard | None:
         """A shard for ``node`` to run now (its own planned shard first, else the
@@ -245,28 +323,36 @@ class WorkQueue:
     def take(self, node: str, timeout: float | None = None) -> Shard | None:
         """Like ``next_for`` but waits until a shard for ``node`` is available. None
         means stop: the job is finished, the node is lost, or ``timeout`` passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            self._cond.wait_for(
-                lambda: node not in self._live or self._finished() or self._can_take(node),
-                timeout,
-            )
+            while not (node not in self._live or self._finished() or self._can_take(node)):
+                wait = None if deadline is None else deadline - time.monotonic()
+                if self._pacer is not None:  # its answer also changes as time passes
+                    wait = PACED_POLL_S if wait is None else min(wait, PACED_POLL_S)
+                if wait is not None and wait <= 0:
+                    break
+                self._cond.wait(wait)
             return self._next(node)
 
     def _can_take(self, node: str) -> bool:
-        return bool(self._own[node]) or any(
-            node not in self._excluded.get(i, ()) for i in self._open
-        )
+        if self._own[node]:
+            return True
+        index = next((i for i in self._open if node not in self._excluded.get(i, ())), None)
+        return index is not None and self._size(node, index) > 0
 
     def _holds(self, shard: Shard, node: str | None) -> bool:
         current = self._running.get(shard.index)
         return current is not None and (current.node, current.attempt) == (node, shard.attempt)
 
-    def done(self, shard: Shard) -> bool:
-        """Record ``shard`` as completed by ``shard.node``. False when the report is
-        stale (that node no longer holds the shard, e.g. it was lost): drop its results."""
+    def done(self, shard: Shard, busy_s: float | None = None) -> bool:
+        """Record ``shard`` as completed by ``shard.node`` (``busy_s``: the node's time
+        on it, which paces its next shards). False when the report is stale (that node
+        no longer holds the shard, e.g. it was lost): drop its results."""
         with self._cond:
             if not self._holds(shard, shard.node):
                 return False
+            if self._pacer is not None and busy_s is not None:
+                self._pacer.observe(shard.node, len(shard.items), busy_s)
             self._done.append(self._running.pop(shard.index))
             self._cond.notify_all()
             return True
@@ -286,7 +372,7 @@ class WorkQueue:
                 return None
             retry = Shard(current.index, current.items, None, current.attempt + 1, message)
             self._excluded.setdefault(current.index, set()).add(node)
-            self._open[current.index] = retry
+            self._open = {current.index: retry, **self._open}  # retried first: no late tail
             return retry
 
     def node_lost(self, node: str) -> None:
@@ -335,13 +421,13 @@ class WorkQueue:
             pending = [s for own in self._own.values() for s in own.values()]
             pending += self._open.values()
             return {
-                "shards": len(self._total),
+                "shards": len(self._done) + len(self._failed) + len(self._running) + len(pending),
                 "shards_done": len(self._done),
                 "shards_failed": len(self._failed),
                 "shards_running": len(self._running),
                 "shards_pending": len(pending),
                 "shards_stranded": len(self._stranded()),
-                "items": sum(len(s.items) for s in self._total),
+                "items": self._items,
                 "items_done": sum(len(s.items) for s in self._done),
                 "items_failed": sum(len(s.items) for s in self._failed),
             }

@@ -15,6 +15,7 @@ from evc.schedule import (
     NEUTRAL_LOAD,
     STRATEGIES,
     NodeStats,
+    Pacer,
     Shard,
     WorkQueue,
     load_score,
@@ -156,20 +157,61 @@ def test_round_robin_and_dynamic_weights_are_equal():
     assert weights("round-robin", nodes) == weights("dynamic", nodes) == {"a": 0.5, "b": 0.5}
 
 
-def test_dynamic_shard_sizes():
-    four = [NodeStats(f"n{i}") for i in range(4)]
+def test_dynamic_plan_is_one_pool_or_fixed_shards():
+    def sizes(n, shard_size=None):
+        return [len(s.items) for s in plan(_items(n), [NodeStats("a")], "dynamic", shard_size)]
 
-    def sizes(n, nodes, shard_size=None):
-        return [len(s.items) for s in plan(_items(n), nodes, "dynamic", shard_size)]
+    assert sizes(1000) == [1000]  # one pool, cut by the Pacer as nodes ask
+    assert sizes(10, shard_size=4) == [4, 4, 2]
 
-    assert sizes(1000, four) == [63] * 15 + [55]  # ceil(1000 / 16)
-    assert set(sizes(100_000, four)[:-1]) == {64}  # clamped to 64
-    assert sizes(20, four) == [8, 8, 4]  # at least 8: each shard costs seconds to ship
-    assert sizes(3, four) == [3]
-    assert sizes(10, four, shard_size=4) == [4, 4, 2]
-    # measured throughput: a shard on the slowest node takes <= 1/4 of the ideal time
-    uneven = [NodeStats("pi", throughput=1), NodeStats("orin", throughput=19)]
-    assert sizes(1000, uneven)[0] == 13  # ceil(1000 * 0.05 / 4)
+
+def test_pacer_sizes_by_pace_shrinks_towards_the_end_and_keeps_a_floor():
+    pacer = Pacer({"pi": 1.0, "orin": 3.0}, min_s=5, share=0.25)
+    idle = {"pi": [], "orin": []}
+    # 400 items on 4 items/s = 100 s left; a quarter of it is 25 s of each node's work
+    assert pacer.size("orin", 400, idle, now=0) == 75
+    assert pacer.size("pi", 400, idle, now=0) == 25
+    assert pacer.size("orin", 20, idle, now=0) == 15  # near the end: the 5 s floor
+    assert pacer.size("pi", 3, idle, now=0) == 3  # never more than is left
+    # no pace of its own: a probe of min_s at the others' mean, or at 1 item/s
+    assert Pacer({"pi": 2.0}, min_s=5).size("new", 400, {"pi": [], "new": []}, now=0) == 10
+    assert Pacer(min_s=5).size("a", 100, {"a": [], "b": []}, now=0) == 5
+    pacer.observe("pi", 20, 10.0)
+    assert pacer.rates["pi"] == 2.0
+
+
+def test_pacer_holds_back_a_node_with_enough_queued_work():
+    pacer = Pacer({"a": 1.0}, min_s=5, share=0.25)
+    # a holds 10 items (10 s) taken at t=0; chunk is max(5, 0.25 * 20) = 5 s
+    busy = {"a": [(10, 0.0)]}
+    assert pacer.size("a", 10, busy, now=1.0) == 0  # 9 s still queued
+    assert pacer.size("a", 10, busy, now=6.0) == 5  # 4 s left: time to send the next
+
+
+def test_paced_queue_cuts_the_pool_and_accounts_every_item_once():
+    clock = [0.0]
+    pacer = Pacer({"a": 1.0, "b": 1.0}, min_s=5, share=0.25)
+    q = WorkQueue(plan(_items(100), [NodeStats("a")], "dynamic"), ["a", "b"], 1,
+                  pacer=pacer, clock=lambda: clock[0])  # fmt: skip
+    first = q.take("a", timeout=0)
+    assert first.items == _items(100)[:13]  # 0.25 * 50 s at 1 item/s
+    assert q.take("a", timeout=0) is None  # a has 13 s queued: nothing more yet
+    second = q.take("b", timeout=0)
+    assert second.items == _items(100)[13:26]  # 100 left (in flight too): 13 again
+    assert q.failed(second, "b", "boom") is not None  # back in front, never to b again
+    clock[0] = 10.0  # a's first shard is nearly through
+    retry = q.take("a", timeout=0)
+    assert (retry.items, retry.attempt) == (second.items, 2)
+    taken = [first, retry]
+    clock[0] = 1000.0
+    assert q.done(first, busy_s=13.0) and q.done(retry, busy_s=12.0)
+    while (shard := q.take("a", timeout=0) or q.take("b", timeout=0)) is not None:
+        taken.append(shard)
+        assert q.done(shard)
+    assert Counter(i for s in taken for i in s.items) == Counter(_items(100))
+    summary = q.summary()
+    assert q.finished() and summary["items_done"] == summary["items"] == 100
+    assert summary["shards"] == summary["shards_done"] == len(taken)
 
 
 def test_static_queue_hands_each_node_its_own_shard_only():
@@ -240,11 +282,12 @@ def test_stranded_shards_end_the_job_instead_of_hanging():
     q = WorkQueue(plan(_items(6), [NodeStats("a")], "dynamic", shard_size=3), ["a", "b"], 3)
     x = q.next_for("a")
     q.failed(x, "a", "bad frame")
-    y = q.next_for("b")  # shard 1 (b prefers queue order; shard 0's retry is behind it)
-    assert y.index == 1
-    q.node_lost("b")  # b is gone; a already failed shard 0
+    y = q.next_for("b")  # shard 0's retry is first in the queue, b takes it
+    assert y.index == 0 and y.attempt == 2
+    q.failed(y, "b", "bad frame")
+    q.node_lost("b")  # b is gone; a and b both failed shard 0
     assert [s.index for s in q.stranded()] == [0]
-    assert q.stranded()[0].error == "a: bad frame"
+    assert q.stranded()[0].error == "b: bad frame"
     assert not q.finished()  # shard 1 is waiting for a
     assert q.done(q.next_for("a"))
     assert q.finished() and q.next_for("a") is None and q.take("a") is None
@@ -293,22 +336,35 @@ def test_threaded_run_with_slow_failing_and_lost_nodes_completes_every_item_once
     assert summary["items_done"] == 600 and summary["shards_pending"] == 0
 
 
-def _makespan(shards, speeds):
-    """Event simulation: each node runs its next shard at `speeds[node]` items/s."""
-    q = WorkQueue(shards, list(speeds), retries=0)
-    running = []
+def _makespan(shards, speeds, pacer=None, handover=0.0, slots=1):
+    """Event simulation: each node runs the shards it was sent one after another at
+    ``speeds[node]`` items/s; a shard reaches the node ``handover`` s after it is taken;
+    each node has ``slots`` runners taking shards (so with 2 the next one waits there)."""
+    now = [0.0]
+    q = WorkQueue(shards, list(speeds), retries=0, pacer=pacer, clock=lambda: now[0])
+    free = dict.fromkeys(speeds, 0.0)  # when each node's server is next idle
+    events = []  # (time, seq, kind, node, shard)
+    seq = iter(range(10**9))
 
-    def start(node, now):
+    def take(node):
         if shard := q.next_for(node):
-            heapq.heappush(running, (now + len(shard.items) / speeds[node], node, shard))
+            arrive = now[0] + handover
+            end = max(arrive, free[node]) + len(shard.items) / speeds[node]
+            free[node] = end
+            heapq.heappush(events, (end, next(seq), node, shard))
+        else:
+            heapq.heappush(events, (now[0] + 0.5, next(seq), node, None))  # ask again soon
 
     for node in speeds:
-        start(node, 0.0)
+        for _ in range(slots):
+            take(node)
     end = 0.0
-    while running:
-        end, node, shard = heapq.heappop(running)
-        assert q.done(shard)
-        start(node, end)
+    while events and not q.finished():
+        now[0], _, node, shard = heapq.heappop(events)
+        if shard is not None:
+            assert q.done(shard, busy_s=len(shard.items) / speeds[node])
+            end = now[0]
+        take(node)
     assert q.finished() and q.summary()["items_done"] == sum(len(s.items) for s in shards)
     return end
 
@@ -319,12 +375,24 @@ def test_dynamic_makespan_is_close_to_ideal_with_unequal_speeds():
     ideal = len(items) / sum(speeds.values())  # 100 s
     measured = [NodeStats(n, throughput=s) for n, s in speeds.items()]
     blind = [NodeStats(n) for n in speeds]
-    dynamic = _makespan(plan(items, measured, "dynamic"), speeds)
+    dynamic = _makespan(plan(items, blind, "dynamic"), speeds, Pacer(dict(speeds)), 0, 1)
     dynamic_small = _makespan(plan(items, blind, "dynamic", shard_size=8), speeds)
     round_robin = _makespan(plan(items, blind, "round-robin"), speeds)
     proportional = _makespan(plan(items, measured, "proportional"), speeds)
     assert dynamic <= 1.15 * ideal and dynamic_small <= 1.15 * ideal
-    # without measurements the default shards are larger and the Pi's last one shows
-    assert dynamic < _makespan(plan(items, blind, "dynamic"), speeds)
     assert proportional <= 1.01 * ideal
     assert round_robin >= 4 * ideal  # the Pi alone takes 500 items at 1/s
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_paced_dynamic_hides_a_slow_handover_with_two_runners_per_node(known):
+    """3 s to hand a shard over (Ansible start, upload): small fixed shards pay it each
+    time; paced shards with a second runner per node keep the next one waiting."""
+    speeds = {"node1": 1.33, "node2": 2.45, "node3": 4.75}
+    items = _items(480)
+    ideal = len(items) / sum(speeds.values())  # 56 s
+    pacer = Pacer(dict(speeds) if known else None)
+    paced = _makespan([Shard(0, items, None)], speeds, pacer, handover=3.0, slots=2)
+    fixed = _makespan(plan(items, [NodeStats(n) for n in speeds], "dynamic", shard_size=8),
+                      speeds, handover=3.0)  # fmt: skip
+    assert paced <= (1.10 if known else 1.15) * ideal < fixed
