@@ -17,7 +17,7 @@ from evc.ansible import RunResult, resolve_hosts, run_playbook
 from evc.config import Workspace
 from evc.errors import UsageError
 
-JOBS_DIR = "/var/lib/evc/jobs"  # on the node; mounted at /jobs in every model container
+JOBS_DIR = "/var/lib/evc/jobs"  # on the node; models/NAME is mounted at /jobs in its container
 _SERIAL_RE = re.compile(r"^[1-9][0-9]*%?$")
 _LIVE = ("running", "removed")  # rows that say what a node runs (or that it runs nothing)
 

@@ -4,14 +4,17 @@ A job's items are fixed when it is created (a folder's images, a zip's images or
 video's frames, the last two extracted into the job's folder) and each item gets
 one ``results`` row, 'pending' until the one shard that completes it turns it 'ok'
 or 'error'. So the end of a job is exact: every item has one final row, never two.
-One thread per node takes shards from an ``evc.schedule.WorkQueue`` and runs each
-through ``playbooks/infer_shard.yml`` (one archive per shard); a failed shard goes
+Two threads per node take shards from an ``evc.schedule.WorkQueue`` and run each
+through ``playbooks/infer_shard.yml`` (one archive per shard, handed to the model
+container's ``evc-infer --serve``; the second thread's shard waits on the node
+while the first runs, so the node never idles during a hand-over); a failed shard goes
 back to the queue for another node, an unreachable node is dropped and its work
 re-queued. Ctrl-C leaves pending items pending: ``resume`` runs them.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import tarfile
@@ -33,6 +36,7 @@ IMAGE_TYPES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_TYPES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg")
 BROKEN_AFTER = 2  # a node whose shards fail this many times in a row is dropped
 SHARD_TIMEOUT_S = 300  # base per-shard task timeout; plus 2 s per item
+RUNNERS_PER_NODE = 2  # the next shard waits on the node while one runs: no idle hand-over
 
 
 class Interrupted(EVCError):
@@ -177,7 +181,8 @@ def status(ws: Workspace, job_id: str) -> JobResult:
     nodes = {
         r["node"]: {**r, "throughput": round(r["items"] / r["busy_s"], 3) if r["busy_s"] else None}
         for r in db.query(
-            "SELECT node, SUM(items) AS items, ROUND(SUM(finished - started), 3) AS busy_s, "
+            # busy_s: first shard taken to last one done (a node's shards overlap)
+            "SELECT node, SUM(items) AS items, ROUND(MAX(finished) - MIN(started), 3) AS busy_s, "
             "COUNT(*) AS shards FROM shards WHERE job_id = ? AND state = 'done' GROUP BY node",
             [job_id],
         )
@@ -190,13 +195,15 @@ def status(ws: Workspace, job_id: str) -> JobResult:
     return JobResult(job, nodes, json.loads(job["skipped_nodes"] or "{}"))
 
 
-def _throughputs(ws: Workspace, model: str, version: str) -> dict[str, float]:
-    """Items/s per node for this model version, measured on earlier jobs' shards."""
+def _throughputs(ws: Workspace, model: str, version: str, jobs: int = 5) -> dict[str, float]:
+    """Items/s of model work per node for this model version (items over the time its
+    items took on the node), measured on the last ``jobs`` jobs that ran it."""
     rows = evcdb.workspace_db(ws).query(
-        "SELECT s.node, SUM(s.items) / SUM(s.finished - s.started) AS tput FROM shards s "
-        "JOIN jobs j ON j.id = s.job_id WHERE j.model = ? AND j.version = ? "
-        "AND s.state = 'done' AND s.finished > s.started GROUP BY s.node",
-        [model, version],
+        "SELECT r.node, COUNT(*) / (SUM(r.latency_ms) / 1000.0) AS tput FROM results r "
+        "WHERE r.job_id IN (SELECT id FROM jobs WHERE model = ? AND version = ? "
+        "ORDER BY created DESC LIMIT ?) AND r.state = 'ok' AND r.latency_ms > 0 "
+        "GROUP BY r.node",
+        [model, version, jobs],
     )
     return {r["node"]: r["tput"] for r in rows}
 
@@ -308,11 +315,16 @@ def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: bool) -> Jo
     tputs = _throughputs(ws, job["model"], job["version"])
     stats = [schedule.NodeStats(n, throughput=tputs.get(n)) for n in nodes]
     shards = schedule.plan(pending, stats, job["strategy"], params.get("shard_size"))
-    queue = schedule.WorkQueue(shards, nodes, job["retries"])
+    paced = job["strategy"] == "dynamic" and not params.get("shard_size")
+    pacer = schedule.Pacer(tputs) if paced else None
+    queue = schedule.WorkQueue(shards, nodes, job["retries"], pacer)
     runner = _Runner(ws, job, queue)
     if not job["started"]:
         db["jobs"].update(job_id, {"started": time.time()})
-    threads = [threading.Thread(target=runner.work, args=(n,), daemon=True) for n in nodes]
+    threads = [
+        threading.Thread(target=runner.work, args=(n,), daemon=True)
+        for n in nodes for _ in range(RUNNERS_PER_NODE)
+    ]  # fmt: skip
     with progress_line(f"job {job_id}", enabled=progress) as line:
         for t in threads:
             t.start()
@@ -379,10 +391,7 @@ class _Runner:
         self.done_items = 0
         self._lock = threading.Lock()
         params = json.loads(job["params"])
-        self.args = [
-            a for k in ("conf", "iou", "imgsz") if params.get(k) is not None
-            for a in (f"--{k}", str(params[k]))
-        ]  # fmt: skip
+        self.params = {k: params.get(k) for k in ("conf", "iou", "imgsz")}
         self.dir = job_dir(ws, job["id"]) / "shards"
 
     def progress(self, total: int) -> str:
@@ -409,7 +418,7 @@ class _Runner:
 
     def _run_shard(self, node: str, shard: schedule.Shard) -> tuple[str, str | None]:
         db = evcdb.workspace_db(self.ws)
-        name = f"{shard.index}-{shard.attempt}"
+        name = f"{self.job['id']}-{shard.index}-{shard.attempt}"
         started = time.time()
         shard_id = (
             db["shards"]
@@ -426,19 +435,16 @@ class _Runner:
             )
             .last_pk
         )
-        work = self.dir / name
-        fetched = work / "out"
-        fetched.mkdir(parents=True, exist_ok=True)
+        archive = self.dir / f"{name}.tar"
         try:
-            archive = self._archive(shard, f"{self.job['id']}/{name}/in", work / "in.tar")
+            self._archive(shard, archive)
             run = run_playbook(
                 self.ws, "infer_shard.yml", node, progress=False,
-                task_timeout=SHARD_TIMEOUT_S + 2 * len(shard.items),
+                task_timeout=SHARD_TIMEOUT_S + 2 * len(shard.items) + 30,
                 extravars={
-                    "evc_job": self.job["id"], "evc_shard": name, "evc_archive": str(archive),
-                    "evc_fetch_dir": str(fetched), "evc_jobs_dir": deploy.JOBS_DIR,
-                    "evc_container": f"evc-model-{self.job['model']}",
-                    "evc_infer_args": self.args,
+                    "evc_model": self.job["model"], "evc_shard": name,
+                    "evc_archive": str(archive), "evc_jobs_dir": deploy.JOBS_DIR,
+                    "evc_timeout": SHARD_TIMEOUT_S + 2 * len(shard.items),
                 },
             )  # fmt: skip
             host = run.hosts[node]
@@ -447,33 +453,39 @@ class _Runner:
             elif host.state == "failed":
                 outcome, error = "failed", f"{host.failed_task}: {host.message}"
             else:
-                outcome, error = self._ingest(db, shard, shard_id, node, fetched)
+                text = host.outputs.get("results", {}).get("jsonl", "")
+                outcome, error = self._ingest(db, shard, shard_id, node, text)
         except OSError as exc:
             outcome, error = "failed", f"cannot stage the shard: {exc}"
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            archive.unlink(missing_ok=True)
         if outcome != "done":
             state = "interrupted" if self.stop.is_set() else outcome
             db["shards"].update(shard_id, {"state": state, "finished": time.time(), "error": error})
         return outcome, error
 
-    def _archive(self, shard: schedule.Shard, prefix: str, path: Path) -> Path:
+    def _archive(self, shard: schedule.Shard, path: Path) -> None:
+        """The shard as the model server reads it: ``shard.json`` (parameters) + items."""
         root = Path(self.job["data_dir"])
+        params = json.dumps(self.params).encode()
+        path.parent.mkdir(parents=True, exist_ok=True)
         with tarfile.open(path, "w") as tar:
+            info = tarfile.TarInfo("shard.json")
+            info.size = len(params)
+            tar.addfile(info, io.BytesIO(params))
             for item in shard.items:
-                tar.add(root / item, arcname=f"{prefix}/{item}")
-        return path
+                tar.add(root / item, arcname=item)
 
-    def _ingest(self, db, shard, shard_id: int, node: str, fetched: Path):
+    def _ingest(self, db, shard, shard_id: int, node: str, text: str):
         try:
-            lines = (fetched / "results.jsonl").read_text().splitlines()
-            records = {r["item"]: r for r in map(json.loads, filter(None, lines))}
-        except (OSError, ValueError, KeyError) as exc:
-            return "failed", f"unreadable results.jsonl: {exc}"
+            records = {r["item"]: r for r in map(json.loads, filter(None, text.splitlines()))}
+        except (ValueError, KeyError, TypeError) as exc:
+            return "failed", f"unreadable results: {exc}"
         missing = set(shard.items) - set(records)
         if missing:
-            return "failed", f"results.jsonl lacks {len(missing)} of {len(shard.items)} items"
-        if not self.queue.done(shard):  # a stale report (the node was given up): drop it
+            return "failed", f"the results lack {len(missing)} of {len(shard.items)} items"
+        busy_s = sum(records[i].get("latency_ms") or 0 for i in shard.items) / 1000
+        if not self.queue.done(shard, busy_s):  # a stale report (node given up): drop it
             return "lost", "report came after the node was given up"
         with evcdb.transaction(db):
             for item in shard.items:

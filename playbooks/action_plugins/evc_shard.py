@@ -1,0 +1,23 @@
+"""Action plugin: send a shard's archive straight over the open connection, then run
+the ``evc_shard`` module, which moves it into the model server's inbox and waits for
+its results. One task, one file transfer: the copy module would add a stat and a
+module run (about a second per shard)."""
+
+import os
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+
+class ActionModule(ActionBase):
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        args = dict(self._task.args)
+        src = args.pop("src", None)
+        if not src or not os.path.isfile(src):
+            raise AnsibleActionFail(f"evc_shard: src {src!r} is not a file on the controller")
+        upload = f"{args['serve_dir']}/inbox/.{args['name']}.part"
+        self._connection.put_file(src, upload)
+        args["upload"] = upload
+        result.update(self._execute_module("evc_shard", module_args=args, task_vars=task_vars))
+        return result
