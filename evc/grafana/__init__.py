@@ -9,5 +9,6 @@ Grafana expands ``$EVC_GRAFANA_DB`` (the database file) and
 """
 
 from evc.grafana.provision import build, datasource, files
+from evc.grafana.push import PushResult, push
 
-__all__ = ["build", "datasource", "files"]
+__all__ = ["PushResult", "build", "datasource", "files", "push"]
