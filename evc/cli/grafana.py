@@ -42,6 +42,50 @@ def build(
 
 
 @app.command()
+def up(
+    image: str = typer.Option(None, help="Grafana image (default: grafana/grafana-oss:11.6.0)."),
+    port: int = typer.Option(3000, help="Port on this machine."),
+    bind: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: all)."),
+    install_plugin: bool = typer.Option(
+        True,
+        help="Install frser-sqlite-datasource at start (needs network); "
+        "--no-install-plugin for an image that has it.",
+    ),
+    json: bool = JSON,
+) -> None:
+    """Run Grafana in a container with the EVC dashboards and this workspace's database."""
+    from evc.console import err, out, print_json
+    from evc.grafana import server
+
+    result = server.up(
+        _ws(), image or server.DEFAULT_IMAGE, port, bind, install_plugin,
+        log=(lambda _m: None) if json else (lambda m: err.print(m, highlight=False)),
+    )  # fmt: skip
+    if json:
+        print_json(result.to_dict())
+        return
+    out.print(
+        f"Grafana is up at {result.url} (container {result.container}, image {result.image}); "
+        "dashboards are in the EVC folder. Viewers need no login; admin/admin edits.",
+        highlight=False,
+    )
+
+
+@app.command()
+def down(json: bool = JSON) -> None:
+    """Remove this workspace's Grafana container."""
+    from evc.console import out, print_json
+    from evc.grafana import server
+
+    ws = _ws()
+    removed = server.down(ws)
+    if json:
+        print_json({"container": server.container_name(ws), "removed": removed})
+        return
+    out.print(f"{server.container_name(ws)}: {'removed' if removed else 'not running'}")
+
+
+@app.command()
 def push(
     url: str = typer.Option(..., "--url", help="Grafana's base URL, e.g. http://grafana:3000."),
     token_env: str = typer.Option(

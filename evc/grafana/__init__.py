@@ -10,5 +10,6 @@ Grafana expands ``$EVC_GRAFANA_DB`` (the database file) and
 
 from evc.grafana.provision import build, datasource, files
 from evc.grafana.push import PushResult, push
+from evc.grafana.server import UpResult, down, up
 
-__all__ = ["PushResult", "build", "datasource", "files", "push"]
+__all__ = ["PushResult", "UpResult", "build", "datasource", "down", "files", "push", "up"]
