@@ -1,0 +1,124 @@
+"""`evc grafana`: dashboards over the workspace database: build, up, down, push."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Grafana dashboards over the EVC database: build the files, run a Grafana, push.",
+    no_args_is_help=True,
+)
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def _ws():
+    from evc.config import Workspace
+
+    return Workspace.find()
+
+
+@app.command()
+def build(
+    out: Path = typer.Option(
+        None, "--out", help="Folder to write into (default: WORKSPACE/grafana)."
+    ),
+    json: bool = JSON,
+) -> None:
+    """Write the datasource and dashboard provisioning files and the dashboard JSON."""
+    from evc import grafana
+    from evc.console import out as console
+    from evc.console import print_json
+
+    paths = grafana.build(_ws(), out)
+    if json:
+        print_json([str(p) for p in paths])
+        return
+    for path in paths:
+        console.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def up(
+    image: str = typer.Option(None, help="Grafana image (default: grafana/grafana-oss:11.6.0)."),
+    port: int = typer.Option(3000, help="Port on this machine."),
+    bind: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: all)."),
+    install_plugin: bool = typer.Option(
+        True,
+        help="Install frser-sqlite-datasource at start (needs network); "
+        "--no-install-plugin for an image that has it.",
+    ),
+    json: bool = JSON,
+) -> None:
+    """Run Grafana in a container with the EVC dashboards and this workspace's database."""
+    from evc.console import err, out, print_json
+    from evc.grafana import server
+
+    result = server.up(
+        _ws(), image or server.DEFAULT_IMAGE, port, bind, install_plugin,
+        log=(lambda _m: None) if json else (lambda m: err.print(m, highlight=False)),
+    )  # fmt: skip
+    if json:
+        print_json(result.to_dict())
+        return
+    out.print(
+        f"Grafana is up at {result.url} (container {result.container}, image {result.image}); "
+        "dashboards are in the EVC folder. Viewers need no login; admin/admin edits.",
+        highlight=False,
+    )
+
+
+@app.command()
+def down(json: bool = JSON) -> None:
+    """Remove this workspace's Grafana container."""
+    from evc.console import out, print_json
+    from evc.grafana import server
+
+    ws = _ws()
+    removed = server.down(ws)
+    if json:
+        print_json({"container": server.container_name(ws), "removed": removed})
+        return
+    out.print(f"{server.container_name(ws)}: {'removed' if removed else 'not running'}")
+
+
+@app.command()
+def push(
+    url: str = typer.Option(..., "--url", help="Grafana's base URL, e.g. http://grafana:3000."),
+    token_env: str = typer.Option(
+        "GRAFANA_TOKEN",
+        help="Environment variable holding a service account token "
+        "(prompted for, hidden, when it is unset).",
+    ),
+    db_path: str = typer.Option(
+        None, help="The database file as that Grafana sees it (default: this workspace's)."
+    ),
+    json: bool = JSON,
+) -> None:
+    """Create or update the EVC datasource and dashboards in a running Grafana, by uid."""
+    from evc import grafana
+    from evc.console import STATE_STYLE, out, print_json, print_table
+
+    token = os.environ.get(token_env) or typer.prompt(
+        f"Grafana token ({token_env} is not set)", hide_input=True, default="",
+        show_default=False, err=True,
+    )  # fmt: skip
+    result = grafana.push(_ws(), url, token, db_path)
+    if json:
+        print_json(result.to_dict())
+    else:
+        style = {"created": "green", "updated": "yellow", "unchanged": "dim",
+                 "failed": STATE_STYLE["failed"]}  # fmt: skip
+        print_table(
+            f"push to {result.url} (Grafana {result.grafana_version})",
+            ["kind", "uid", "title", "result", "error"],
+            [[i.kind, i.uid, i.title, f"[{style[i.action]}]{i.action}[/]", i.error or ""]
+             for i in result.items],
+        )  # fmt: skip
+        bad = sum(i.action == "failed" for i in result.items)
+        out.print(f"{len(result.items) - bad} of {len(result.items)} items fine", highlight=False)
+    if not result.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,244 @@
+"""Test support for the dashboards: a database filled by EVC's own code, and the
+query rendering that Grafana and frser-sqlite-datasource do before SQLite sees a
+panel's SQL.
+
+Rendering, as the plugin's sources do it: the browser's template service
+replaces ``$var``/``${var}``/``${var:format}`` and ``$__from``/``$__to``
+(epoch milliseconds); unknown ``$names`` stay. Then the plugin's backend
+replaces ``$__from``/``$__to`` again and applies its macros, matched by
+``\\$__(\\w+)\\(([^)]*)\\)``: ``$__unixEpochGroupSeconds(col, N[, NULL])`` ->
+``cast((col / N) as int) * N`` and ``$__timeFilter(col)``; other macros stay
+(and then fail in SQLite, as they would in Grafana).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+import time
+import uuid
+from pathlib import Path
+
+from evc import db as evcdb
+from evc import deploy, devices, images, jobs
+from evc.ansible import HostResult, RunResult, resolve_hosts
+
+# ----------------------------------------------------------------- rendering
+
+_TEMPLATE = re.compile(r"\$(\w+)|\$\{(\w+)(?::(\w+))?\}")
+_MACRO = re.compile(r"\$__([_a-zA-Z0-9]+)\(([^\)]*)\)")
+
+
+def _format(values: list[str], fmt: str | None, multi: bool) -> str:
+    if fmt == "singlequote":
+        return ",".join("'" + v.replace("'", "\\'") + "'" for v in values)
+    if fmt is None and not multi:
+        return values[0] if values else ""
+    if fmt is None:  # Grafana's default for a multi-value variable here: glob
+        return values[0] if len(values) == 1 else "{" + ",".join(values) + "}"
+    raise AssertionError(f"format {fmt!r} is not emulated; use singlequote")
+
+
+def render(sql: str, variables: dict[str, list[str]], t_from: float, t_to: float) -> str:
+    """``sql`` as SQLite receives it; ``variables``: name -> selected values."""
+    builtin = {"__from": str(int(t_from * 1000)), "__to": str(int(t_to * 1000))}
+
+    def template(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        if name in builtin:
+            return builtin[name]
+        if name not in variables:
+            return m.group(0)
+        return _format(variables[name], m.group(3), multi=name != "bucket")
+
+    sql = _TEMPLATE.sub(template, sql)
+
+    def macro(m: re.Match) -> str:
+        name, args = m.group(1), [a.strip() for a in m.group(2).split(",")]
+        if name == "unixEpochGroupSeconds":
+            assert len(args) in (2, 3), f"unixEpochGroupSeconds takes 2 or 3 arguments: {args}"
+            interval = int(args[1])  # the plugin fails on anything but an integer
+            return f"cast(({args[0]} / {interval}) as int) * {interval}"
+        if name == "timeFilter":
+            col, lo, hi = args[0], int(t_from), int(t_to)
+            return (
+                f"CAST(CASE WHEN typeof({col}) = 'integer' THEN {col} "
+                f'ELSE strftime("%s", {col}) END AS INTEGER) BETWEEN {lo} AND {hi}'
+            )
+        return m.group(0)
+
+    return _MACRO.sub(macro, sql)
+
+
+def variable_values(db, dashboard: dict, t_from: float, t_to: float, pick=None) -> dict:
+    """Each variable's values, resolved in order as Grafana does: a query variable's
+    options come from its SQL (exactly one column); "All" (or ``pick[name]``) is selected."""
+    values: dict[str, list[str]] = {}
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "custom":
+            values[var["name"]] = [var["current"]["value"]]
+            continue
+        cursor = db.execute(render(var["query"], values, t_from, t_to))
+        assert len(cursor.description) == 1, f"variable {var['name']}: not one column"
+        options = [str(r[0]) for r in cursor.fetchall()]
+        values[var["name"]] = (pick or {}).get(var["name"], options)
+    return values
+
+
+# ----------------------------------------------------------------- a filled database
+
+
+class FakeFleet:
+    """Stands in for ansible-runner and the nodes behind ``run_playbook``.
+
+    Runs are recorded with ``evc.db.record_run`` exactly as the real one does;
+    ``infer_shard.yml`` writes the results.jsonl a node's evc-infer would.
+    """
+
+    def __init__(self, down=(), flaky=()):
+        self.down, self.flaky = set(down), set(flaky)
+
+    def __call__(self, ws, name, target="all", *, extravars=None, progress=True, **_):
+        hosts = resolve_hosts(ws.inventory, target)
+        started = time.time()
+        results = {}
+        for h in hosts:
+            if h in self.down:
+                why = "ssh: connect to host: No route to host"
+                results[h] = HostResult(h, "unreachable", unreachable=1, message=why)
+            elif name == "infer_shard.yml":
+                results[h] = self._shard(h, extravars)
+            else:
+                results[h] = HostResult(h, "changed", ok=3, changed=1)
+        time.sleep(0.05)
+        bad = any(r.state in ("failed", "unreachable") for r in results.values())
+        run = RunResult(name, target, uuid.uuid4().hex[:12], "", started, time.time(),
+                        2 if bad else 0, results)  # fmt: skip
+        evcdb.record_run(evcdb.workspace_db(ws), run)
+        return run
+
+    def _shard(self, host: str, extravars: dict) -> HostResult:
+        if host in self.flaky:  # its first shard fails, later ones work
+            self.flaky.discard(host)
+            return HostResult(host, "failed", failed=1, failed_task="run shard",
+                              message="container evc-model-faces is not running")  # fmt: skip
+        prefix = f"{extravars['evc_job']}/{extravars['evc_shard']}/in/"
+        with tarfile.open(extravars["evc_archive"]) as tar:
+            items = [m.name.removeprefix(prefix) for m in tar.getmembers() if m.isfile()]
+        lines = []
+        for i, item in enumerate(items):
+            if "corrupt" in item:
+                lines.append({"item": item, "ok": False, "error": "cannot identify image file"})
+                continue
+            dets = [{"label": "face", "class_id": 0, "score": 0.91, "box": [177, 66, 95, 95]}]
+            if i % 2:
+                dets.append(
+                    {"label": "person", "class_id": 1, "score": 0.55, "box": [5, 5, 80, 200]}
+                )
+            lines.append({"item": item, "ok": True, "latency_ms": 30.0 + 7 * i, "width": 640,
+                          "height": 480, "detections": dets})  # fmt: skip
+        time.sleep(0.05)
+        Path(extravars["evc_fetch_dir"], "results.jsonl").write_text(
+            "".join(json.dumps(line) + "\n" for line in lines)
+        )
+        return HostResult(host, "changed", ok=4, changed=2)
+
+
+DEVICES = [
+    {"name": "node1", "host": "10.0.0.11", "groups": ["edge", "cam"], "lat": 52.52, "lon": 13.40,
+     "status": "online", "arch": "arm64", "accelerator": "nvidia:orin"},
+    {"name": "node2", "host": "10.0.0.12", "groups": ["edge"], "lat": 48.14, "lon": 11.58,
+     "status": "online", "arch": "amd64", "accelerator": "none"},
+    {"name": "node3", "host": "10.0.0.13", "groups": [], "lat": None, "lon": None,
+     "status": "offline", "arch": "amd64", "accelerator": "none"},
+]  # fmt: skip
+
+
+def _devices(ws, db, now: float) -> None:
+    with evcdb.transaction(db):
+        db["devices"].insert_all(
+            evcdb.device_row({**d, "labels": {"site": d["name"][-1]}, "added_at": now - 7200,
+                              "last_seen": now - 30, "os": "Debian 12", "kernel": "6.1",
+                              "cpu_count": 4, "mem_bytes": 4 << 30, "disk_bytes": 64 << 30,
+                              "docker_version": "20.10.24", "missed": 3 if d["name"] == "node3"
+                              else 0})
+            for d in DEVICES
+        )  # fmt: skip
+    devices.regenerate_inventory(ws, db)
+
+
+def record_telemetry(db, now: float) -> None:
+    """metrics, container_status and node_events rows as migration 0005 defines them.
+
+    The one place telemetry rows are written here: switch it to
+    ``evc.telemetry.ingest`` once that exists.
+    """
+    metrics, containers = [], []
+    for n, node in enumerate(("node1", "node2", "node3")):
+        for k in range(90):
+            at = now - 5400 + 60 * k
+            if node == "node3" and k > 80:
+                continue  # went offline
+            metrics.append({
+                "node": node, "at": at, "cpu_pct": 10.0 + n * 20 + k % 7,
+                "load1": 0.5 + n, "load5": 0.4 + n, "load15": 0.3 + n,
+                "mem_total": 4 << 30, "mem_used": (1 + n) << 29, "mem_pct": 12.5 * (1 + n),
+                "disk_total": 64 << 30, "disk_used": 20 << 30, "disk_pct": 31.25,
+                "temp_max_c": None if node == "node2" else 45.0 + n + k % 3,
+                "temps": None if node == "node2" else json.dumps({"cpu-thermal": 45.0 + n}),
+                "net_rx_bps": 1000.0 * (k + 1), "net_tx_bps": 500.0 * (k + 1),
+                "net": json.dumps({"eth0": [1000.0 * (k + 1), 500.0 * (k + 1)]}),
+                "gpu_util_pct": 40.0 + k % 10 if node == "node1" else None,
+                "gpu_mem_used": 1 << 30 if node == "node1" else None,
+                "gpu_mem_total": 8 << 30 if node == "node1" else None,
+                "npu_util_pct": None,
+            })  # fmt: skip
+            containers.append({"node": node, "at": at, "name": "evc-model-faces",
+                               "image": "registry:5000/evc/faces:1.0-amd64", "state": "running",
+                               "restarts": 0})  # fmt: skip
+    with evcdb.transaction(db):
+        db["metrics"].insert_all(metrics)
+        db["container_status"].insert_all(containers)
+        db["node_events"].insert_all([
+            {"node": "node3", "from_state": "unknown", "to_state": "online", "at": now - 5400},
+            {"node": "node3", "from_state": "online", "to_state": "offline", "at": now - 540},
+            {"node": "node1", "from_state": "unknown", "to_state": "online", "at": now - 5400},
+            {"node": "node2", "from_state": "unknown", "to_state": "online", "at": now - 5300},
+        ])  # fmt: skip
+
+
+def _model(ws, version: str, now: float) -> None:
+    images._save(ws, images.Model(
+        name="faces", version=version, runtime="face-haar", task="detect", arch="amd64",
+        owner="vision", image=f"registry:5000/evc/faces:{version}-amd64",
+        image_id="sha256:" + "ab" * 32, size_bytes=210_000_000, weights_source=None,
+        weights_digest=None, built_at=now - 3600, build_s=42.0, selftest={"detections": 1},
+        registry_digest="sha256:" + "cd" * 32, pushed_size=80_000_000, pushed_at=now - 3500,
+    ))  # fmt: skip
+
+
+def populate(ws, monkeypatch, data: Path) -> float:
+    """Fill the workspace database through EVC's functions; returns the time they ran."""
+    now = time.time()
+    db = evcdb.workspace_db(ws)
+    _devices(ws, db, now)
+    record_telemetry(db, now)
+    fleet = FakeFleet(down={"node3"}, flaky={"node2"})
+    monkeypatch.setattr(deploy, "run_playbook", fleet)
+    monkeypatch.setattr(jobs, "run_playbook", fleet)
+    fleet(ws, "facts.yml", "all")
+    _model(ws, "1.0", now)
+    _model(ws, "1.1", now)
+    deploy.deploy(ws, "faces:1.0", "all", progress=False)  # node3 unreachable: failed row
+    data.mkdir()
+    for i in range(12):
+        (data / f"img{i:02d}.jpg").write_bytes(b"\xff\xd8 not decoded by the fake fleet")
+    (data / "corrupt.jpg").write_bytes(b"")
+    jobs.run(ws, "faces:1.0", data, "all", retries=2, shard_size=2, progress=False)
+    deploy.deploy(ws, "faces:1.1", "node1", progress=False)
+    jobs.run(ws, "faces:1.1", data, "node1", strategy="round-robin", progress=False)
+    evcdb.audit(db, "model deploy", ["model", "deploy", "faces:1.0", "all"], 1, 2.5)
+    evcdb.audit(db, "infer run", ["infer", "run", "faces:1.0", "--data", "imgs"], 1, 4.0)
+    evcdb.audit(db, "grafana build", ["grafana", "build"], 0, 0.2)
+    return now
