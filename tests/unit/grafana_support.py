@@ -93,7 +93,7 @@ class FakeFleet:
     """Stands in for ansible-runner and the nodes behind ``run_playbook``.
 
     Runs are recorded with ``evc.db.record_run`` exactly as the real one does;
-    ``infer_shard.yml`` writes the results.jsonl a node's evc-infer would.
+    ``infer_shard.yml`` answers the results.jsonl lines a node's model server would.
     """
 
     def __init__(self, down=(), flaky=()):
@@ -123,9 +123,8 @@ class FakeFleet:
             self.flaky.discard(host)
             return HostResult(host, "failed", failed=1, failed_task="run shard",
                               message="container evc-model-faces is not running")  # fmt: skip
-        prefix = f"{extravars['evc_job']}/{extravars['evc_shard']}/in/"
         with tarfile.open(extravars["evc_archive"]) as tar:
-            items = [m.name.removeprefix(prefix) for m in tar.getmembers() if m.isfile()]
+            items = [m.name for m in tar.getmembers() if m.isfile() and m.name != "shard.json"]
         lines = []
         for i, item in enumerate(items):
             if "corrupt" in item:
@@ -139,10 +138,8 @@ class FakeFleet:
             lines.append({"item": item, "ok": True, "latency_ms": 30.0 + 7 * i, "width": 640,
                           "height": 480, "detections": dets})  # fmt: skip
         time.sleep(0.05)
-        Path(extravars["evc_fetch_dir"], "results.jsonl").write_text(
-            "".join(json.dumps(line) + "\n" for line in lines)
-        )
-        return HostResult(host, "changed", ok=4, changed=2)
+        jsonl = "".join(json.dumps(line) + "\n" for line in lines)
+        return HostResult(host, "changed", ok=1, changed=1, outputs={"results": {"jsonl": jsonl}})
 
 
 DEVICES = [
