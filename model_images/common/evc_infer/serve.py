@@ -11,8 +11,8 @@ protocol, under DIR:
 - ``outbox/NAME.jsonl``: one results.jsonl line per item (the ``--input`` format),
   renamed into place when complete; ``outbox/NAME.error`` instead when the shard
   itself is unusable (bad archive, bad parameters).
-- ``serve.alive``: touched between items and while idle, so a waiting controller can
-  tell a busy server from a dead one.
+- ``serve.alive``: touched between items and every second while idle, so a waiting
+  controller can tell a busy server from a dead one.
 """
 
 import json
@@ -28,7 +28,10 @@ from evc_infer import UsageError, one_line
 from evc_infer.home import load_config, load_model, resolve_params
 from evc_infer.runner import infer_one, warm_up
 
-POLL_S = 0.1
+POLL_S = 0.1  # while shards keep coming
+IDLE_POLL_S = 0.5  # after IDLE_AFTER_S without one: an idle edge node should stay idle
+IDLE_AFTER_S = 10.0
+ALIVE_EVERY_S = 1.0
 PARAMS_FILE = "shard.json"
 
 
@@ -97,11 +100,16 @@ def serve(home: Path, jobs: Path) -> int:
     for folder in (inbox, outbox):
         folder.mkdir(parents=True, exist_ok=True)
     print(f"evc-infer: serving {config['name']} from {jobs}", flush=True)
+    touched = last_shard = time.monotonic()
+    alive.touch()
     while True:
-        alive.touch()
+        now = time.monotonic()
+        if now - touched >= ALIVE_EVERY_S:
+            alive.touch()
+            touched = now
         shards = sorted(_arrived(inbox))
         if not shards:
-            time.sleep(POLL_S)
+            time.sleep(POLL_S if now - last_shard < IDLE_AFTER_S else IDLE_POLL_S)
             continue
         archive = shards[0][2]
         name, work = archive.stem, jobs / "work" / archive.stem
@@ -113,3 +121,4 @@ def serve(home: Path, jobs: Path) -> int:
         finally:
             archive.unlink(missing_ok=True)
             shutil.rmtree(work, ignore_errors=True)
+            last_shard = time.monotonic()
