@@ -42,31 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     home = args.home or default_home()
-    if args.serve:
-        if args.input or args.output or args.selftest:
-            parser.error("--serve takes no --input, --output or --selftest")
-        try:
-            return serve(home, args.serve)
-        except UsageError as exc:
-            print(f"evc-infer: error: {exc}", file=sys.stderr)
-            return 2
-        except ModelError as exc:
-            print(f"evc-infer: cannot load the model: {exc}", file=sys.stderr)
-            return 1
+    if args.serve and (args.input or args.output or args.selftest):
+        parser.error("--serve takes no --input, --output or --selftest")
     if args.selftest:
         if args.input or args.output:
             parser.error("--selftest takes no --input or --output")
         return selftest(home, args.conf, args.iou, args.imgsz)
-    if not args.input or not args.output:
-        parser.error("--input and --output are required (or --selftest)")
+    if not args.serve and (not args.input or not args.output):
+        parser.error("--input and --output are required (or --selftest, or --serve)")
     try:
-        if not args.input.is_dir():
-            raise UsageError(f"input folder {args.input} does not exist or is not a folder")
-        config = load_config(home)
-        params = resolve_params(config, args.conf, args.iou, args.imgsz)
-        prepare_output(args.output)
-        model, versions = load_model(home, config)
-        summary = run(model, config, versions, args.input, args.output, params)
+        if args.serve:
+            return serve(home, args.serve)
+        summary = _run(home, args)
     except UsageError as exc:
         print(f"evc-infer: error: {exc}", file=sys.stderr)
         return 2
@@ -75,3 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps({k: summary[k] for k in SHOWN}), flush=True)
     return 0
+
+
+def _run(home: Path, args) -> dict:
+    if not args.input.is_dir():
+        raise UsageError(f"input folder {args.input} does not exist or is not a folder")
+    config = load_config(home)
+    params = resolve_params(config, args.conf, args.iou, args.imgsz)
+    prepare_output(args.output)
+    model, versions = load_model(home, config)
+    return run(model, config, versions, args.input, args.output, params)
