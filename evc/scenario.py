@@ -182,7 +182,7 @@ def _pydantic(
             msg = e["msg"].removeprefix("Value error, ")
             hint = ""
             if e["type"] == "string_type" and isinstance(e["input"], int | float):
-                hint = f'; quote it ("{e["input"]}") to keep it as written'
+                hint = "; put it in quotes to keep it as written (unquoted, 1.10 is 1.1)"
             problems.add(where, f"{msg} (got {repr(e['input'])[:60]}){hint}.")
 
 
@@ -371,9 +371,13 @@ def load(
     top = list(ScenarioFile.model_fields)
     try:
         parsed = ScenarioFile.model_validate(body)
-    except ValidationError as exc:
+    except ValidationError as exc:  # report it, and still check the steps if they are a list
         _pydantic(problems, exc, (), lambda loc: _allowed_top(loc, top))
-        problems.raise_if_any()
+        raw_steps = body.get("steps")
+        parsed = ScenarioFile.model_construct(
+            version=VERSION, vars={}, devices=[], description=None,
+            steps=raw_steps if isinstance(raw_steps, list) else [],
+        )  # fmt: skip
     if parsed.version != VERSION:
         problems.add(
             ("version",),
@@ -395,8 +399,9 @@ def load(
         parsed.devices,
         plan,
     )
+    planned = _planned_devices(scenario, problems)
     if ws is not None and not problems.items:
-        _resolve_targets(ws, scenario, problems)
+        _resolve_targets(ws, scenario, planned, problems)
         scenario.targets_checked = True
     problems.raise_if_any()
     return scenario
@@ -526,12 +531,14 @@ def _unique_names(plan: list[Step], problems: _Problems) -> None:
             problems.add(
                 ("steps", step.index - 1),
                 f"two steps are named {step.name!r} "
-                f"(steps[{first.index - 1}] too); give each a unique name:.",
+                f"(steps[{first.index - 1}] too); give each its own name.",
             )
         seen[step.name] = step
 
 
-def _resolve_targets(ws: Workspace, scenario: Scenario, problems: _Problems) -> None:
+def _resolve_targets(
+    ws: Workspace, scenario: Scenario, planned: list[Device], problems: _Problems
+) -> None:
     """Each run step's target as hosts, over the enrolled devices plus those to enrol."""
     import tempfile
 
@@ -545,7 +552,7 @@ def _resolve_targets(ws: Workspace, scenario: Scenario, problems: _Problems) -> 
 
         rows = [db.device_from_row(r) for r in db.workspace_db(ws)["devices"].rows]
     known = {r["name"] for r in rows}
-    for device in _planned_devices(scenario, problems):
+    for device in planned:
         if device.name not in known:
             rows.append(device.model_dump())
             known.add(device.name)
@@ -572,21 +579,7 @@ def _planned_devices(scenario: Scenario, problems: _Problems) -> list[Device]:
         o = step.options
         try:
             if step.kind == "device.add":
-                out.append(
-                    devices.parse_device(
-                        dict(
-                            name=o["name"],
-                            host=o["host"],
-                            port=o["port"],
-                            user=o["user"],
-                            role=o["role"],
-                            groups=o["group"] or [],
-                            labels=devices.parse_labels(o["label"] or []),
-                            lat=o["lat"],
-                            lon=o["lon"],
-                        )
-                    )
-                )
+                out.append(devices.from_options(**{k: o[k] for k in o if k != "target"}))
             elif step.kind == "device.import":
                 out.extend(devices.load_file(o["file"]))
         except UsageError as exc:

@@ -7,6 +7,7 @@ its row names the step to resume from (``evc run FILE --from STEP``).
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -124,6 +125,10 @@ def _run_step(
         if exc.exit_code == 130:  # an inference job stopped by Ctrl-C
             raise
         outcome = catalogue.Outcome(False, str(exc))
+    except Exception as exc:  # a bug in a step: recorded, and the run stops like any failure
+        if os.environ.get("EVC_DEBUG"):
+            raise
+        outcome = catalogue.Outcome(False, f"internal error: {type(exc).__name__}: {exc}")
     _update(
         db,
         run_id,

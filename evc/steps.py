@@ -103,12 +103,15 @@ def _cli_params(func: Callable) -> list[Param]:
         if p.name in NOT_OPTIONS:
             continue
         info = p.default
+        if not isinstance(info, typer.models.ParameterInfo):  # a plain `name: str` argument
+            default = REQUIRED if info is inspect.Parameter.empty else info
+            out.append(Param(p.name, hints[p.name], default))
+            continue
         flag = None
         if isinstance(info, typer.models.OptionInfo):
             decls = [d for d in (info.param_decls or ()) if d.startswith("--")]
             flag = decls[0].split("/")[0] if decls else "--" + p.name.replace("_", "-")
-        default = info.default if isinstance(info, typer.models.ParameterInfo) else info
-        out.append(Param(p.name, hints[p.name], default, info.help or "", flag))
+        out.append(Param(p.name, hints[p.name], info.default, info.help or "", flag))
     return out
 
 
@@ -268,19 +271,7 @@ def _device_add(
 ) -> Outcome:
     from evc import devices
 
-    device = devices.parse_device(
-        dict(
-            name=name,
-            host=host,
-            port=port,
-            user=user,
-            role=role,
-            groups=group or [],
-            labels=devices.parse_labels(label or []),
-            lat=lat,
-            lon=lon,
-        )
-    )
+    device = devices.from_options(name, host, port, user, group, role, label, lat, lon)
     return _enrol(ws, [device], progress, f"device add {name}")
 
 

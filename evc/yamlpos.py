@@ -97,6 +97,8 @@ def load(path: Path) -> Located:
         mark = exc.problem_mark or exc.context_mark
         line, col = _loc(mark) if mark else (1, 1)
         what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        if "${" in (text.splitlines()[line - 1 : line] or [""])[0]:
+            what += " (inside { } or [ ], quote a value that uses ${...})"
         raise YamlProblem(line, col, f"not valid YAML: {what}") from None
     except yaml.YAMLError as exc:
         raise YamlProblem(1, 1, f"not valid YAML: {exc}") from None
