@@ -42,12 +42,12 @@ def test_demo_run_config_end_to_end(lab_ws, lab_session, demo_run):
     ]  # fmt: skip
     nodes = sorted(n["name"] for n in lab_session[1]["nodes"])
     for name in ("check-fleet", "trust-registry", "deploy-faces", "deploy-yolo"):
-        assert steps[name]["state"] == "ok", steps[name]
+        assert steps[name]["state"] == "ok", steps[name]["summary"]
         assert steps[name]["hosts"] == {n: steps[name]["hosts"][n] for n in nodes}
 
     # One complete job per model: every sample has exactly one final row.
     for step, model in (("infer-faces", "face-haar"), ("infer-yolo", "yolo-onnx")):
-        assert steps[step]["state"] == "ok", steps[step]
+        assert steps[step]["state"] == "ok", steps[step]["summary"]
         job_id = steps[step]["detail"]["id"]
         job = db["jobs"].get(job_id)
         assert job["model"] == model and job["state"] == "complete"
@@ -64,10 +64,10 @@ def test_demo_run_config_end_to_end(lab_ws, lab_session, demo_run):
         assert f["label"] == "face" and abs(f["x"] - FACES[f["item"]]) < 20 and f["w"] > 60
 
     # Telemetry for every lab node, and the dashboards on disk.
-    assert steps["telemetry"]["state"] == "ok", steps["telemetry"]
+    assert steps["telemetry"]["state"] == "ok", steps["telemetry"]["summary"]
     sampled = {r["node"] for r in db.query("SELECT DISTINCT node FROM metrics")}
     assert set(nodes) <= sampled
-    assert steps["dashboards"]["state"] == "ok", steps["dashboards"]
+    assert steps["dashboards"]["state"] == "ok", steps["dashboards"]["summary"]
     paths = steps["dashboards"]["detail"]
     assert paths and all(Path(p).is_file() for p in paths)
 

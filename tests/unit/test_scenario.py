@@ -317,3 +317,25 @@ steps:
     shown = evc("run", "show", run["id"], check=0).stdout
     assert "resume with:" in shown and "--from drop-9" in shown
     assert "No scenario run 'nope'" in evc("run", "show", "nope", check=2).stderr
+
+
+def test_telemetry_and_dashboard_steps_call_the_agreed_signatures(workspace, monkeypatch):
+    """evc.telemetry.collect(ws, target=, progress=) and evc.grafana.build(ws) -> [Path]."""
+    import sys
+    import types
+
+    import evc
+
+    calls = []
+    telemetry = types.SimpleNamespace(
+        collect=lambda ws, target="all", progress=True: calls.append((ws, target, progress))
+    )
+    grafana = types.SimpleNamespace(build=lambda ws: [ws.root / "grafana" / "fleet.json"])
+    for name, module in (("telemetry", telemetry), ("grafana", grafana)):
+        monkeypatch.setitem(sys.modules, f"evc.{name}", module)
+        monkeypatch.setattr(evc, name, module, raising=False)
+    outcome = steps.run("logs.collect", workspace, {"target": "lab"}, progress=False)
+    assert outcome.ok and calls == [(workspace, "lab", False)]
+    outcome = steps.run("grafana.build", workspace, {}, progress=False)
+    assert outcome.ok and outcome.detail == [str(workspace.root / "grafana" / "fleet.json")]
+    assert str(workspace.root / "grafana") in outcome.summary
