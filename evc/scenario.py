@@ -504,13 +504,14 @@ def _target(spec: StepFile, where: tuple, problems: _Problems) -> str | None | b
 
 
 def _paths(kind: str, options: dict, base: Path, where: tuple, problems: _Problems) -> bool:
-    """Relative paths are looked up next to the run-config first, then in the current
-    folder; each must exist (weights may name a model config that ultralytics ships)."""
+    """Relative input paths are looked up next to the run-config first, then in the
+    current folder; each must exist (weights may name a model config that ultralytics
+    ships). Output paths (steps.OUTPUT_PATHS) are left as given."""
     from evc.images import builtin_config
 
     ok = True
     for key, value in options.items():
-        if not isinstance(value, Path):
+        if not isinstance(value, Path) or key in catalogue.OUTPUT_PATHS:
             continue
         near = base / value
         if not value.is_absolute() and near.exists():

@@ -49,6 +49,8 @@ NOT_OPTIONS = {
     "copy_key": "asks for an SSH password; enrol with keys, or run `evc device add --copy-key`",
     "password_stdin": "reads a password from stdin",
 }
+# Path options a command writes to (all other paths must exist when the file is checked).
+OUTPUT_PATHS = {"out"}
 # A step's `target` is the command's own target parameter.
 TARGET = "target"
 
@@ -486,11 +488,11 @@ def _logs_collect(ws, target: str = "all", progress: bool = True) -> Outcome:
 
 
 @runner("grafana.build")
-def _grafana_build(ws, progress: bool = True) -> Outcome:
+def _grafana_build(ws, out: Path | None = None, progress: bool = True) -> Outcome:
     """Write the Grafana dashboards and provisioning files."""
     from evc import grafana
 
-    paths = grafana.build(ws)
+    paths = grafana.build(ws, out) if out else grafana.build(ws)
     folders = sorted({str(Path(p).parent) for p in paths})
     return Outcome(
         True,

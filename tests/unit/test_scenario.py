@@ -336,6 +336,9 @@ def test_telemetry_and_dashboard_steps_call_the_agreed_signatures(workspace, mon
         monkeypatch.setattr(evc, name, module, raising=False)
     outcome = steps.run("logs.collect", workspace, {"target": "lab"}, progress=False)
     assert outcome.ok and calls == [(workspace, "lab", False)]
-    outcome = steps.run("grafana.build", workspace, {}, progress=False)
+    outcome = steps.run("grafana.build", workspace, {"out": None}, progress=False)
     assert outcome.ok and outcome.detail == [str(workspace.root / "grafana" / "fleet.json")]
     assert str(workspace.root / "grafana") in outcome.summary
+    grafana.build = lambda ws, out=None: [out / "fleet.json"]  # `evc grafana build --out DIR`
+    outcome = steps.run("grafana.build", workspace, {"out": Path("/srv/g")}, progress=False)
+    assert outcome.detail == ["/srv/g/fleet.json"]
