@@ -1,5 +1,5 @@
 # EVC: two commands on a fresh Debian machine, as root.
-#   make demo   set up, bring up the lab fleet, run the demo on it
+#   make demo   set up, bring up the lab fleet, run the demo scenario (run_cfg/demo.yaml) on it
 #   make test   set up, run the whole test suite (unit + real lab fleet)
 # Every step is idempotent: what is already there is left alone.
 
@@ -15,11 +15,12 @@ DOCKERD_WAIT ?= 60
 
 .PHONY: demo test setup system-packages venv docker-engine lint bench clean
 
+# The demo itself is a run-config: run_cfg/demo.yaml (trust, build, deploy, infer,
+# telemetry, dashboards); `evc run run_cfg/demo.yaml --dry-run` shows its plan.
 demo: setup
 	$(BIN)/evc init .
 	$(BIN)/evc lab up --nodes 3
-	$(BIN)/evc lab status
-	$(BIN)/evc device list
+	$(BIN)/evc run run_cfg/demo.yaml
 
 test: setup
 	$(BIN)/python -m pytest

@@ -249,6 +249,51 @@ def _telemetry(db: sqlite_utils.Database) -> None:
     )
 
 
+def _scenarios(db: sqlite_utils.Database) -> None:
+    """Run-config runs (`evc run`) and the outcome of each of their steps (issue 9).
+
+    Every step of the file has a row: ``not_selected`` (outside --from/--only),
+    ``skipped`` (its ``when`` was false), ``not_run`` (an earlier step stopped the
+    run), else ``running`` then ``ok`` or ``failed``. ``hosts`` is JSON
+    ``{host: state}``, ``detail`` the JSON result of the core function.
+    """
+    db.executescript(
+        """
+        CREATE TABLE scenario_runs (
+            id TEXT PRIMARY KEY,
+            file TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            description TEXT,
+            vars TEXT NOT NULL DEFAULT '{}',
+            selection TEXT,
+            state TEXT NOT NULL CHECK (state IN ('running', 'success', 'failed', 'interrupted')),
+            started REAL NOT NULL,
+            ended REAL,
+            steps_total INTEGER NOT NULL,
+            steps_ok INTEGER NOT NULL DEFAULT 0,
+            steps_failed INTEGER NOT NULL DEFAULT 0,
+            resume_from TEXT
+        );
+        CREATE INDEX scenario_runs_started ON scenario_runs(started);
+        CREATE TABLE scenario_steps (
+            run_id TEXT NOT NULL REFERENCES scenario_runs(id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            target TEXT,
+            state TEXT NOT NULL CHECK (state IN
+                ('not_selected', 'skipped', 'pending', 'running', 'ok', 'failed', 'not_run')),
+            started REAL,
+            ended REAL,
+            summary TEXT,
+            hosts TEXT,
+            detail TEXT,
+            PRIMARY KEY (run_id, idx)
+        );
+        """
+    )
+
+
 # Applied in order, once each; never edit or reorder a released entry, append a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_core", _core),
@@ -256,6 +301,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0003_deployments", _deployments),
     ("0004_jobs", _jobs),
     ("0005_telemetry", _telemetry),
+    ("0006_scenarios", _scenarios),
 ]
 
 

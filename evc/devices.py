@@ -117,6 +117,17 @@ def parse_device(data: dict[str, Any], where: str = "") -> Device:
         raise UsageError(f"{where}invalid device: {problems}.") from None
 
 
+def from_options(name: str, host: str, port: int = 22, user: str = "root",
+                 group: list[str] | None = None, role: str = "worker",
+                 label: list[str] | None = None, lat: float | None = None,
+                 lon: float | None = None) -> Device:  # fmt: skip
+    """A Device from the options of `evc device add` (repeated --group, --label K=V)."""
+    return parse_device(
+        dict(name=name, host=host, port=port, user=user, role=role, groups=group or [],
+             labels=parse_labels(label or []), lat=lat, lon=lon)
+    )  # fmt: skip
+
+
 def parse_labels(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:

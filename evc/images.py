@@ -278,7 +278,10 @@ def _check_weights(rt: Runtime, weights: Path | None) -> None:
     if not formats:
         raise UsageError(f"runtime {rt.name} takes no --weights (its model ships with it)")
     if not weights.is_file():
-        raise UsageError(f"weights file {weights} does not exist")
+        raise UsageError(
+            f"weights file {weights} does not exist (nor is it the name of a model config "
+            "that ultralytics ships, such as yolov8n.yaml)"
+        )
     if weights.suffix.lower() not in formats:
         raise UsageError(
             f"weights file {weights} is a {weights.suffix or 'file without extension'}; "
@@ -293,6 +296,32 @@ def _check_weights(rt: Runtime, weights: Path | None) -> None:
             raise UsageError(f"weights file {weights} is not an ONNX model: {exc}") from None
         if not graph.input or not graph.output:
             raise UsageError(f"weights file {weights} is an ONNX file with no inputs or outputs")
+
+
+def builtin_config(weights: Path) -> Path | None:
+    """The model config that ultralytics ships for a bare ``yolov8n.yaml``-style name that
+    is no file here (the scale letter picks the size, as in ultralytics). None when
+    ``weights`` is a path, an existing file, or no such config."""
+    if weights.is_file() or str(weights) != weights.name or weights.suffix != ".yaml":
+        return None
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    unified = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", weights.stem) + ".yaml"
+    models = Path(spec.submodule_search_locations[0]) / "cfg" / "models"
+    return next(iter(sorted(models.rglob(unified))), None)
+
+
+def _builtin_weights(weights: Path) -> Path:
+    """``weights``, or its built-in config copied to the cache under the name asked for
+    (the name carries the scale letter the export reads)."""
+    source = builtin_config(weights)
+    if source is None:
+        return weights
+    dest = cache_dir() / "ultralytics-cfg" / weights.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source, dest)
+    return dest
 
 
 def _export_onnx(weights: Path, dest: Path, imgsz: int, log=print) -> None:
@@ -442,6 +471,7 @@ def build(
     if task and task != rt.task:
         raise UsageError(f"runtime {rt.name} does {rt.task!r}, not {task!r}")
     weights = Path(weights) if weights else None
+    weights = _builtin_weights(weights) if weights else None
     _check_weights(rt, weights)
     existing = list(
         evcdb.workspace_db(ws).query(

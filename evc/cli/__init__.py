@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from evc import __version__
-from evc.cli import cert, device, grafana, infer, inventory, lab, model, registry
+from evc.cli import cert, device, grafana, infer, inventory, lab, model, registry, run
 
 app = typer.Typer(
     name="evc",
@@ -31,6 +31,7 @@ app.add_typer(cert.app, name="cert")
 app.add_typer(model.app, name="model")
 app.add_typer(infer.app, name="infer")
 app.add_typer(grafana.app, name="grafana")
+app.add_typer(run.app, name="run")
 
 
 def _version(value: bool) -> None:

@@ -70,19 +70,7 @@ def add(
             password = sys.stdin.readline().rstrip("\n")
         else:
             password = typer.prompt(f"SSH password for {user}@{host}", hide_input=True)
-    device = devices.parse_device(
-        dict(
-            name=name,
-            host=host,
-            port=port,
-            user=user,
-            role=role,
-            groups=group or [],
-            labels=devices.parse_labels(label or []),
-            lat=lat,
-            lon=lon,
-        )
-    )
+    device = devices.from_options(name, host, port, user, group, role, label, lat, lon)
     results = devices.add(_ws(), [device], password=password, progress=not json)
     _print_results(results, json, f"device add {name}")
 

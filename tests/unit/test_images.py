@@ -103,3 +103,15 @@ def test_unknown_model(workspace):
         proc = evc("model", cmd, "ghost:1", check=2)
         assert "no model ghost:1 in the catalogue" in proc.stderr
     assert "expected NAME:VERSION" in evc("model", "push", "ghost", check=2).stderr
+
+
+def test_a_bare_yolo_config_name_is_the_one_ultralytics_ships(tmp_path, monkeypatch):
+    pytest.importorskip("ultralytics")
+    found = images.builtin_config(images.Path("yolov8n.yaml"))
+    assert found is not None and found.name == "yolov8.yaml"  # scale n of yolov8.yaml
+    assert images.builtin_config(images.Path("yolo11s.yaml")).name == "yolo11.yaml"
+    assert images.builtin_config(images.Path("nonesuch8n.yaml")) is None
+    assert images.builtin_config(tmp_path / "yolov8n.yaml") is None  # a path is a path
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "yolov8n.yaml").write_text("nc: 1\n")
+    assert images.builtin_config(images.Path("yolov8n.yaml")) is None  # a file here wins

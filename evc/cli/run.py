@@ -1,0 +1,235 @@
+"""`evc run`: run-configs (scenarios): check, plan, run, and the record of past runs.
+
+``evc run FILE`` is short for ``evc run start FILE``; the group sends any first word
+that is not one of its commands to ``start``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from typer.core import TyperGroup
+
+
+class _DefaultStart(TyperGroup):
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx, formatter):
+        formatter.write_usage(ctx.command_path, "FILE [OPTIONS] | COMMAND [ARGS]")
+
+
+app = typer.Typer(
+    cls=_DefaultStart,
+    help="Run-configs: one YAML file that enrols, builds, deploys, infers and reports. "
+    "`evc run FILE` checks the whole file, then runs its steps in order.",
+    no_args_is_help=True,
+)
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+FILE = typer.Argument(..., help="Run-config YAML, e.g. run_cfg/demo.yaml.")
+VAR = typer.Option(None, "--var", help="NAME=VALUE, overrides a var of the file (repeatable).")
+
+
+def _ws():
+    from evc.config import Workspace
+
+    return Workspace.find()
+
+
+def _print_plan(scenario, selected) -> None:
+    from evc.console import out, print_table
+
+    chosen = {s.index for s in selected}
+    rows = []
+    for s in scenario.steps:
+        state = (
+            "[dim]not selected[/]"
+            if s.index not in chosen
+            else "run"
+            if s.run
+            else "[dim]skip (when)[/]"
+        )
+        hosts = (
+            "controller"
+            if s.target is None
+            else (f"{s.target}: {', '.join(s.hosts)}" if s.hosts is not None else s.target)
+        )
+        rows.append([str(s.index), s.name, s.kind, hosts, state, f"{s.what}\n[dim]{s.command}[/]"])
+    print_table(f"plan of {scenario.path}", ["#", "step", "do", "targets", "", "what"], rows)
+    if not scenario.targets_checked:
+        out.print("[yellow]targets not resolved: no workspace here[/]", highlight=False)
+
+
+@app.command()
+def start(
+    file: Path = FILE,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; run nothing."),
+    start: str = typer.Option(None, "--from", help="Start at this step (resume a failed run)."),
+    only: list[str] = typer.Option(None, "--only", help="Run only this step (repeatable)."),
+    var: list[str] = VAR,
+    json: bool = JSON,
+) -> None:
+    """Run a run-config (the default: `evc run FILE`): checked whole first, then step by step."""
+    from evc import scenario as sc
+    from evc import scenario_runs
+    from evc.console import print_json
+
+    ws = _ws()
+    scenario = sc.load(file, sc.parse_vars(var or []), ws)
+    selected = sc.select(scenario, start, only)
+    if dry_run:
+        if json:
+            print_json({**scenario.to_dict(), "selected": [s.name for s in selected]})
+        else:
+            _print_plan(scenario, selected)
+        return
+    run = scenario_runs.execute(
+        ws,
+        scenario,
+        selected,
+        start=start,
+        only=only,
+        progress=not json,
+        on_step=None if json else _Live(len(selected)),
+    )
+    if json:
+        print_json(run)
+    else:
+        _print_run(run)
+    if run["state"] != "success":
+        raise typer.Exit(1)
+
+
+class _Live:
+    """One line when a step starts and one when it ends; the step's own progress between."""
+
+    def __init__(self, total: int):
+        self.total, self.n = total, 0
+
+    def __call__(self, event, step, outcome) -> None:
+        from evc.console import out
+
+        if event == "start":
+            self.n += 1
+            where = f" on {step.target}" + (f" ({len(step.hosts)} hosts)" if step.hosts else "")
+            out.rule(
+                f"[bold]{step.name}[/]  {step.kind}{where if step.target else ''}", align="left"
+            )
+            return
+        mark = "[green]ok[/]" if outcome.ok else "[red]FAILED[/]"
+        out.print(f"{mark} {outcome.summary}", highlight=False, soft_wrap=True)
+
+
+def _print_run(run: dict) -> None:
+    from evc.console import STATE_STYLE, out, print_table
+
+    style = {**STATE_STYLE, "not_run": "dim", "not_selected": "dim", "pending": "dim"}
+    rows = [
+        [
+            str(s["idx"]),
+            s["name"],
+            s["kind"],
+            s["target"] or "-",
+            f"[{style.get(s['state'], '')}]{s['state']}[/]",
+            _secs(s),
+            s["summary"] or "",
+        ]
+        for s in run["steps"]
+    ]
+    print_table(
+        f"run {run['id']} of {run['file']}",
+        ["#", "step", "do", "target", "state", "s", "result"],
+        rows,
+    )
+    out.print(
+        f"{run['state']}: {run['steps_ok']} steps ok, {run['steps_failed']} failed "
+        f"(`evc run show {run['id']}`)",
+        highlight=False,
+    )
+    if run["resume_from"]:
+        out.print(
+            f"[yellow]resume with: evc run {run['file']} --from {run['resume_from']}[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _secs(step: dict) -> str:
+    if step["started"] and step["ended"]:
+        return f"{step['ended'] - step['started']:.1f}"
+    return "-"
+
+
+@app.command()
+def validate(
+    file: Path = FILE,
+    var: list[str] = VAR,
+    json: bool = JSON,
+) -> None:
+    """Check a run-config (schema, variables, targets against the inventory); run nothing."""
+    from evc import scenario as sc
+    from evc.config import Workspace
+    from evc.console import out, print_json
+    from evc.errors import UsageError
+
+    try:
+        ws = Workspace.find()
+    except UsageError:
+        ws = None  # no workspace: the file alone is checked
+    scenario = sc.load(file, sc.parse_vars(var or []), ws)
+    if json:
+        print_json(scenario.to_dict())
+        return
+    checked = "" if scenario.targets_checked else " (targets not resolved: no workspace)"
+    out.print(f"{file}: valid, {len(scenario.steps)} steps{checked}", highlight=False)
+
+
+@app.command("list")
+def list_(json: bool = JSON) -> None:
+    """Recent runs, newest first."""
+    from datetime import datetime
+
+    from evc import scenario_runs
+    from evc.console import print_json, print_table
+
+    runs = scenario_runs.list_runs(_ws())
+    if json:
+        print_json(runs)
+        return
+    print_table(
+        "scenario runs",
+        ["id", "file", "selection", "state", "steps", "ok", "failed", "started", "resume from"],
+        [
+            [
+                r["id"],
+                r["file"],
+                r["selection"] or "-",
+                r["state"],
+                str(r["steps_total"]),
+                str(r["steps_ok"]),
+                str(r["steps_failed"]),
+                datetime.fromtimestamp(r["started"]).strftime("%Y-%m-%d %H:%M"),
+                r["resume_from"] or "-",
+            ]
+            for r in runs
+        ],
+    )
+
+
+@app.command()
+def show(
+    run_id: str = typer.Argument(..., help="Run id (see `evc run list`)."), json: bool = JSON
+) -> None:
+    """One run: each step's state, duration, result and hosts."""
+    from evc import scenario_runs
+    from evc.console import print_json
+
+    run = scenario_runs.get_run(_ws(), run_id)
+    if json:
+        print_json(run)
+    else:
+        _print_run(run)

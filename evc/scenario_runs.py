@@ -1,0 +1,192 @@
+"""Running a checked run-config: its steps in order, each recorded as it ends.
+
+A run stops at the first failed step unless that step says ``continue_on_error``;
+its row names the step to resume from (``evc run FILE --from STEP``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from evc import db as evcdb
+from evc import steps as catalogue
+from evc.config import Workspace
+from evc.errors import EVCError, UsageError
+from evc.scenario import ENROL, Scenario, Step
+
+# on_step(event, step, outcome): event is "start" or "end"; outcome is None at "start"
+Listener = Callable[[str, Step, catalogue.Outcome | None], None]
+
+
+def _selection(start: str | None, only: list[str] | None) -> str | None:
+    if start:
+        return f"--from {start}"
+    return f"--only {','.join(only)}" if only else None
+
+
+def execute(
+    ws: Workspace,
+    scenario: Scenario,
+    selected: list[Step],
+    *,
+    start: str | None = None,
+    only: list[str] | None = None,
+    progress: bool = True,
+    on_step: Listener | None = None,
+) -> dict[str, Any]:
+    """Run ``selected`` (steps of ``scenario``) and return the run as ``get_run`` does."""
+    db = evcdb.workspace_db(ws)
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    chosen = {s.index for s in selected}
+    with evcdb.transaction(db):
+        db["scenario_runs"].insert(
+            {
+                "id": run_id,
+                "file": str(scenario.path.resolve()),
+                "sha256": scenario.digest,
+                "description": scenario.description,
+                "vars": json.dumps(scenario.vars, default=str),
+                "selection": _selection(start, only),
+                "state": "running",
+                "started": time.time(),
+                "steps_total": len(selected),
+            }
+        )
+        db["scenario_steps"].insert_all(
+            {
+                "run_id": run_id,
+                "idx": s.index,
+                "name": s.name,
+                "kind": s.kind,
+                "target": s.target,
+                "state": "not_selected"
+                if s.index not in chosen
+                else ("pending" if s.run else "skipped"),
+            }
+            for s in scenario.steps
+        )
+    ok = failed = 0
+    stopped_at: str | None = None
+    state = "running"
+    try:
+        for step in selected:
+            if not step.run:
+                continue
+            if stopped_at:
+                _update(db, run_id, step, {"state": "not_run"})
+                continue
+            outcome = _run_step(ws, db, run_id, scenario, step, progress, on_step)
+            ok += outcome.ok
+            failed += not outcome.ok
+            if not outcome.ok and not step.continue_on_error:
+                stopped_at = step.name
+        state = "failed" if failed else "success"
+    finally:
+        with evcdb.transaction(db):
+            if state == "running":  # Ctrl-C (or a bug) in the middle of a step
+                state = "interrupted"
+                db.execute(
+                    "UPDATE scenario_steps SET state = 'failed', ended = ?, "
+                    "summary = 'interrupted' WHERE run_id = ? AND state = 'running'",
+                    [time.time(), run_id],
+                )
+            first_bad = stopped_at or _first_unfinished(db, run_id)
+            db["scenario_runs"].update(
+                run_id,
+                {
+                    "state": state,
+                    "ended": time.time(),
+                    "steps_ok": ok,
+                    "steps_failed": failed,
+                    "resume_from": first_bad if state != "success" else None,
+                },
+            )
+    return get_run(ws, run_id)
+
+
+def _run_step(
+    ws, db, run_id: str, scenario: Scenario, step: Step, progress: bool, on_step: Listener | None
+) -> catalogue.Outcome:
+    started = time.time()
+    _update(db, run_id, step, {"state": "running", "started": started})
+    if on_step:
+        on_step("start", step, None)
+    try:
+        if step.kind == ENROL:
+            outcome = catalogue.enrol(ws, scenario.devices, progress=progress)
+        else:
+            outcome = catalogue.run(step.kind, ws, step.options, progress=progress)
+    except EVCError as exc:
+        if exc.exit_code == 130:  # an inference job stopped by Ctrl-C
+            raise
+        outcome = catalogue.Outcome(False, str(exc))
+    except Exception as exc:  # a bug in a step: recorded, and the run stops like any failure
+        if os.environ.get("EVC_DEBUG"):
+            raise
+        outcome = catalogue.Outcome(False, f"internal error: {type(exc).__name__}: {exc}")
+    _update(
+        db,
+        run_id,
+        step,
+        {
+            "state": "ok" if outcome.ok else "failed",
+            "ended": time.time(),
+            "summary": outcome.summary,
+            "hosts": json.dumps(outcome.hosts),
+            "detail": json.dumps(outcome.detail, default=str),
+        },
+    )
+    if on_step:
+        on_step("end", step, outcome)
+    return outcome
+
+
+def _update(db, run_id: str, step: Step, values: dict) -> None:
+    with evcdb.transaction(db):
+        db["scenario_steps"].update((run_id, step.index), values)
+
+
+def _first_unfinished(db, run_id: str) -> str | None:
+    row = next(
+        db.query(
+            "SELECT name FROM scenario_steps WHERE run_id = ? AND state IN "
+            "('failed', 'running', 'pending', 'not_run') ORDER BY idx LIMIT 1",
+            [run_id],
+        ),
+        None,
+    )
+    return row["name"] if row else None
+
+
+def get_run(ws: Workspace, run_id: str) -> dict[str, Any]:
+    """A run and its steps (hosts and details parsed)."""
+    db = evcdb.workspace_db(ws)
+    rows = list(db["scenario_runs"].rows_where("id = ?", [run_id]))
+    if not rows:
+        recent = [
+            r["id"] for r in db.query("SELECT id FROM scenario_runs ORDER BY started DESC LIMIT 5")
+        ]
+        raise UsageError(
+            f"No scenario run {run_id!r}. Recent runs: "
+            f"{', '.join(recent) or 'none (evc run FILE)'}."
+        )
+    run = dict(rows[0])
+    run["vars"] = json.loads(run["vars"])
+    run["steps"] = []
+    for s in db["scenario_steps"].rows_where("run_id = ?", [run_id], order_by="idx"):
+        s = dict(s)
+        for key in ("hosts", "detail"):
+            s[key] = json.loads(s[key]) if s[key] else None
+        run["steps"].append(s)
+    return run
+
+
+def list_runs(ws: Workspace, limit: int = 50) -> list[dict[str, Any]]:
+    """Recent runs, newest first."""
+    db = evcdb.workspace_db(ws)
+    return list(db.query("SELECT * FROM scenario_runs ORDER BY started DESC LIMIT ?", [limit]))

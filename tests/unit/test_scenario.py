@@ -1,0 +1,344 @@
+"""Run-configs: schema, variables, anchors, did-you-mean, the plan, and steps == CLI."""
+
+import inspect
+import json
+import time
+from pathlib import Path
+
+import pytest
+import typer.models
+
+from evc import db as evcdb
+from evc import devices, scenario, steps
+from evc.errors import UsageError
+from evc.resources import data_dir
+from tests.conftest import evc
+
+RUN_CFG = data_dir("run_cfg")
+
+
+def write(tmp_path, text: str, name="s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def lab_like(ws):
+    """Three devices in the lab's groups, enrolled without SSH (no facts, no Docker)."""
+    db = evcdb.workspace_db(ws)
+    rows = [
+        {"name": f"node{i}", "host": f"10.77.0.{i}", "groups": ["lab", f"profile_{p}"],
+         "labels": {"profile": p}, "added_at": time.time()}
+        for i, p in ((1, "rpi"), (2, "nuc"), (3, "orin"))
+    ]  # fmt: skip
+    db["devices"].insert_all(evcdb.device_row(r) for r in rows)
+    devices.regenerate_inventory(ws, db)
+    return ws
+
+
+@pytest.mark.parametrize("path", sorted(RUN_CFG.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_bundled_run_config_validates(path):
+    s = scenario.load(path)
+    assert s.steps and all(
+        step.kind in steps.COMMANDS or step.kind == "devices" for step in s.steps
+    )
+
+
+def test_bundled_run_configs_resolve_on_a_lab_like_workspace(workspace):
+    lab_like(workspace)
+    for name in ("demo.yaml", "rolling-update.yaml", "retire-node.yaml", "fleet.yaml"):
+        s = scenario.load(RUN_CFG / name, ws=workspace)
+        assert s.targets_checked
+        assert all(step.hosts for step in s.steps if step.target is not None)
+
+
+def test_demo_does_what_the_issue_asks():
+    s = scenario.load(RUN_CFG / "demo.yaml")
+    kinds = [step.kind for step in s.steps]
+    for kind in ("registry.up", "cert.push", "model.build", "model.push", "model.deploy",
+                 "infer.run", "logs.collect", "grafana.build"):  # fmt: skip
+        assert kind in kinds
+    built = {st.options["name"] for st in s.steps if st.kind == "model.build"}
+    assert built == {"face-haar", "yolo-onnx"}
+    (data,) = {st.options["data"] for st in s.steps if st.kind == "infer.run"}
+    assert data == RUN_CFG / "samples" and len(list(data.glob("*.jpg"))) >= 5
+
+
+def test_real_fleet_example_documents_every_field():
+    text = (RUN_CFG / "fleet.yaml").read_text()
+    comments = "\n".join(ln for ln in text.splitlines() if ln.lstrip().startswith("#"))
+    fields = [*scenario.ScenarioFile.model_fields, "with", "x-"]
+    fields += [f for f in scenario.StepFile.model_fields if f != "with_"]
+    for field in fields:
+        assert f"{field}" in comments, field
+    for kind in steps.COMMANDS:
+        assert kind in comments
+    s = scenario.load(RUN_CFG / "fleet.yaml")
+    assert {"jetson", "rpi"} <= {g for d in s.devices for g in d.groups}
+
+
+# --------------------------------------------------------------------- steps == CLI
+
+
+@pytest.mark.parametrize("kind", sorted(steps.COMMANDS))
+def test_step_options_are_the_cli_options_and_the_runner_takes_them(kind):
+    runner = inspect.signature(steps.RUNNERS[kind]).parameters
+    taken = set(runner) - {"ws", "progress"}
+    assert taken == {p.name for p in steps.params(kind)}, kind
+    command = steps._command(kind)
+    if command is None:  # no CLI command in this checkout yet: the runner's own parameters
+        return
+    cli = {
+        name: p.default
+        for name, p in inspect.signature(command).parameters.items()
+        if name not in steps.NOT_OPTIONS
+    }
+    assert set(cli) == {p.name for p in steps.params(kind)}
+    for p in steps.params(kind):
+        info = cli[p.name]
+        default = info.default if isinstance(info, typer.models.ParameterInfo) else info
+        if default is not inspect.Parameter.empty:
+            assert p.default == default, (kind, p.name)
+    fields = set(steps.option_model(kind).model_fields)
+    assert fields == {p.name for p in steps.params(kind)} - {"target"}
+
+
+def test_required_options_and_types_come_from_the_cli(tmp_path):
+    model = steps.option_model("model.deploy")
+    assert model.model_fields["ref"].is_required()
+    assert not model.model_fields["serial"].is_required()
+    assert model.model_validate({"ref": "a:1", "serial": 2}).serial == "2"  # like --serial 2
+    assert steps.target_param("model.deploy").required
+    assert steps.target_param("cert.push").default == "all"
+    assert steps.target_param("model.build") is None
+
+
+def test_plan_shows_the_equivalent_cli_command(tmp_path):
+    s = scenario.load(RUN_CFG / "demo.yaml")
+    commands = {st.name: st.command for st in s.steps}
+    assert commands["deploy-faces"] == "evc model deploy face-haar:1.0 lab"
+    assert commands["trust-registry"] == "evc cert push lab"
+    assert commands["build-yolo"] == (
+        "evc model build yolo-onnx --runtime yolo-onnx --version 1.0 --weights yolov8n.yaml --force"
+    )
+    assert commands["infer-faces"].endswith("--target lab --shard-size 1")
+
+
+# --------------------------------------------------------------------- variables, anchors
+
+
+BASE = """\
+version: 1
+vars:
+  ver: "1.0"
+  n: 2
+  group: lab
+  ref: face:${ver}
+  home: ${env.EVC_TEST_HOME}
+steps:
+"""
+
+
+def test_interpolation_keeps_types_and_nests(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVC_TEST_HOME", "/srv")
+    s = scenario.load(write(tmp_path, BASE + """\
+  - do: model.deploy
+    target: ${group}:&profile_rpi
+    with: {ref: "${ref}", serial: "${n}", max_fail_percent: "${n}", memory: "$${literal}"}
+  - do: model.push
+    name: p
+    with: {ref: "x:${home}"}
+"""))  # fmt: skip
+    deploy, push = s.steps
+    assert deploy.target == "lab:&profile_rpi"
+    assert deploy.options["ref"] == "face:1.0"
+    assert deploy.options["serial"] == "2" and deploy.options["max_fail_percent"] == 2
+    assert deploy.options["memory"] == "${literal}"
+    assert push.options["ref"] == "x:/srv"
+    assert s.vars["ref"] == "face:1.0"
+
+
+def test_var_overrides_from_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVC_TEST_HOME", "/srv")
+    path = write(tmp_path, BASE + "  - {do: model.push, with: {ref: '${ref}'}}\n")
+    s = scenario.load(path, scenario.parse_vars(["ver=2.5", "n=3"]))
+    assert s.steps[0].options["ref"] == "face:2.5" and s.vars["n"] == 3
+    with pytest.raises(UsageError, match=r"--var vre: .* no such variable \(did you mean 'ver'"):
+        scenario.load(path, {"vre": "1"})
+    with pytest.raises(UsageError, match="expected NAME=VALUE"):
+        scenario.parse_vars(["novalue"])
+
+
+def test_anchors_aliases_and_merge_keys(tmp_path):
+    s = scenario.load(write(tmp_path, """\
+version: 1
+x-common: &common
+  target: lab
+  continue_on_error: true
+x-limits: &limits {cpus: 0.5, memory: 256m}
+steps:
+  - <<: *common
+    name: a
+    do: model.deploy
+    with: {<<: *limits, ref: "m:1"}
+  - <<: *common
+    name: b
+    do: model.deploy
+    with:
+      <<: *limits
+      ref: "m:2"
+      cpus: 1.5
+"""))  # fmt: skip
+    a, b = s.steps
+    assert a.target == b.target == "lab" and a.continue_on_error
+    assert a.options["cpus"] == 0.5 and a.options["memory"] == "256m"
+    assert b.options["cpus"] == 1.5 and b.options["ref"] == "m:2"
+
+
+def test_unknown_keys_suggest_the_near_one_with_file_line_column(tmp_path):
+    path = write(tmp_path, """\
+version: 1
+stepz: []
+steps:
+  - name: d
+    do: model.deploy
+    target: lab
+    with: {ref: "m:1", serail: 1}
+  - do: cert.push
+    continue_on_eror: true
+""")  # fmt: skip
+    with pytest.raises(UsageError) as exc:
+        scenario.load(path)
+    msg = str(exc.value)
+    assert f"{path}:2:1: stepz: unknown key 'stepz' (did you mean 'steps'?)" in msg
+    assert f"{path}:7:24: steps[0].with.serail: unknown option 'serail' of model.deploy " \
+           "(did you mean 'serial'?)" in msg  # fmt: skip
+    assert f"{path}:9:5: steps[1].continue_on_eror: unknown key 'continue_on_eror' " \
+           "(did you mean 'continue_on_error'?)" in msg  # fmt: skip
+    assert "3 problems; nothing was run" in msg
+
+
+def test_when_expressions(tmp_path):
+    v = {"n": 3, "skip": False, "profile": "lab", "groups": ["a", "b"]}
+    assert scenario.evaluate_when("n > 2 and not skip", v)
+    assert scenario.evaluate_when("profile == 'lab' or skip", v)
+    assert scenario.evaluate_when("'a' in groups", v)
+    assert not scenario.evaluate_when("1 < n < 3", v)
+    assert not scenario.evaluate_when(False, v)
+    for bad, match in (("__import__('os')", "is not allowed"), ("nn > 1", "did you mean 'n'"),
+                       ("n >", "not an expression"), ("n < 'a'", "cannot compare")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            scenario.evaluate_when(bad, v)
+    s = scenario.load(write(tmp_path, """\
+version: 1
+vars: {with_yolo: false}
+steps:
+  - {name: a, do: model.push, with: {ref: "a:1"}, when: with_yolo}
+  - {name: b, do: model.push, with: {ref: "b:1"}, when: "not with_yolo"}
+"""))  # fmt: skip
+    assert [st.run for st in s.steps] == [False, True]
+
+
+def test_selection_from_and_only(tmp_path):
+    s = scenario.load(RUN_CFG / "demo.yaml")
+    names = [st.name for st in s.steps]
+    assert [st.name for st in scenario.select(s)] == names
+    assert [st.name for st in scenario.select(s, "infer-faces")] == names[names.index(
+        "infer-faces"):]  # fmt: skip
+    assert [st.name for st in scenario.select(s, only=["push-yolo", "registry"])] == [
+        "registry", "push-yolo"]  # fmt: skip
+    with pytest.raises(UsageError, match=r"--from 'infer-face': .* \(did you mean 'infer-faces'"):
+        scenario.select(s, "infer-face")
+    with pytest.raises(UsageError, match="--from and --only do not go together"):
+        scenario.select(s, "registry", ["registry"])
+
+
+def test_relative_paths_are_looked_up_next_to_the_file(tmp_path, monkeypatch):
+    (tmp_path / "cfg" / "imgs").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    s = scenario.load(write(tmp_path / "cfg", """\
+version: 1
+steps:
+  - {do: infer.run, with: {model: "m:1", data: imgs}}
+"""))  # fmt: skip
+    assert s.steps[0].options["data"] == tmp_path / "cfg" / "imgs"
+    assert s.steps[0].options["target"] == "all"  # the command's default
+
+
+# --------------------------------------------------------------------- through the CLI
+
+
+def test_dry_run_prints_the_plan_with_hosts_and_changes_nothing(workspace):
+    lab_like(workspace)
+    db = evcdb.workspace_db(workspace)
+    proc = evc("run", RUN_CFG / "retire-node.yaml", "--dry-run", "--var", "node=node2", check=0)
+    for text in ("undeploy-faces", "node2", "evc model undeploy face-haar node2",
+                 "evc cert revoke node2", "evc device remove node2"):  # fmt: skip
+        assert text in proc.stdout
+    plan = json.loads(evc("run", RUN_CFG / "demo.yaml", "--dry-run", "--json",
+                          "--from", "deploy-faces", check=0).stdout)  # fmt: skip
+    by_name = {st["name"]: st for st in plan["steps"]}
+    assert by_name["deploy-faces"]["hosts"] == ["node1", "node2", "node3"]
+    assert by_name["build-faces"]["hosts"] is None  # runs on the controller
+    assert plan["selected"][0] == "deploy-faces" and "build-faces" not in plan["selected"]
+    assert db["devices"].count == 3 and db["scenario_runs"].count == 0
+    assert db["ansible_runs"].count == 0
+
+
+def test_validate_works_without_a_workspace(tmp_path):
+    proc = evc("run", "validate", RUN_CFG / "demo.yaml", env={"EVC_HOME": ""}, check=0)
+    assert "valid, 13 steps (targets not resolved: no workspace)" in proc.stdout
+
+
+def test_run_records_each_step_and_resumes_from_the_failed_one(workspace, tmp_path):
+    """No fleet needed: device.remove is a database step; the second fails (no such device)."""
+    lab_like(workspace)
+    path = write(tmp_path, """\
+version: 1
+steps:
+  - {name: drop-1, do: device.remove, with: {name: node1}}
+  - {name: drop-9, do: device.remove, with: {name: node9}}
+  - {name: drop-3, do: device.remove, with: {name: node3}}
+""")  # fmt: skip
+    run = json.loads(evc("run", path, "--json", check=1).stdout)
+    assert run["state"] == "failed" and run["resume_from"] == "drop-9"
+    states = [(s["name"], s["state"]) for s in run["steps"]]
+    assert states == [("drop-1", "ok"), ("drop-9", "failed"), ("drop-3", "not_run")]
+    assert "No device named 'node9'" in run["steps"][1]["summary"]
+    db = evcdb.workspace_db(workspace)
+    assert {r["name"] for r in db["devices"].rows} == {"node2", "node3"}
+    # Resume from the step after the fixed one; the rows say what ran.
+    again = json.loads(evc("run", path, "--json", "--from", "drop-3", check=0).stdout)
+    assert [(s["name"], s["state"]) for s in again["steps"]] == [
+        ("drop-1", "not_selected"), ("drop-9", "not_selected"), ("drop-3", "ok")]  # fmt: skip
+    assert again["selection"] == "--from drop-3" and again["resume_from"] is None
+    listed = json.loads(evc("run", "list", "--json", check=0).stdout)
+    assert [r["id"] for r in listed] == [again["id"], run["id"]]
+    shown = evc("run", "show", run["id"], check=0).stdout
+    assert "resume with:" in shown and "--from drop-9" in shown
+    assert "No scenario run 'nope'" in evc("run", "show", "nope", check=2).stderr
+
+
+def test_telemetry_and_dashboard_steps_call_the_agreed_signatures(workspace, monkeypatch):
+    """evc.telemetry.collect(ws, target=, progress=) and evc.grafana.build(ws) -> [Path]."""
+    import sys
+    import types
+
+    import evc
+
+    calls = []
+    telemetry = types.SimpleNamespace(
+        collect=lambda ws, target="all", progress=True: calls.append((ws, target, progress))
+    )
+    grafana = types.SimpleNamespace(build=lambda ws: [ws.root / "grafana" / "fleet.json"])
+    for name, module in (("telemetry", telemetry), ("grafana", grafana)):
+        monkeypatch.setitem(sys.modules, f"evc.{name}", module)
+        monkeypatch.setattr(evc, name, module, raising=False)
+    outcome = steps.run("logs.collect", workspace, {"target": "lab"}, progress=False)
+    assert outcome.ok and calls == [(workspace, "lab", False)]
+    outcome = steps.run("grafana.build", workspace, {"out": None}, progress=False)
+    assert outcome.ok and outcome.detail == [str(workspace.root / "grafana" / "fleet.json")]
+    assert str(workspace.root / "grafana") in outcome.summary
+    grafana.build = lambda ws, out=None: [out / "fleet.json"]  # `evc grafana build --out DIR`
+    outcome = steps.run("grafana.build", workspace, {"out": Path("/srv/g")}, progress=False)
+    assert outcome.detail == ["/srv/g/fleet.json"]
