@@ -8,7 +8,7 @@ import pytest
 EVC = [sys.executable, "-m", "evc"]
 
 
-def evc(*args, env=None, check=None, timeout=600, input=None):
+def evc(*args, env=None, check=None, timeout=600, input=None, cwd=None):
     """Run the real `evc` command; returns CompletedProcess (text)."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(
@@ -18,6 +18,7 @@ def evc(*args, env=None, check=None, timeout=600, input=None):
         env=full_env,
         timeout=timeout,
         input=input,
+        cwd=cwd,
     )
     if check is not None and proc.returncode != check:
         raise AssertionError(

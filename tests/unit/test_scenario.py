@@ -286,7 +286,10 @@ def test_dry_run_prints_the_plan_with_hosts_and_changes_nothing(workspace):
 
 
 def test_validate_works_without_a_workspace(tmp_path):
-    proc = evc("run", "validate", RUN_CFG / "demo.yaml", env={"EVC_HOME": ""}, check=0)
+    # from a folder with no evc.yaml above it (a checkout may hold one from `make demo`)
+    proc = evc(
+        "run", "validate", RUN_CFG / "demo.yaml", env={"EVC_HOME": ""}, check=0, cwd=tmp_path
+    )
     assert "valid, 13 steps (targets not resolved: no workspace)" in proc.stdout
 
 
