@@ -36,8 +36,8 @@ BANDWIDTH_REF_BPS = 100e6  # spare bandwidth at which the bandwidth term is 0.5
 LATENCY_REF_MS = 50.0  # latency at which the latency term is 0.5
 NEUTRAL_LOAD = 0.5  # score of a node that reports no telemetry at all
 LOAD_FLOOR = 0.05  # smallest spare capacity a node counts with under `load`
-MIN_SHARD_S = 6.0  # a shard costs ~2-3 s of controller work to hand over: amortise it
-SHARE = 0.15  # of a node's fair share of the time left, per shard
+MIN_SHARD_S = 10.0  # a shard costs ~2-3 s of controller CPU to hand over: keep them few
+SHARE = 0.2  # of a node's fair share of the time left, per shard
 PACED_POLL_S = 0.5  # a paced node may take more as time passes, not only on events
 
 
