@@ -36,8 +36,9 @@ BANDWIDTH_REF_BPS = 100e6  # spare bandwidth at which the bandwidth term is 0.5
 LATENCY_REF_MS = 50.0  # latency at which the latency term is 0.5
 NEUTRAL_LOAD = 0.5  # score of a node that reports no telemetry at all
 LOAD_FLOOR = 0.05  # smallest spare capacity a node counts with under `load`
-MIN_SHARD_S = 10.0  # a shard costs ~2-3 s of controller CPU to hand over: keep them few
-SHARE = 0.2  # of a node's fair share of the time left, per shard
+MIN_SHARD_S = 15.0  # a shard costs ~2-3 s of controller CPU to hand over: keep them few
+SHARE = 0.3  # of a node's fair share of the time left, per shard
+LEAD_S = 5.0  # a node takes its next shard when it has this much work left: > a hand-over
 PACED_POLL_S = 0.5  # a paced node may take more as time passes, not only on events
 
 
@@ -193,26 +194,29 @@ class Pacer:
     """Cuts dynamic shards as nodes ask for work: guided self-scheduling, weighted by pace.
 
     ``T`` is how long the whole remainder (unassigned and in flight) takes on the
-    live nodes together. A node gets ``pace * max(min_s, share * T)`` items, where
+    live nodes together. A node gets ``pace * max(min_s, share * T)`` items, but no
+    more than it can finish by ``T`` after its queued work (at least ``lead_s``), where
     ``pace`` (items/s) is its measured throughput (from earlier jobs, then from each
-    shard it completes). A node with none measured gets a probe of ``min_s`` at the
-    mean pace of the others (1 item/s when none is known). A node gets nothing while
-    it still has that much work queued (its shards in flight, less the time since the
-    oldest was taken): a second runner per node keeps its next shard waiting on the
-    node, which hides the hand-over cost, and no node hoards work near the end.
+    shard it completes). A node with none measured gets one probe of ``min_s`` items
+    at a time (counted at the others' mean pace) until its first shard reports. A
+    node gets nothing while it still has ``lead_s`` or half a shard of work queued
+    (its shards in flight, less the time since the one running started): a second
+    runner per node sends the next shard before the node runs dry, which hides the
+    hand-over, and no node hoards work.
     """
 
     def __init__(
         self, rates: dict[str, float | None] | None = None, min_s: float = MIN_SHARD_S,
-        share: float = SHARE,
+        share: float = SHARE, lead_s: float = LEAD_S,
     ):  # fmt: skip
         self.rates = {n: float(r) for n, r in (rates or {}).items() if r and r > 0}
-        self.min_s, self.share = min_s, share
+        self.min_s, self.share, self.lead_s = min_s, share, lead_s
 
     def observe(self, node: str, items: int, busy_s: float) -> None:
         """A shard of ``items`` kept ``node`` busy for ``busy_s`` seconds."""
-        if items > 0 and busy_s > 0:
-            self.rates[node] = items / busy_s
+        if items > 0 and busy_s > 0:  # smoothed: one shard's pace is noisy on shared CPUs
+            rate = items / busy_s
+            self.rates[node] = (self.rates[node] + rate) / 2 if node in self.rates else rate
 
     def _pace(self, node: str, live: list[str]) -> float:
         known = [self.rates[n] for n in live if n in self.rates] or list(self.rates.values())
@@ -223,17 +227,25 @@ class Pacer:
         now: float,
     ) -> int:  # fmt: skip
         """Items for ``node``'s next shard, 0 for "not now". ``in_flight`` maps every
-        live node to its running shards as (items, taken at)."""
+        live node to its running shards as (items, taken at or, for one waiting behind
+        another, when that one was done)."""
         live = list(in_flight)
         paces = {n: self._pace(n, live) for n in live}
-        left = unassigned + sum(i for shards in in_flight.values() for i, _ in shards)
-        chunk_s = self.min_s  # a probe, until the node's pace is measured
-        if node in self.rates:
-            chunk_s = max(self.min_s, self.share * left / sum(paces.values()))
-        mine = in_flight.get(node, [])
-        since = now - min((t for _, t in mine), default=now)
-        backlog = sum(i for i, _ in mine) / paces[node] - since
-        if backlog >= chunk_s:
+
+        def queued_s(n: str) -> float:  # seconds of work still queued on node n
+            shards = in_flight.get(n, [])
+            since = now - min((t for _, t in shards), default=now)
+            return max(0.0, sum(i for i, _ in shards) / paces[n] - since)
+
+        queued = {n: queued_s(n) for n in live}
+        left = unassigned + sum(queued[n] * paces[n] for n in live)
+        end_s = left / sum(paces.values())  # everything left, every node busy to the end
+        if node not in self.rates:  # one probe at a time until its pace is measured
+            return 0 if in_flight.get(node) else min(unassigned, math.ceil(self.min_s))
+        backlog = queued[node]
+        # never past the common end: the last shards are split between the nodes
+        chunk_s = min(max(self.min_s, self.share * end_s), max(self.lead_s, end_s - backlog))
+        if backlog >= max(self.lead_s, chunk_s / 2):
             return 0
         return min(unassigned, max(1, math.ceil(paces[node] * chunk_s)))
 
@@ -268,6 +280,7 @@ class WorkQueue:
         self._items = sum(len(s.items) for s in shards)
         self._next_index = max((s.index for s in shards), default=-1) + 1
         self._taken_at: dict[int, float] = {}
+        self._last_done: dict[str, float] = {}  # a node runs its shards one after another
         self._live = set(nodes)
         self._own: dict[str, dict[int, Shard]] = {n: {} for n in nodes}
         self._open: dict[int, Shard] = {}  # unassigned, in queue order
@@ -308,7 +321,9 @@ class WorkQueue:
             return len(self._open[index].items)
         in_flight: dict[str, list[tuple[int, float]]] = {n: [] for n in self._live}
         for i, s in self._running.items():
-            in_flight.setdefault(s.node, []).append((len(s.items), self._taken_at[i]))
+            # a shard waiting behind another starts when that one is done, not when taken
+            started = max(self._taken_at[i], self._last_done.get(s.node, 0.0))
+            in_flight.setdefault(s.node, []).append((len(s.items), started))
         unassigned = sum(len(s.items) for s in self._open.values())
         size = self._pacer.size(node, unassigned, in_flight, self._clock())
         return min(size, len(self._open[index].items))
@@ -354,6 +369,7 @@ class WorkQueue:
             if self._pacer is not None and busy_s is not None:
                 self._pacer.observe(shard.node, len(shard.items), busy_s)
             self._done.append(self._running.pop(shard.index))
+            self._last_done[shard.node] = self._clock()
             self._cond.notify_all()
             return True
 

@@ -173,11 +173,11 @@ def test_pacer_sizes_by_pace_shrinks_towards_the_end_and_keeps_a_floor():
     assert pacer.size("pi", 400, idle, now=0) == 25
     assert pacer.size("orin", 20, idle, now=0) == 15  # near the end: the 5 s floor
     assert pacer.size("pi", 3, idle, now=0) == 3  # never more than is left
-    # no pace of its own: a probe of min_s at the others' mean, or at 1 item/s
-    assert Pacer({"pi": 2.0}, min_s=5).size("new", 400, {"pi": [], "new": []}, now=0) == 10
-    assert Pacer(min_s=5).size("a", 100, {"a": [], "b": []}, now=0) == 5
-    pacer.observe("pi", 20, 10.0)
-    assert pacer.rates["pi"] == 2.0
+    # no pace of its own: one probe of min_s items at a time
+    assert Pacer({"pi": 2.0}, min_s=5).size("new", 400, {"pi": [], "new": []}, now=0) == 5
+    assert Pacer(min_s=5).size("a", 100, {"a": [(5, 0.0)], "b": []}, now=99) == 0
+    pacer.observe("pi", 20, 10.0)  # 2 items/s measured: smoothed with the 1 it had
+    assert pacer.rates["pi"] == 1.5
 
 
 def test_pacer_holds_back_a_node_with_enough_queued_work():
@@ -201,7 +201,7 @@ def test_paced_queue_cuts_the_pool_and_accounts_every_item_once():
     assert q.failed(second, "b", "boom") is not None  # back in front, never to b again
     clock[0] = 10.0  # a's first shard is nearly through
     retry = q.take("a", timeout=0)
-    assert (retry.items, retry.attempt) == (second.items, 2)
+    assert retry.attempt == 2 and retry.items == second.items[: len(retry.items)]
     taken = [first, retry]
     clock[0] = 1000.0
     assert q.done(first, busy_s=13.0) and q.done(retry, busy_s=12.0)
@@ -395,4 +395,4 @@ def test_paced_dynamic_hides_a_slow_handover_with_two_runners_per_node(known):
     paced = _makespan([Shard(0, items, None)], speeds, pacer, handover=3.0, slots=2)
     fixed = _makespan(plan(items, [NodeStats(n) for n in speeds], "dynamic", shard_size=8),
                       speeds, handover=3.0)  # fmt: skip
-    assert paced <= (1.10 if known else 1.15) * ideal < fixed
+    assert paced <= (1.10 if known else 1.25) * ideal < fixed  # unknown: 10 s probes first
