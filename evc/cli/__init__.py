@@ -14,7 +14,8 @@ from pathlib import Path
 import typer
 
 from evc import __version__
-from evc.cli import cert, device, infer, inventory, lab, model, registry
+from evc.cli import cert, db, device, infer, inventory, lab, logs, model, registry
+from evc.cli.monitor import monitor
 
 app = typer.Typer(
     name="evc",
@@ -30,6 +31,9 @@ app.add_typer(registry.app, name="registry")
 app.add_typer(cert.app, name="cert")
 app.add_typer(model.app, name="model")
 app.add_typer(infer.app, name="infer")
+app.add_typer(logs.app, name="logs")
+app.command("monitor")(monitor)
+app.add_typer(db.app, name="db")
 
 
 def _version(value: bool) -> None:
