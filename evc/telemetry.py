@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,13 @@ METRIC_COLUMNS = (
     "temp_max_c", "temps", "net_rx_bps", "net_tx_bps", "net",
     "gpu_util_pct", "gpu_mem_used", "gpu_mem_total", "npu_util_pct",
 )  # fmt: skip
-_JSON_AT = tuple(i for i, c in enumerate(METRIC_COLUMNS) if c in ("temps", "net"))
+_ROW = itemgetter(*METRIC_COLUMNS)
+_TEMPS, _NET = METRIC_COLUMNS.index("temps"), METRIC_COLUMNS.index("net")
 _INSERT_METRICS = (
     f"INSERT INTO metrics ({', '.join(METRIC_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(METRIC_COLUMNS))}) ON CONFLICT DO NOTHING"
 )
+_to_json = json.JSONEncoder(separators=(",", ":")).encode
 _INSERT_CONTAINERS = (
     "INSERT INTO container_status (node, at, name, image, state, restarts) "
     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
@@ -64,20 +67,34 @@ def parse_duration(text: str, option: str = "duration") -> float:
     return float(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
+def _with_json(row: tuple) -> list:
+    out = list(row)
+    for i in (_TEMPS, _NET):
+        if out[i] is not None and not isinstance(out[i], str):
+            out[i] = _to_json(out[i])
+    return out
+
+
 def ingest(db, samples: list[dict]) -> int:
     """Store samples in one transaction; returns the metrics rows inserted.
 
     Each sample is a dict with ``node``, ``at`` and any metrics columns (missing
-    ones are NULL; ``temps`` and ``net`` are dicts, stored as JSON) plus an
+    ones are NULL; ``temps`` and ``net`` are JSON text, as nodes send them, or
+    dicts, encoded here) plus an
     optional ``containers`` list of {name, image, state, restarts}. A sample
     whose (node, at) is already stored is skipped, with its containers.
     """
     rows, containers = [], []
-    for s in samples:
-        row = [s.get(c) for c in METRIC_COLUMNS]
-        for i in _JSON_AT:
-            if row[i] is not None and not isinstance(row[i], str):
-                row[i] = json.dumps(row[i], separators=(",", ":"))
+    for s in samples:  # the hot loop of bulk ingestion: keep it lean
+        try:
+            row = _ROW(s)  # a sample from collect() has every column
+        except KeyError:
+            row = tuple(map(s.get, METRIC_COLUMNS))
+        temps, net = row[_TEMPS], row[_NET]  # JSON text from nodes; dicts get encoded
+        if (temps is not None and temps.__class__ is not str) or (
+            net is not None and net.__class__ is not str
+        ):
+            row = _with_json(row)
         rows.append(row)
         for c in s.get("containers") or ():
             containers.append(
@@ -89,6 +106,17 @@ def ingest(db, samples: list[dict]) -> int:
         if containers:
             db.conn.executemany(_INSERT_CONTAINERS, containers)
     return inserted
+
+
+def _decoded(sample: dict | None) -> dict | None:
+    """A sample with its JSON-text columns (temps, net) parsed, for showing."""
+    if sample is None:
+        return None
+    out = dict(sample)
+    for key in ("temps", "net"):
+        if isinstance(out.get(key), str):
+            out[key] = json.loads(out[key])
+    return out
 
 
 @dataclass
@@ -122,9 +150,13 @@ class CollectResult:
             "run_id": self.run.ident,
             "artifacts_dir": self.run.artifacts_dir,
             "hosts": {
-                host: {"state": r.state, "message": r.message, "sample": self.samples.get(host)}
+                host: {
+                    "state": r.state,
+                    "message": r.message,
+                    "sample": _decoded(self.samples.get(host)),
+                }
                 for host, r in sorted(self.run.hosts.items())
-            },
+            },  # fmt: skip
         }
 
 
@@ -211,10 +243,7 @@ def show(ws: Workspace, node: str | None = None, since_s: float = 3600.0, bucket
         s["mem_pct"][r["b"]] = None if r["mem"] is None else round(r["mem"], 2)
     views = []
     for d in devices:
-        sample = latest.get(d["name"])
-        if sample:
-            for key in ("temps", "net"):
-                sample[key] = json.loads(sample[key]) if sample[key] else None
+        sample = _decoded(latest.get(d["name"]))
         empty = {"cpu_pct": [None] * buckets, "mem_pct": [None] * buckets}
         views.append(
             {**d, "sample": sample, "containers": containers.get(d["name"], []),

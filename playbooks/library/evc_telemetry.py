@@ -439,8 +439,16 @@ def containers(sock=DOCKER_SOCK):
     return sorted(out, key=lambda c: c["name"])
 
 
+def compact_json(value):
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
 def sample(state_file, disk_path="/"):
-    """One sample: every metrics column but node/at, plus ``containers`` and ``scope``."""
+    """One sample: every metrics column but node/at, plus ``containers`` and ``scope``.
+
+    ``temps`` and ``net`` come as compact JSON text, the form the metrics table
+    stores, so the controller's bulk ingestion stores them as they are.
+    """
     scope = Scope()
     cur = counters(scope)
     prev = load_state(state_file)
@@ -467,10 +475,10 @@ def sample(state_file, disk_path="/"):
         "disk_used": disk.used,
         "disk_pct": round(100.0 * disk.used / disk.total, 2) if disk.total else None,
         "temp_max_c": max(temps.values()) if temps else None,
-        "temps": temps or None,
+        "temps": compact_json(temps) if temps else None,
         "net_rx_bps": rx,
         "net_tx_bps": tx,
-        "net": rates,
+        "net": compact_json(rates),
         **accelerators(),
         "containers": containers(),
     }
