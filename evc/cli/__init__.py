@@ -32,7 +32,6 @@ app.add_typer(cert.app, name="cert")
 app.add_typer(model.app, name="model")
 app.add_typer(infer.app, name="infer")
 app.add_typer(logs.app, name="logs")
-app.command("monitor")(monitor)
 app.add_typer(db.app, name="db")
 
 
@@ -61,6 +60,9 @@ def init(
 
     ws = init_workspace(directory, name)
     typer.echo(f"workspace {ws.name!r} at {ws.root}")
+
+
+app.command("monitor")(monitor)
 
 
 def main() -> None:

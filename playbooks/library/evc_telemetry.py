@@ -13,7 +13,8 @@ cgroup instead: CPU time against its CPU quota, memory against its limit
 (cgroup v1 or v2). Load averages are the kernel's, which is the host's there.
 
 The parsing helpers are pure functions so that tests can import this file. It
-runs on the node's python3, which may be old (3.6 on JetPack 4): no newer syntax.
+runs on the node's python3, which may be as old as ansible-core allows there
+(3.8): no newer syntax.
 """
 
 import glob

@@ -107,7 +107,7 @@ def pictures(tmp_path):
     from PIL import Image
     from skimage import data
 
-    for copy in range(8):
+    for copy in range(4):
         for name in ("astronaut", "coffee", "chelsea", "camera"):
             Image.fromarray(getattr(data, name)()).save(tmp_path / f"{name}-{copy}.jpg")
     return tmp_path
