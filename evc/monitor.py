@@ -81,15 +81,17 @@ def _in_thread(fn: Callable[[], Any]) -> Any:
 class _Signals:
     """SIGINT/SIGTERM set ``stop``; a second one raises KeyboardInterrupt (abort now)."""
 
-    def __init__(self, stop: threading.Event, on_signal: Callable[[str], None]):
+    def __init__(self, stop: threading.Event, on_signal: Callable[[str, bool], None]):
         self.stop, self.on_signal, self.name, self.saved = stop, on_signal, None, {}
 
     def _handle(self, signum, _frame) -> None:
-        if self.stop.is_set():
-            raise KeyboardInterrupt
-        self.name = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        again = self.stop.is_set()
+        self.on_signal(name, again)
+        if again:
+            raise KeyboardInterrupt  # exit 130, the round left unfinished
+        self.name = name
         self.stop.set()
-        self.on_signal(self.name)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -110,7 +112,7 @@ def run(
     *,
     offline_after: int | None = None,
     on_round: Callable[[RoundReport], None] = lambda _r: None,
-    on_signal: Callable[[str], None] = lambda _name: None,
+    on_signal: Callable[[str, bool], None] = lambda _name, _again: None,
     stop: threading.Event | None = None,
 ) -> MonitorSummary:
     """Collect telemetry every ``interval`` seconds until a signal, ``stop``, or ``rounds``."""

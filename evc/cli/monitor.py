@@ -51,8 +51,9 @@ def monitor(
         line += f"  (skipped {r.skipped_ticks} ticks)" if r.skipped_ticks else ""
         out.print(line, highlight=False)
 
-    def on_signal(name: str) -> None:
-        err.print(f"{name}: stopping after this round (again to abort)", highlight=False)
+    def on_signal(name: str, again: bool) -> None:
+        what = "aborting now" if again else "stopping after this round (again to abort)"
+        err.print(f"{name}: {what}", highlight=False)
 
     if not json:
         err.print(f"monitoring {target} every {interval:g} s; Ctrl-C stops", highlight=False)

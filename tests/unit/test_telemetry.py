@@ -393,3 +393,36 @@ def test_offline_after_setting_is_checked(tmp_path):
     write_settings(tmp_path, "telemetry: {offline_after: 0}\n")
     with pytest.raises(UsageError, match="telemetry.offline_after is 0"):
         Workspace.load(tmp_path)
+
+
+def test_monitor_outlives_a_failing_round_and_stops_on_sigterm(workspace, monkeypatch):
+    import os
+    import signal
+    import threading
+
+    from evc import ansible
+
+    calls = []
+
+    def collect(ws, target, progress, offline_after):
+        calls.append(time.monotonic())
+        time.sleep(0.05)
+        if len(calls) == 2:
+            raise RuntimeError("the database went away")
+        return None
+
+    monkeypatch.setattr(telemetry, "collect", collect)
+    monkeypatch.setattr(ansible, "resolve_hosts", lambda inventory, target: ["n1"])
+    reports = []
+    summary = monitor.run(workspace, 0.01, rounds=4, on_round=reports.append)
+    assert (summary.rounds, summary.failed_rounds, summary.stopped_by) == (4, 1, None)
+    assert reports[1].error == "RuntimeError: the database went away"
+    assert sum(r.skipped_ticks for r in reports) == summary.skipped_ticks > 0  # 50 ms > 10 ms
+
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(0.3, os.kill, [os.getpid(), signal.SIGTERM])
+    timer.start()
+    heard = []
+    summary = monitor.run(workspace, 0.1, on_signal=lambda name, again: heard.append(name))
+    assert summary.stopped_by == "SIGTERM" and heard == ["SIGTERM"] and summary.rounds >= 1
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers given back
