@@ -72,6 +72,7 @@ bench: setup
 	$(BIN)/python bench/cert_push.py
 	$(BIN)/python bench/model_images.py
 	$(BIN)/python bench/infer_strategies.py
+	$(BIN)/python bench/telemetry.py
 	$(BIN)/python bench/lab_up.py
 
 clean:

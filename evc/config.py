@@ -22,6 +22,8 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 DEFAULTS: dict[str, Any] = {
     "name": "default",
     "lab": {"name": "evc", "subnet": "172.28.0.0/24"},
+    # A node that misses this many checks in a row (telemetry rounds, pings) is offline.
+    "telemetry": {"offline_after": 3},
 }
 
 
@@ -48,6 +50,10 @@ class Workspace:
     @property
     def lab_subnet(self) -> str:
         return self.settings["lab"]["subnet"]
+
+    @property
+    def offline_after(self) -> int:
+        return self.settings["telemetry"]["offline_after"]
 
     @property
     def inventory_dir(self) -> Path:
@@ -91,6 +97,16 @@ class Workspace:
                     f"{path}: {key} is {value!r}; expected lower-case letters, digits and "
                     "'-', starting with a letter, at most 31 characters."
                 )
+        after = (
+            settings["telemetry"].get("offline_after")
+            if isinstance(settings["telemetry"], dict)
+            else None
+        )
+        if isinstance(after, bool) or not isinstance(after, int) or after < 1:
+            raise UsageError(
+                f"{path}: telemetry.offline_after is {after!r}; expected a whole number of "
+                "missed checks, at least 1 (default 3)."
+            )
         return cls(root=root.resolve(), settings=settings)
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
 from typing import Any
 
@@ -72,3 +73,36 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     lines = [title, "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in plain]
     sys.stdout.write("\n".join(line.rstrip() for line in lines) + "\n")
+
+
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float | None], top: float = 100.0) -> str:
+    """One character per value on a 0..``top`` scale; a gap (space) where a value is None."""
+    return "".join(
+        " " if v is None else _BARS[min(len(_BARS) - 1, max(0, int(v / top * len(_BARS))))]
+        for v in values
+    )
+
+
+def ago(at: float | None, now: float | None = None) -> str:
+    """'12s ago', '5m ago', '3h ago', '2d ago'; '-' for never."""
+    if at is None:
+        return "-"
+    secs = max(0, int((time.time() if now is None else now) - at))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit} ago"
+    return f"{secs}s ago"
+
+
+def human_bytes(n: float | None, suffix: str = "") -> str:
+    """1536 -> '1.5 KiB'; '-' for None."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}{suffix}" if unit == "B" else f"{n:.1f} {unit}{suffix}"
+        n /= 1024
+    return "-"  # unreachable

@@ -424,18 +424,47 @@ def list_devices(ws: Workspace, group: str | None = None) -> list[dict]:
     return [evcdb.device_from_row(r) for r in rows]
 
 
-def _liveness(db, run) -> None:
-    """last_seen/status from a run: unreachable hosts go unreachable, others online."""
-    now = time.time()
-    with evcdb.transaction(db):
-        for host, r in run.hosts.items():
-            if r.state == "unreachable":
-                db.execute("update devices set status = 'unreachable' where name = ?", [host])
-            else:
-                db.execute(
-                    "update devices set status = 'online', last_seen = ? where name = ?",
-                    [now, host],
-                )
+def next_status(missed: int, answered: bool, offline_after: int) -> tuple[str, int]:
+    """Liveness state machine: (status, missed) after one check of a node.
+
+    Answering makes a node online and resets its count of missed checks; a miss
+    makes it unreachable, and offline once it has missed ``offline_after`` in a row.
+    """
+    if answered:
+        return "online", 0
+    missed += 1
+    return ("offline" if missed >= offline_after else "unreachable"), missed
+
+
+def record_liveness(db, run, offline_after: int, now: float | None = None) -> list[dict]:
+    """Apply a run's per-host outcome to devices (heartbeat, missed, status).
+
+    A host that ran (ok, changed, even failed: it answered) is a heartbeat; an
+    unreachable one is a miss; a skipped one is left alone. Each status change
+    is a ``node_events`` row; the changes are returned.
+    """
+    now = time.time() if now is None else now
+    events = []
+    with evcdb.transaction(db):  # read under the write lock: concurrent checks count once each
+        for host, r in sorted(run.hosts.items()):
+            if r.state == "skipped":
+                continue
+            rows = list(db.query("select status, missed from devices where name = ?", [host]))
+            if not rows:
+                continue
+            old = rows[0]["status"]
+            answered = r.state != "unreachable"
+            status, missed = next_status(rows[0]["missed"], answered, offline_after)
+            db.execute(
+                "update devices set status = ?, missed = ?, last_seen = "
+                "case when ? then ? else last_seen end where name = ?",
+                [status, missed, answered, now, host],
+            )
+            if status != old:
+                event = {"node": host, "from_state": old, "to_state": status, "at": now}
+                db["node_events"].insert(event)
+                events.append(event)
+    return events
 
 
 def gather_facts(ws: Workspace, target: str = "all", progress: bool = True) -> list[DeviceResult]:
@@ -458,7 +487,7 @@ def gather_facts(ws: Workspace, target: str = "all", progress: bool = True) -> l
             if facts:
                 db["devices"].update(host, facts)
             results.append(DeviceResult(host, r.state, r.message, facts))
-    _liveness(db, run)
+    record_liveness(db, run, ws.offline_after)
     regenerate_inventory(ws, db)  # arch/accelerator groups follow the facts
     return results
 
@@ -469,5 +498,5 @@ def ping(ws: Workspace, target: str = "all", progress: bool = True) -> list[Devi
 
     db = evcdb.workspace_db(ws)
     run = run_playbook(ws, "ping.yml", target, progress=progress)
-    _liveness(db, run)
+    record_liveness(db, run, ws.offline_after)
     return [DeviceResult(h, r.state, r.message) for h, r in sorted(run.hosts.items())]

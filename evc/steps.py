@@ -14,7 +14,7 @@ import importlib
 import inspect
 import typing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -480,11 +480,16 @@ def _infer_run(
 
 
 @runner("logs.collect")
-def _logs_collect(ws, target: str = "all", progress: bool = True) -> Outcome:
+def _logs_collect(
+    ws, target: str = "all", offline_after: int | None = None, progress: bool = True
+) -> Outcome:
     """Collect node telemetry (metrics, container states, liveness) into the database."""
-    from evc import telemetry  # written beside this module; imported only when the step runs
+    from evc import telemetry
 
-    return _generic(telemetry.collect(ws, target=target, progress=progress), "telemetry")
+    result = telemetry.collect(ws, target=target, progress=progress, offline_after=offline_after)
+    out = _fleet(result.run, "telemetry")
+    out.detail = result.to_dict()
+    return out
 
 
 @runner("grafana.build")
@@ -499,22 +504,3 @@ def _grafana_build(ws, out: Path | None = None, progress: bool = True) -> Outcom
         f"{len(paths)} dashboard files in {', '.join(folders) or '-'}",
         detail=[str(p) for p in paths],
     )
-
-
-def _generic(result: Any, what: str) -> Outcome:
-    """An outcome from a result this module does not know the shape of."""
-    if hasattr(result, "playbook") and hasattr(result, "failed_hosts"):
-        return _fleet(result, what)
-    ok = getattr(result, "ok", True)
-    detail = (
-        result.to_dict()
-        if hasattr(result, "to_dict")
-        else (asdict(result) if is_dataclass(result) else result)
-    )
-    hosts = getattr(result, "hosts", None)
-    states = (
-        {h: getattr(r, "state", str(r)) for h, r in hosts.items()}
-        if isinstance(hosts, dict)
-        else {}
-    )
-    return Outcome(bool(ok), f"{what}: {'done' if ok else 'failed'}", detail, states)

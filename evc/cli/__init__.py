@@ -14,7 +14,8 @@ from pathlib import Path
 import typer
 
 from evc import __version__
-from evc.cli import cert, device, grafana, infer, inventory, lab, model, registry, run
+from evc.cli import cert, db, device, grafana, infer, inventory, lab, logs, model, registry, run
+from evc.cli.monitor import monitor
 
 app = typer.Typer(
     name="evc",
@@ -30,8 +31,10 @@ app.add_typer(registry.app, name="registry")
 app.add_typer(cert.app, name="cert")
 app.add_typer(model.app, name="model")
 app.add_typer(infer.app, name="infer")
+app.add_typer(logs.app, name="logs")
 app.add_typer(grafana.app, name="grafana")
 app.add_typer(run.app, name="run")
+app.add_typer(db.app, name="db")
 
 
 def _version(value: bool) -> None:
@@ -59,6 +62,9 @@ def init(
 
     ws = init_workspace(directory, name)
     typer.echo(f"workspace {ws.name!r} at {ws.root}")
+
+
+app.command("monitor")(monitor)
 
 
 def main() -> None:

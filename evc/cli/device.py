@@ -94,7 +94,7 @@ def list_(
 ) -> None:
     """All devices with their facts and liveness."""
     from evc import devices
-    from evc.console import print_json, print_table
+    from evc.console import ago, print_json, print_table
 
     rows = devices.list_devices(_ws(), group)
     if json:
@@ -106,7 +106,7 @@ def list_(
 
     print_table(
         f"{len(rows)} devices",
-        ["name", "host", "role", "groups", "arch", "CPU", "memory", "accel", "status"],
+        ["name", "host", "role", "groups", "arch", "CPU", "memory", "accel", "status", "last seen"],
         [
             [
                 d["name"],
@@ -118,6 +118,7 @@ def list_(
                 mem(d),
                 d.get("accelerator") or "-",
                 d["status"],
+                ago(d.get("last_seen")),
             ]  # fmt: skip
             for d in rows
         ],

@@ -46,7 +46,8 @@ def mem_bytes():
         if line.startswith("MemTotal:"):
             total = int(line.split()[1]) * 1024
     _, path = cgroup_path("memory")
-    for limit_file in ("/sys/fs/cgroup/memory.max", f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"):
+    v1_limit = f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
+    for limit_file in ("/sys/fs/cgroup/memory.max", v1_limit):
         limit = read(limit_file)
         if limit and limit.isdigit() and total and int(limit) < total:
             return int(limit)
@@ -70,8 +71,10 @@ def accelerator():
     if Path("/etc/nv_tegra_release").exists() or shutil.which("tegrastats"):
         return "jetson"
     compatible = read("/proc/device-tree/compatible") or ""
-    if Path("/sys/kernel/debug/rknpu").exists() or Path("/dev/rknpu").exists() or (
-        "rockchip" in compatible and "rk3588" in compatible
+    if (
+        Path("/sys/kernel/debug/rknpu").exists()
+        or Path("/dev/rknpu").exists()
+        or ("rockchip" in compatible and "rk3588" in compatible)
     ):
         return "rockchip-npu"
     if shutil.which("npu-smi"):

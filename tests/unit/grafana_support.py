@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from evc import db as evcdb
-from evc import deploy, devices, images, jobs
+from evc import deploy, devices, images, jobs, telemetry
 from evc.ansible import HostResult, RunResult, resolve_hosts
 
 # ----------------------------------------------------------------- rendering
@@ -166,43 +166,34 @@ def _devices(ws, db, now: float) -> None:
 
 
 def record_telemetry(db, now: float) -> None:
-    """metrics, container_status and node_events rows as migration 0005 defines them.
-
-    The one place telemetry rows are written here: switch it to
-    ``evc.telemetry.ingest`` once that exists.
-    """
-    metrics, containers = [], []
-    for n, node in enumerate(("node1", "node2", "node3")):
-        for k in range(90):
-            at = now - 5400 + 60 * k
-            if node == "node3" and k > 80:
-                continue  # went offline
-            metrics.append({
+    """90 one-minute telemetry rounds through ``evc.telemetry.ingest`` and
+    ``evc.devices.record_liveness``; node3 stops answering near the end (offline)."""
+    for k in range(90):
+        at = now - 5400 + 60 * k
+        samples, hosts = [], {}
+        for n, node in enumerate(("node1", "node2", "node3")):
+            if node == "node3" and k > 80:  # went offline
+                hosts[node] = HostResult(node, "unreachable", unreachable=1, message="no route")
+                continue
+            hosts[node] = HostResult(node, "ok", ok=1)
+            samples.append({
                 "node": node, "at": at, "cpu_pct": 10.0 + n * 20 + k % 7,
                 "load1": 0.5 + n, "load5": 0.4 + n, "load15": 0.3 + n,
                 "mem_total": 4 << 30, "mem_used": (1 + n) << 29, "mem_pct": 12.5 * (1 + n),
                 "disk_total": 64 << 30, "disk_used": 20 << 30, "disk_pct": 31.25,
                 "temp_max_c": None if node == "node2" else 45.0 + n + k % 3,
-                "temps": None if node == "node2" else json.dumps({"cpu-thermal": 45.0 + n}),
+                "temps": None if node == "node2" else {"cpu-thermal": 45.0 + n},
                 "net_rx_bps": 1000.0 * (k + 1), "net_tx_bps": 500.0 * (k + 1),
-                "net": json.dumps({"eth0": [1000.0 * (k + 1), 500.0 * (k + 1)]}),
+                "net": {"eth0": [1000.0 * (k + 1), 500.0 * (k + 1)]},
                 "gpu_util_pct": 40.0 + k % 10 if node == "node1" else None,
                 "gpu_mem_used": 1 << 30 if node == "node1" else None,
                 "gpu_mem_total": 8 << 30 if node == "node1" else None,
-                "npu_util_pct": None,
+                "containers": [{"name": "evc-model-faces", "state": "running", "restarts": 0,
+                                "image": "registry:5000/evc/faces:1.0-amd64"}],
             })  # fmt: skip
-            containers.append({"node": node, "at": at, "name": "evc-model-faces",
-                               "image": "registry:5000/evc/faces:1.0-amd64", "state": "running",
-                               "restarts": 0})  # fmt: skip
-    with evcdb.transaction(db):
-        db["metrics"].insert_all(metrics)
-        db["container_status"].insert_all(containers)
-        db["node_events"].insert_all([
-            {"node": "node3", "from_state": "unknown", "to_state": "online", "at": now - 5400},
-            {"node": "node3", "from_state": "online", "to_state": "offline", "at": now - 540},
-            {"node": "node1", "from_state": "unknown", "to_state": "online", "at": now - 5400},
-            {"node": "node2", "from_state": "unknown", "to_state": "online", "at": now - 5300},
-        ])  # fmt: skip
+        telemetry.ingest(db, samples)
+        run = RunResult("telemetry.yml", "all", uuid.uuid4().hex[:12], "", at, at, 0, hosts)
+        devices.record_liveness(db, run, offline_after=3, now=at)
 
 
 def _model(ws, version: str, now: float) -> None:

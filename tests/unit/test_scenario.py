@@ -322,26 +322,13 @@ steps:
     assert "No scenario run 'nope'" in evc("run", "show", "nope", check=2).stderr
 
 
-def test_telemetry_and_dashboard_steps_call_the_agreed_signatures(workspace, monkeypatch):
-    """evc.telemetry.collect(ws, target=, progress=) and evc.grafana.build(ws) -> [Path]."""
-    import sys
-    import types
-
-    import evc
-
-    calls = []
-    telemetry = types.SimpleNamespace(
-        collect=lambda ws, target="all", progress=True: calls.append((ws, target, progress))
-    )
-    grafana = types.SimpleNamespace(build=lambda ws: [ws.root / "grafana" / "fleet.json"])
-    for name, module in (("telemetry", telemetry), ("grafana", grafana)):
-        monkeypatch.setitem(sys.modules, f"evc.{name}", module)
-        monkeypatch.setattr(evc, name, module, raising=False)
-    outcome = steps.run("logs.collect", workspace, {"target": "lab"}, progress=False)
-    assert outcome.ok and calls == [(workspace, "lab", False)]
+def test_grafana_build_step_writes_the_dashboards(workspace, tmp_path):
+    """The step writes what `evc grafana build [--out DIR]` writes and reports where."""
     outcome = steps.run("grafana.build", workspace, {"out": None}, progress=False)
-    assert outcome.ok and outcome.detail == [str(workspace.root / "grafana" / "fleet.json")]
-    assert str(workspace.root / "grafana") in outcome.summary
-    grafana.build = lambda ws, out=None: [out / "fleet.json"]  # `evc grafana build --out DIR`
-    outcome = steps.run("grafana.build", workspace, {"out": Path("/srv/g")}, progress=False)
-    assert outcome.detail == ["/srv/g/fleet.json"]
+    assert outcome.ok and outcome.detail and all(Path(p).is_file() for p in outcome.detail)
+    assert all(Path(p).suffix in (".json", ".yaml", ".yml") for p in outcome.detail)
+    out = tmp_path / "g"
+    outcome = steps.run("grafana.build", workspace, {"out": out}, progress=False)
+    assert outcome.ok and str(out) in outcome.summary
+    assert any(p.endswith("fleet.json") for p in outcome.detail)
+    assert all(Path(p).is_relative_to(out) and Path(p).is_file() for p in outcome.detail)

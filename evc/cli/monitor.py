@@ -1,0 +1,67 @@
+"""`evc monitor`: telemetry rounds in a loop, or a systemd unit that runs them."""
+
+from __future__ import annotations
+
+import typer
+
+from evc.cli.logs import OFFLINE_AFTER
+
+
+def monitor(
+    interval: float = typer.Option(
+        30.0, "--interval", "-i", min=0.1, help="Seconds between rounds."
+    ),
+    target: str = typer.Option("all", "--target", "-t", help="Ansible pattern of the nodes."),
+    rounds: int = typer.Option(None, "--rounds", min=1, help="Stop after this many rounds."),
+    offline_after: int = OFFLINE_AFTER,
+    systemd_unit: bool = typer.Option(
+        False, "--systemd-unit", help="Print a systemd unit that runs this monitor, and exit."
+    ),
+    json: bool = typer.Option(False, "--json", help="One JSON object per round (JSON lines)."),
+) -> None:
+    """Collect telemetry every INTERVAL seconds until Ctrl-C or SIGTERM (then exit 0).
+
+    Rounds never overlap; a round that overruns skips to the next tick. A failing
+    node or round is reported and the loop goes on.
+    """
+    import json as jsonlib
+
+    from evc import monitor as core
+    from evc.config import Workspace
+    from evc.console import err, out
+
+    ws = Workspace.find()
+    if systemd_unit:
+        typer.echo(core.systemd_unit(ws, interval, target, offline_after), nl=False)
+        return
+
+    def on_round(r) -> None:
+        if json:
+            print(jsonlib.dumps(r.to_dict(), default=str), flush=True)
+            return
+        when = f"round {r.number} {r.duration_s:5.1f} s"
+        if r.result is None:
+            out.print(f"{when}  [red]failed[/]: {r.error}", highlight=False)
+            return
+        hosts = r.result.run.hosts
+        bad = {h: x.state for h, x in sorted(hosts.items()) if x.state not in ("ok", "changed")}
+        line = f"{when}  {len(hosts) - len(bad)}/{len(hosts)} nodes sampled"
+        line += "".join(f"  {h} {s}" for h, s in bad.items())
+        line += "".join(f"  {e['node']} -> {e['to_state']}" for e in r.result.events)
+        line += f"  (skipped {r.skipped_ticks} ticks)" if r.skipped_ticks else ""
+        out.print(line, highlight=False)
+
+    def on_signal(name: str, again: bool) -> None:
+        what = "aborting now" if again else "stopping after this round (again to abort)"
+        err.print(f"{name}: {what}", highlight=False)
+
+    if not json:
+        err.print(f"monitoring {target} every {interval:g} s; Ctrl-C stops", highlight=False)
+    summary = core.run(ws, interval, target, rounds, offline_after=offline_after,
+                       on_round=on_round, on_signal=on_signal)  # fmt: skip
+    if not json:
+        err.print(
+            f"stopped after {summary.rounds} rounds ({summary.failed_rounds} failed, "
+            f"{summary.skipped_ticks} ticks skipped)",
+            highlight=False,
+        )
