@@ -335,11 +335,12 @@ def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: bool) -> Jo
                     t.join(timeout=0.5)
         except KeyboardInterrupt:
             runner.stop.set()
-            db["jobs"].update(job_id, {"state": "interrupted"})
-            db.execute(
-                "UPDATE shards SET state = 'interrupted', finished = ? "
-                "WHERE job_id = ? AND state = 'running'", [time.time(), job_id],
-            )  # fmt: skip
+            with evcdb.transaction(db):  # job and its running shards change together
+                db["jobs"].update(job_id, {"state": "interrupted"})
+                db.execute(
+                    "UPDATE shards SET state = 'interrupted', finished = ? "
+                    "WHERE job_id = ? AND state = 'running'", [time.time(), job_id],
+                )  # fmt: skip
             raise Interrupted(
                 f"Job {job_id} interrupted; its pending items stay pending: "
                 f"`evc infer resume {job_id}` runs them."
