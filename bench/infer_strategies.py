@@ -24,6 +24,7 @@ ITEMS = 480
 CPUS = {"node1": 0.2, "node2": 0.4, "node3": 0.8}
 ALONE = {"node1": 48, "node2": 96, "node3": 192}  # about 40 s each
 TARGET = 1.15
+STRATEGIES = ("round-robin", "proportional", "dynamic")
 
 
 def _dataset(root: Path, items: int) -> Path:
@@ -61,10 +62,7 @@ def main() -> int:
                 job = _job(env, subsets[node], "--target", node, "--strategy", "round-robin")
                 alone[node] = ALONE[node] / job["makespan_s"]
             ideal = ITEMS / sum(alone.values())
-            makespans = {
-                s: _job(env, folder, "--strategy", s)["makespan_s"]
-                for s in ("round-robin", "proportional", "dynamic")
-            }
+            jobs = {s: _job(env, folder, "--strategy", s) for s in STRATEGIES}
         finally:
             timed(EVC + ["lab", "down"], env)
             timed(EVC + ["registry", "down", "--purge"], env)
@@ -72,7 +70,8 @@ def main() -> int:
         print(f"{node} alone ({CPUS[node]} CPU, {ALONE[node]} items): {tput:5.2f} items/s")
     print(f"ideal makespan for {ITEMS} items: {ideal:6.1f} s")
     ok = True
-    for strategy, makespan in makespans.items():
+    for strategy, job in jobs.items():
+        makespan = job["makespan_s"]
         ratio = makespan / ideal
         goal = (
             ""
@@ -81,6 +80,9 @@ def main() -> int:
         )
         ok &= strategy == "round-robin" or ratio <= TARGET
         print(f"{strategy:>12}: makespan {makespan:6.1f} s  = {ratio:4.2f}x ideal{goal}")
+        for node, n in sorted(job["nodes"].items()):  # where the time went
+            print(f"{'':>14}{node}: {n['items']:3d} items in {n['shards']:2d} shards, "
+                  f"busy {n['busy_s']:5.1f} s")  # fmt: skip
     return 0 if ok else 1
 
 
