@@ -325,26 +325,26 @@ def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: bool) -> Jo
         threading.Thread(target=runner.work, args=(n,), daemon=True)
         for n in nodes for _ in range(RUNNERS_PER_NODE)
     ]  # fmt: skip
-    with progress_line(f"job {job_id}", enabled=progress) as line:
-        for t in threads:
-            t.start()
-        try:
+    try:  # from the first thread's start: a Ctrl-C while the others start is caught too
+        with progress_line(f"job {job_id}", enabled=progress) as line:
+            for t in threads:
+                t.start()
             while any(t.is_alive() for t in threads):
                 line.update(runner.progress(len(pending)))
                 for t in threads:
                     t.join(timeout=0.5)
-        except KeyboardInterrupt:
-            runner.stop.set()
-            with evcdb.transaction(db):  # job and its running shards change together
-                db["jobs"].update(job_id, {"state": "interrupted"})
-                db.execute(
-                    "UPDATE shards SET state = 'interrupted', finished = ? "
-                    "WHERE job_id = ? AND state = 'running'", [time.time(), job_id],
-                )  # fmt: skip
-            raise Interrupted(
-                f"Job {job_id} interrupted; its pending items stay pending: "
-                f"`evc infer resume {job_id}` runs them."
-            ) from None
+    except KeyboardInterrupt:
+        runner.stop.set()
+        with evcdb.transaction(db):  # job and its running shards change together
+            db["jobs"].update(job_id, {"state": "interrupted"})
+            db.execute(
+                "UPDATE shards SET state = 'interrupted', finished = ? "
+                "WHERE job_id = ? AND state = 'running'", [time.time(), job_id],
+            )  # fmt: skip
+        raise Interrupted(
+            f"Job {job_id} interrupted; its pending items stay pending: "
+            f"`evc infer resume {job_id}` runs them."
+        ) from None
     _fail_leftovers(db, job_id, queue)
     _finish(db, job_id)
     shutil.rmtree(job_dir(ws, job_id) / "shards", ignore_errors=True)

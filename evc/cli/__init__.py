@@ -76,10 +76,10 @@ def main() -> None:
         app()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if _by_ctrl_c(exc):  # typer turns a Ctrl-C into a silent exit 130
+            code = _fail("interrupted", 130)
     except EVCError as exc:
         code = _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        code = _fail("interrupted", 130)
     except Exception as exc:  # a bug: one line, the traceback only when asked for
         if os.environ.get("EVC_DEBUG"):
             raise
@@ -108,6 +108,15 @@ def _audit(args: list[str], code: int, duration: float) -> None:
         code,
         duration,
     )
+
+
+def _by_ctrl_c(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of ``exc``."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _fail(message: str, code: int) -> int:

@@ -59,3 +59,22 @@ def test_rotate_new_ca_bad_input_changes_nothing(workspace):
     for proc in (days, nodes):
         _no_traceback(proc)
     assert {p.name: p.read_bytes() for p in registry.iterdir()} == before
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import pytest
+
+    import evc.config
+    from evc.cli import main
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evc.config, "init_workspace", interrupted)  # Ctrl-C mid-command
+    monkeypatch.setattr(sys, "argv", ["evc", "init", str(tmp_path / "ws")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted"
