@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from evc.cli.context import workspace
+
 app = typer.Typer(help="Registry CA on the nodes: push, revoke, check.", no_args_is_help=True)
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 TARGET = typer.Argument("all", help="Ansible pattern: host, group, or 'group:&other'.")
-
-
-def _ws():
-    from evc.config import Workspace
-
-    return Workspace.find()
 
 
 def _report(run, json: bool) -> None:
@@ -34,7 +30,7 @@ def push(
     """Put the CA in Docker's certs.d, log in (no_log), verify by a pull; per host, why not."""
     from evc import certs
 
-    _report(certs.push(_ws(), target, system_trust, progress=not json), json)
+    _report(certs.push(workspace(), target, system_trust, progress=not json), json)
 
 
 @app.command()
@@ -42,7 +38,7 @@ def revoke(target: str = TARGET, json: bool = JSON) -> None:
     """Remove the CA and the login; succeeds only where a pull then fails."""
     from evc import certs
 
-    _report(certs.revoke(_ws(), target, progress=not json), json)
+    _report(certs.revoke(workspace(), target, progress=not json), json)
 
 
 @app.command()
@@ -53,7 +49,7 @@ def check(target: str = TARGET, json: bool = JSON) -> None:
     from evc import certs
     from evc.console import print_json, print_table
 
-    results = certs.check(_ws(), target, progress=not json)
+    results = certs.check(workspace(), target, progress=not json)
     if json:
         print_json([asdict(r) for r in results])
     else:

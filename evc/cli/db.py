@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from evc.cli.context import workspace
+
 app = typer.Typer(help="The workspace database: prune old telemetry.", no_args_is_help=True)
 
 
@@ -16,15 +18,9 @@ def prune(
     from evc import telemetry
     from evc.console import out, print_json
 
-    result = telemetry.prune(_ws(), telemetry.parse_duration(older_than, "--older-than"))
+    result = telemetry.prune(workspace(), telemetry.parse_duration(older_than, "--older-than"))
     if json:
         print_json(result)
         return
     for table, n in result["deleted"].items():
         out.print(f"{table}: {n} rows deleted", highlight=False)
-
-
-def _ws():
-    from evc.config import Workspace
-
-    return Workspace.find()

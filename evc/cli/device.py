@@ -6,18 +6,14 @@ from pathlib import Path
 
 import typer
 
+from evc.cli.context import workspace
+
 app = typer.Typer(
     help="Register devices, gather their facts, check they answer.", no_args_is_help=True
 )
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 TARGET = typer.Argument("all", help="Ansible pattern: host, group, or 'group:&other'.")
-
-
-def _ws():
-    from evc.config import Workspace
-
-    return Workspace.find()
 
 
 def _print_results(results, json: bool, title: str) -> None:
@@ -71,7 +67,7 @@ def add(
         else:
             password = typer.prompt(f"SSH password for {user}@{host}", hide_input=True)
     device = devices.from_options(name, host, port, user, group, role, label, lat, lon)
-    results = devices.add(_ws(), [device], password=password, progress=not json)
+    results = devices.add(workspace(), [device], password=password, progress=not json)
     _print_results(results, json, f"device add {name}")
 
 
@@ -84,7 +80,7 @@ def import_(
     from evc import devices
 
     batch = devices.load_file(file)
-    _print_results(devices.add(_ws(), batch, progress=not json), json, f"import {file.name}")
+    _print_results(devices.add(workspace(), batch, progress=not json), json, f"import {file.name}")
 
 
 @app.command("list")
@@ -96,7 +92,7 @@ def list_(
     from evc import devices
     from evc.console import ago, print_json, print_table
 
-    rows = devices.list_devices(_ws(), group)
+    rows = devices.list_devices(workspace(), group)
     if json:
         print_json(rows)
         return
@@ -131,7 +127,7 @@ def show(name: str, json: bool = JSON) -> None:
     from evc import db, devices
     from evc.console import out, print_json
 
-    ws = _ws()
+    ws = workspace()
     device = devices.get(db.workspace_db(ws), name)
     if json:
         print_json(device)
@@ -145,7 +141,7 @@ def remove(name: str) -> None:
     """Remove a device from the database and the inventory."""
     from evc import devices
 
-    devices.remove(_ws(), name)
+    devices.remove(workspace(), name)
     typer.echo(f"removed {name}")
 
 
@@ -154,7 +150,7 @@ def facts(target: str = TARGET, json: bool = JSON) -> None:
     """Gather facts again (arch, OS, CPUs, memory, disk, Docker, accelerator)."""
     from evc import devices
 
-    _print_results(devices.gather_facts(_ws(), target, progress=not json), json, "facts")
+    _print_results(devices.gather_facts(workspace(), target, progress=not json), json, "facts")
 
 
 @app.command()
@@ -162,4 +158,4 @@ def ping(target: str = TARGET, json: bool = JSON) -> None:
     """Reach every targeted device in one parallel run; update last_seen and status."""
     from evc import devices
 
-    _print_results(devices.ping(_ws(), target, progress=not json), json, "ping")
+    _print_results(devices.ping(workspace(), target, progress=not json), json, "ping")

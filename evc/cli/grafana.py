@@ -7,18 +7,14 @@ from pathlib import Path
 
 import typer
 
+from evc.cli.context import workspace
+
 app = typer.Typer(
     help="Grafana dashboards over the EVC database: build the files, run a Grafana, push.",
     no_args_is_help=True,
 )
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
-
-
-def _ws():
-    from evc.config import Workspace
-
-    return Workspace.find()
 
 
 @app.command()
@@ -33,7 +29,7 @@ def build(
     from evc.console import out as console
     from evc.console import print_json
 
-    paths = grafana.build(_ws(), out)
+    paths = grafana.build(workspace(), out)
     if json:
         print_json([str(p) for p in paths])
         return
@@ -58,7 +54,7 @@ def up(
     from evc.grafana import server
 
     result = server.up(
-        _ws(), image or server.DEFAULT_IMAGE, port, bind, install_plugin,
+        workspace(), image or server.DEFAULT_IMAGE, port, bind, install_plugin,
         log=(lambda _m: None) if json else (lambda m: err.print(m, highlight=False)),
     )  # fmt: skip
     if json:
@@ -77,7 +73,7 @@ def down(json: bool = JSON) -> None:
     from evc.console import out, print_json
     from evc.grafana import server
 
-    ws = _ws()
+    ws = workspace()
     removed = server.down(ws)
     if json:
         print_json({"container": server.container_name(ws), "removed": removed})
@@ -106,7 +102,7 @@ def push(
         f"Grafana token ({token_env} is not set)", hide_input=True, default="",
         show_default=False, err=True,
     )  # fmt: skip
-    result = grafana.push(_ws(), url, token, db_path)
+    result = grafana.push(workspace(), url, token, db_path)
     if json:
         print_json(result.to_dict())
     else:

@@ -6,17 +6,13 @@ from pathlib import Path
 
 import typer
 
+from evc.cli.context import workspace
+
 app = typer.Typer(help="Inference jobs across the fleet: run, resume, list, status, results.",
                   no_args_is_help=True)  # fmt: skip
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 JOB = typer.Argument(..., help="Job id (see `evc infer list`).")
-
-
-def _ws():
-    from evc.config import Workspace
-
-    return Workspace.find()
 
 
 def _report(result, json: bool, check: bool = True) -> None:
@@ -68,7 +64,7 @@ def run(
     from evc import jobs
 
     result = jobs.run(
-        _ws(), model, data, target, strategy, retries, conf, iou, imgsz, fps, shard_size,
+        workspace(), model, data, target, strategy, retries, conf, iou, imgsz, fps, shard_size,
         progress=not json,
     )  # fmt: skip
     _report(result, json)
@@ -83,7 +79,7 @@ def resume(
     """Run the pending items of an interrupted job."""
     from evc import jobs
 
-    _report(jobs.resume(_ws(), job, target, progress=not json), json)
+    _report(jobs.resume(workspace(), job, target, progress=not json), json)
 
 
 @app.command("list")
@@ -92,7 +88,7 @@ def list_(json: bool = JSON) -> None:
     from evc import jobs
     from evc.console import print_json, print_table
 
-    rows = jobs.list_jobs(_ws())
+    rows = jobs.list_jobs(workspace())
     if json:
         print_json(rows)
         return
@@ -109,7 +105,7 @@ def status(job: str = JOB, json: bool = JSON) -> None:
     """A job's state, counts, per-node items and throughput, and makespan."""
     from evc import jobs
 
-    _report(jobs.status(_ws(), job), json, check=False)
+    _report(jobs.status(workspace(), job), json, check=False)
 
 
 @app.command()
@@ -124,7 +120,7 @@ def results(
     from evc import jobs
     from evc.console import print_json, print_table
 
-    rows = jobs.results(_ws(), job)
+    rows = jobs.results(workspace(), job)
     if json:
         print_json(rows)
     elif csv:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from evc.cli.context import workspace
+
 app = typer.Typer(
     help="Node telemetry: collect a sample round, show latest values, export.",
     no_args_is_help=True,
@@ -18,12 +20,6 @@ OFFLINE_AFTER = typer.Option(
     help="Missed rounds in a row that make a node offline (default: evc.yaml telemetry."
     "offline_after, 3).",
 )  # fmt: skip
-
-
-def _ws():
-    from evc.config import Workspace
-
-    return Workspace.find()
 
 
 def _pct(v) -> str:
@@ -67,7 +63,7 @@ def collect(
     from evc import telemetry
     from evc.console import print_json
 
-    result = telemetry.collect(_ws(), target, progress=not json, offline_after=offline_after)
+    result = telemetry.collect(workspace(), target, progress=not json, offline_after=offline_after)
     if json:
         print_json(result.to_dict())
     else:
@@ -85,7 +81,7 @@ def show(
     from evc import telemetry
     from evc.console import ago, human_bytes, print_json, print_table, sparkline
 
-    views = telemetry.show(_ws(), node, telemetry.parse_duration(since, "--since"))
+    views = telemetry.show(workspace(), node, telemetry.parse_duration(since, "--since"))
     if json:
         print_json(views)
         return
@@ -130,6 +126,6 @@ def export(
             f"--format {format!r}: expected one of {', '.join(telemetry.EXPORT_FORMATS)}."
         )
     since_s = telemetry.parse_duration(since, "--since") if since else None
-    n = telemetry.export_csv(_ws(), output, since_s, node)
+    n = telemetry.export_csv(workspace(), output, since_s, node)
     if output:
         err.print(f"wrote {n} rows to {output}", highlight=False)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from evc.cli.context import workspace
+
 app = typer.Typer(
     help="Model images and the catalogue: build, push, list, show, delete.",
     no_args_is_help=True,
@@ -13,12 +15,6 @@ app = typer.Typer(
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 REF = typer.Argument(..., help="NAME:VERSION")
-
-
-def _ws():
-    from evc.config import Workspace
-
-    return Workspace.find()
 
 
 def _log(json: bool):
@@ -71,7 +67,7 @@ def build(
     from evc import images
 
     model = images.build(
-        _ws(), name, runtime, version, weights, arch, owner, task, base_image, force,
+        workspace(), name, runtime, version, weights, arch, owner, task, base_image, force,
         log=_log(json),
     )  # fmt: skip
     _print_model(model, json)
@@ -82,7 +78,7 @@ def push(ref: str = REF, json: bool = JSON) -> None:
     """Push a built model to the registry; records its digest and size."""
     from evc import images
 
-    _print_model(images.push(_ws(), ref, log=_log(json)), json)
+    _print_model(images.push(workspace(), ref, log=_log(json)), json)
 
 
 @app.command("list")
@@ -91,7 +87,7 @@ def list_(json: bool = JSON) -> None:
     from evc import images
     from evc.console import err, print_json, print_table
 
-    models, warning = images.list_models(_ws())
+    models, warning = images.list_models(workspace())
     if warning:
         err.print(f"[yellow]{warning}[/]", highlight=False)
     if json:
@@ -126,7 +122,7 @@ def show(ref: str = REF, json: bool = JSON) -> None:
     from evc import images
     from evc.console import err
 
-    model, warning = images.show(_ws(), ref)
+    model, warning = images.show(workspace(), ref)
     if warning:
         err.print(f"[yellow]{warning}[/]", highlight=False)
     _print_model(model, json)
@@ -142,7 +138,7 @@ def delete(
     from evc import images
     from evc.console import print_json
 
-    model = images.delete(_ws(), ref, force, log=_log(json))
+    model = images.delete(workspace(), ref, force, log=_log(json))
     if json:
         print_json({"deleted": model.ref, "image": model.image})
     else:
@@ -188,7 +184,7 @@ def deploy(
     from evc import deploy as d
 
     result = d.deploy(
-        _ws(), ref, target, serial, max_fail_percent, rollback_on_failure, cpus, memory,
+        workspace(), ref, target, serial, max_fail_percent, rollback_on_failure, cpus, memory,
         progress=not json,
     )  # fmt: skip
     _report(result, json)
@@ -201,7 +197,7 @@ def undeploy(
     """Remove the model's container from the nodes (the image stays for rollback)."""
     from evc import deploy as d
 
-    _report(d.undeploy(_ws(), name, target, progress=not json), json)
+    _report(d.undeploy(workspace(), name, target, progress=not json), json)
 
 
 @app.command()
@@ -211,4 +207,4 @@ def rollback(
     """Put each node back on the version it ran before its current one."""
     from evc import deploy as d
 
-    _report(d.rollback(_ws(), name, target, progress=not json), json)
+    _report(d.rollback(workspace(), name, target, progress=not json), json)

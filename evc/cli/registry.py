@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import typer
 
+from evc.cli.context import workspace
+
 app = typer.Typer(
     help="The private registry: certificates, credentials, container, API.", no_args_is_help=True
 )
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
-
-
-def _ws():
-    from evc.config import Workspace
-
-    return Workspace.find()
 
 
 def _print_status(st, json: bool) -> None:
@@ -66,7 +62,7 @@ def init(
     from evc import registry
 
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
-    settings = registry.init(_ws(), host, days, password, port, image)
+    settings = registry.init(workspace(), host, days, password, port, image)
     typer.echo(
         f"registry initialised for https://{settings.address}; "
         f"credentials in .evc/registry/ (user {settings.user})"
@@ -81,7 +77,7 @@ def up(
     """Run the registry container (TLS, auth, deletes, persistent storage)."""
     from evc import registry
 
-    _print_status(registry.up(_ws(), image), json)
+    _print_status(registry.up(workspace(), image), json)
 
 
 @app.command()
@@ -92,7 +88,7 @@ def down(
     from evc import registry
     from evc.console import print_json
 
-    removed = registry.down(_ws(), purge)
+    removed = registry.down(workspace(), purge)
     print_json(removed) if json else typer.echo(f"removed: {', '.join(removed) or 'nothing'}")
 
 
@@ -101,7 +97,7 @@ def status(json: bool = JSON) -> None:
     """Address, container state, certificate expiry and repositories."""
     from evc import registry
 
-    st = registry.status(_ws())
+    st = registry.status(workspace())
     _print_status(st, json)
     if st.state != "running" or st.error:
         raise typer.Exit(1)
@@ -123,11 +119,11 @@ def rotate(
     if not new_ca:
         from evc import registry
 
-        _print_status(registry.rotate(_ws(), days), json)
+        _print_status(registry.rotate(workspace(), days), json)
         return
     from evc import certs
 
-    result = certs.rotate_ca(_ws(), days, progress=not json)
+    result = certs.rotate_ca(workspace(), days, progress=not json)
     _print_rotation(result, json)
     if not result.ok:
         raise typer.Exit(1)

@@ -11,6 +11,8 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
+from evc.cli.context import workspace
+
 
 class _DefaultStart(TyperGroup):
     def parse_args(self, ctx, args):
@@ -32,12 +34,6 @@ app = typer.Typer(
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 FILE = typer.Argument(..., help="Run-config YAML, e.g. run_cfg/demo.yaml.")
 VAR = typer.Option(None, "--var", help="NAME=VALUE, overrides a var of the file (repeatable).")
-
-
-def _ws():
-    from evc.config import Workspace
-
-    return Workspace.find()
 
 
 def _print_plan(scenario, selected) -> None:
@@ -78,7 +74,7 @@ def start(
     from evc import scenario_runs
     from evc.console import print_json
 
-    ws = _ws()
+    ws = workspace()
     scenario = sc.load(file, sc.parse_vars(var or []), ws)
     selected = sc.select(scenario, start, only)
     if dry_run:
@@ -196,7 +192,7 @@ def list_(json: bool = JSON) -> None:
     from evc import scenario_runs
     from evc.console import print_json, print_table
 
-    runs = scenario_runs.list_runs(_ws())
+    runs = scenario_runs.list_runs(workspace())
     if json:
         print_json(runs)
         return
@@ -228,7 +224,7 @@ def show(
     from evc import scenario_runs
     from evc.console import print_json
 
-    run = scenario_runs.get_run(_ws(), run_id)
+    run = scenario_runs.get_run(workspace(), run_id)
     if json:
         print_json(run)
     else:
