@@ -489,7 +489,7 @@ def _wait_for(path: Path, seconds: float = 60) -> str:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.05)
-    return path.read_text()
+    return path.read_text() if path.is_file() else ""
 
 
 def test_serve_runs_shards_from_the_inbox_until_sigterm(face_home, images, tmp_path):
@@ -521,6 +521,15 @@ def test_serve_runs_shards_from_the_inbox_until_sigterm(face_home, images, tmp_p
         _shard(jobs / "inbox" / "j1-2-1.tar", {"shard.json": b'{"conf": 7}', "x.png": face})
         assert "conf must be a number from 0 to 1" in _wait_for(jobs / "outbox" / "j1-2-1.error")
         assert time.time() - (jobs / "serve.alive").stat().st_mtime < 5
+        # a shard whose controller gave up (it deletes the archive) gets no answer
+        _shard(jobs / "inbox" / "j1-3-1.tar", {f"{i}.png": face for i in range(50)})
+        _wait_for(jobs / "work" / "j1-3-1")
+        (jobs / "inbox" / "j1-3-1.tar").unlink()
+        _shard(jobs / "inbox" / "j1-4-1.tar", {"x.png": face})
+        assert len(_wait_for(jobs / "outbox" / "j1-4-1.jsonl").splitlines()) == 1
+        assert sorted(p.name for p in (jobs / "outbox").iterdir()) == [
+            "j1-0-1.jsonl", "j1-1-1.error", "j1-2-1.error", "j1-4-1.jsonl"
+        ]  # fmt: skip
     finally:
         server.send_signal(signal.SIGTERM)
         out, err = server.communicate(timeout=30)

@@ -7,7 +7,8 @@ protocol, under DIR:
 - ``inbox/NAME.tar``: a shard. ``shard.json`` holds ``{"conf", "iou", "imgsz"}``
   (nulls for the model's defaults); every other regular file is an item, named by
   its path in the archive. Written under a dot-name and renamed into place, so a
-  file ending in ``.tar`` is complete. The server deletes it once it has read it.
+  file ending in ``.tar`` is complete. The server deletes it once it has run it; a
+  controller that gives up waiting deletes it first, and then no answer is written.
 - ``outbox/NAME.jsonl``: one results.jsonl line per item (the ``--input`` format),
   renamed into place when complete; ``outbox/NAME.error`` instead when the shard
   itself is unusable (bad archive, bad parameters).
@@ -114,10 +115,12 @@ def serve(home: Path, jobs: Path) -> int:
         archive = shards[0][2]
         name, work = archive.stem, jobs / "work" / archive.stem
         try:
-            text = run_shard(model, config, archive, work, alive)
-            _write_atomic(outbox / f"{name}.jsonl", text)
-        except (UsageError, ValueError) as exc:
-            _write_atomic(outbox / f"{name}.error", one_line(exc))
+            try:
+                answer = outbox / f"{name}.jsonl", run_shard(model, config, archive, work, alive)
+            except (UsageError, ValueError) as exc:
+                answer = outbox / f"{name}.error", one_line(exc)
+            if archive.exists():  # else the controller gave up on it: nobody would read it
+                _write_atomic(*answer)
         finally:
             archive.unlink(missing_ok=True)
             shutil.rmtree(work, ignore_errors=True)
