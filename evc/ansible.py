@@ -8,6 +8,7 @@ ControlPersist, no fact gathering unless a playbook asks, a per-task timeout.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -104,12 +105,16 @@ def control_dir(ws: Workspace) -> Path:
     return path
 
 
-def close_connections(ws: Workspace) -> int:
-    """Close this workspace's persistent SSH connections (after nodes stop or change)."""
+def close_connections(ws: Workspace, address: str | None = None) -> int:
+    """Close this workspace's persistent SSH connections (after nodes stop or change):
+    those to ``address`` (a node's ansible_host) only, or all of them. Closing one ends
+    every session running over it, so a node's stop must not close the others'."""
     import subprocess
 
     closed = 0
     for sock in control_dir(ws).iterdir():
+        if address is not None and not sock.name.startswith(f"{address}-"):
+            continue
         subprocess.run(
             ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "evc-control"],
             capture_output=True,
@@ -117,6 +122,9 @@ def close_connections(ws: Workspace) -> int:
         )
         sock.unlink(missing_ok=True)
         closed += 1
+    if address is None:
+        with contextlib.suppress(OSError):  # made again by the next run
+            control_dir(ws).rmdir()
     return closed
 
 
@@ -139,6 +147,8 @@ def ansible_env(ws: Workspace, forks: int, task_timeout: int) -> dict[str, str]:
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_SSH_ARGS": ssh_args,
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir(ws)),
+        # Named by host (not Ansible's hash), so close_connections can pick one node's.
+        "ANSIBLE_SSH_CONTROL_PATH": "%(directory)s/%%h-%%p-%%r",
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_GATHERING": "explicit",
         "ANSIBLE_TIMEOUT": "10",

@@ -579,7 +579,7 @@ class Lab:
 
         c = self.get(node)
         c.stop(timeout=2)
-        close_connections(self.ws)
+        close_connections(self.ws, c.labels["evc.lab.ip"])  # the others' keep running
         c.reload()
         return self._node(c)
 

@@ -11,6 +11,7 @@ import zipfile
 import pytest
 
 from evc import db as evcdb
+from evc.lab import Lab, docker_client
 from tests.conftest import evc
 from tests.lab.conftest import evc_json as _json
 
@@ -54,7 +55,8 @@ def _check_complete(ws, job_id, items):
     db = evcdb.workspace_db(ws)
     rows = list(db.query("SELECT * FROM results WHERE job_id = ? ORDER BY item", [job_id]))
     assert [r["item"] for r in rows] == items
-    assert {r["item"] for r in rows if r["state"] != "ok"} == {"corrupt.jpg"}
+    bad = {r["item"]: r["error"] for r in rows if r["state"] != "ok"}
+    assert set(bad) == {"corrupt.jpg"}, bad
     (bad,) = [r for r in rows if r["item"] == "corrupt.jpg"]
     assert bad["state"] == "error" and bad["error"]
     faces = list(db.query(
@@ -113,12 +115,21 @@ def test_a_node_stopped_mid_job_loses_and_duplicates_nothing(lab_ws, lab_env, de
     import os
 
     env = {**os.environ, **lab_env}
+    # node2 slowed to a crawl, so its shard is surely still running when the node stops
+    node2 = docker_client().containers.get(Lab(lab_ws).container_name("node2"))
+    cpus = str(node2.attrs["HostConfig"]["NanoCpus"] / 1e9)
+
+    def limit(value):  # docker-py's update() has no NanoCpus, which lab nodes are made with
+        subprocess.run(["docker", "update", "--cpus", value, node2.name], check=True)
+
+    limit("0.05")
     proc = _start_job(env, dataset, "--strategy", "round-robin")
     try:
         job_id = _wait_for_shard(lab_ws, "node2")
         evc("lab", "stop", "node2", env=lab_env)
         out, err = proc.communicate(timeout=600)
     finally:
+        limit(cpus)
         evc("lab", "start", "node2", env=lab_env)
     job = _check_complete(lab_ws, job_id, _items(dataset))
     assert set(job["nodes"]) == {"node1"}, err  # node2's half was re-run on node1

@@ -116,3 +116,15 @@ def test_command_failure_reports_stderr_not_the_generic_message():
     )
     assert run.hosts["a"].message.endswith("certificate signed by unknown authority")
     assert run.hosts["b"].message == "Missing sudo password"
+
+
+def test_closing_one_nodes_connections_leaves_the_others(workspace):
+    from evc.ansible import close_connections, control_dir
+
+    cp = control_dir(workspace)
+    for name in ("172.30.0.2-22-root", "172.30.0.20-22-root", "172.30.0.3-2222-pi"):
+        (cp / name).touch()  # stand-ins for ControlPersist sockets (%h-%p-%r)
+    assert close_connections(workspace, "172.30.0.2") == 1
+    assert sorted(p.name for p in cp.iterdir()) == ["172.30.0.20-22-root", "172.30.0.3-2222-pi"]
+    assert close_connections(workspace) == 2
+    assert not cp.exists()  # lab down leaves no folder behind in /tmp
