@@ -9,6 +9,7 @@ Settings live in ``.evc/registry/registry.json`` beside the certificates
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -304,8 +305,9 @@ def _wait_answering(api: RegistryClient, seconds: float = 30) -> None:
 def down(ws: Workspace, purge: bool = False, client=None) -> list[str]:
     """Stop and remove the registry container.
 
-    With ``purge`` also its stored images, and the controller's local images
-    tagged for it (the probe, pushed models).
+    With ``purge`` also its stored images, the controller's local images tagged
+    for it (the probe, pushed models), and the controller's trust in its CA
+    (``certs.d/HOST:PORT``, when it holds this workspace's CA).
     """
     import docker.errors
 
@@ -334,7 +336,19 @@ def down(ws: Workspace, purge: bool = False, client=None) -> list[str]:
                 if tag.startswith(prefix):
                     client.images.remove(tag)
                     removed.append(tag)
+        if prefix and _untrust_on_controller(ws, CERTS_D / prefix.rstrip("/")):
+            removed.append(str(CERTS_D / prefix.rstrip("/")))
     return removed
+
+
+def _untrust_on_controller(ws: Workspace, trust: Path) -> bool:
+    """Remove ``trust`` (a certs.d folder) if its ``ca.crt`` is this workspace's CA."""
+    ca = files(ws).ca_cert
+    mine = ca.exists() and (trust / "ca.crt").exists()
+    if mine and (trust / "ca.crt").read_bytes() == ca.read_bytes():
+        shutil.rmtree(trust)
+        return True
+    return False
 
 
 def status(ws: Workspace, client=None) -> RegistryStatus:

@@ -82,7 +82,10 @@ def up(
 
 @app.command()
 def down(
-    purge: bool = typer.Option(False, help="Also delete the stored images."), json: bool = JSON
+    purge: bool = typer.Option(
+        False, help="Also delete the stored images, their local tags and the controller's trust."
+    ),
+    json: bool = JSON,
 ) -> None:
     """Stop and remove the registry container."""
     from evc import registry

@@ -2,6 +2,7 @@
 
 import json
 
+from evc import registry
 from evc.lab import LABEL, docker_client, free_subnet
 from tests.conftest import evc, write_settings
 from tests.lab.conftest import LAB_NAME
@@ -63,6 +64,8 @@ def _up_recreate_and_down(env, tmp_path, gateway):
     assert down["registry"] and down["registry"][0].startswith("evc-registry-default-")
     assert not client.containers.list(all=True, filters={"name": down["registry"][0]})
     purged = json.loads(evc("registry", "down", "--purge", "--json", env=env, check=0).stdout)
-    assert purged == [f"{down['registry'][0]}-data", f"{gateway}:5000/evc/probe:1"]
+    trust = registry.CERTS_D / f"{gateway}:5000"  # the controller's trust in the lab's CA
+    assert purged == [f"{down['registry'][0]}-data", f"{gateway}:5000/evc/probe:1", str(trust)]
+    assert not trust.exists()
     assert not client.images.list(name=f"{gateway}:5000/evc/probe")
     assert (tmp_path / ".evc" / "known_hosts").read_text() == ""
