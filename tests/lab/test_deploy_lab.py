@@ -11,12 +11,11 @@ from tests.lab.conftest import evc_json as _json
 MODEL = "dfaces"
 
 
-def _running(ws, node: str) -> str | None:
-    """The image the node's model container runs, or None if it has none."""
+def _running(ws, node: str, field: str = "{{.Config.Image}}") -> str | None:
+    """The image (reference, or with field ``{{.Image}}`` its id) that the node's model
+    container runs, or None if it has none."""
     container = docker_client().containers.get(Lab(ws).container_name(node))
-    code, out = container.exec_run(
-        ["docker", "inspect", "--format", "{{.Config.Image}}", f"evc-model-{MODEL}"]
-    )
+    code, out = container.exec_run(["docker", "inspect", "--format", field, f"evc-model-{MODEL}"])
     return out.decode().strip() if code == 0 else None
 
 
@@ -52,6 +51,18 @@ def test_deploy_is_health_checked_recorded_and_idempotent(lab_ws, lab_env, versi
     assert sorted(shown["deployed_on"]) == ["node1", "node2", "node3"]
     refused = evc("model", "delete", f"{MODEL}:1", env=lab_env, check=2)
     assert "deployed" in refused.stderr and "--force" in refused.stderr
+
+
+def test_a_version_rebuilt_and_pushed_again_is_pulled_again(lab_ws, lab_env, versions):
+    env = lab_env
+    rebuilt = _json("model", "build", MODEL, "--runtime", "face-haar", "--version", "1",
+                    "--force", "--owner", "qa", env=env)  # fmt: skip
+    assert rebuilt["image"] == versions["1"]  # same tag, new image
+    _json("model", "push", f"{MODEL}:1", env=env)
+    run = _json("model", "deploy", f"{MODEL}:1", "node1", env=env)["run"]
+    assert _states(run) == {"node1": "changed"}
+    assert _running(lab_ws, "node1", "{{.Image}}") == rebuilt["image_id"]
+    assert _running(lab_ws, "node2", "{{.Image}}") != rebuilt["image_id"]  # not targeted
 
 
 def test_rolling_deploy_stops_at_a_dead_node_and_rollback_restores(lab_ws, lab_env, versions):
