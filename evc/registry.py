@@ -328,27 +328,20 @@ def down(ws: Workspace, purge: bool = False, client=None) -> list[str]:
         except docker.errors.NotFound:
             pass
         try:
-            prefix = load(ws).address + "/"
+            address = load(ws).address
         except UsageError:
-            prefix = None  # never initialised: nothing was tagged for it
-        for image in client.images.list() if prefix else []:
+            return removed  # never initialised: nothing was tagged for it or trusted
+        for image in client.images.list():
             for tag in image.tags:
-                if tag.startswith(prefix):
+                if tag.startswith(address + "/"):
                     client.images.remove(tag)
                     removed.append(tag)
-        if prefix and _untrust_on_controller(ws, CERTS_D / prefix.rstrip("/")):
-            removed.append(str(CERTS_D / prefix.rstrip("/")))
+        trust, ca = CERTS_D / address, files(ws).ca_cert
+        trusted = trust / "ca.crt"
+        if ca.exists() and trusted.exists() and trusted.read_bytes() == ca.read_bytes():
+            shutil.rmtree(trust)  # only when it is this workspace's CA: another's stays
+            removed.append(str(trust))
     return removed
-
-
-def _untrust_on_controller(ws: Workspace, trust: Path) -> bool:
-    """Remove ``trust`` (a certs.d folder) if its ``ca.crt`` is this workspace's CA."""
-    ca = files(ws).ca_cert
-    mine = ca.exists() and (trust / "ca.crt").exists()
-    if mine and (trust / "ca.crt").read_bytes() == ca.read_bytes():
-        shutil.rmtree(trust)
-        return True
-    return False
 
 
 def status(ws: Workspace, client=None) -> RegistryStatus:
