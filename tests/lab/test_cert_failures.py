@@ -42,7 +42,9 @@ def _state(ws):
     nodes = {}
     for c in Lab(ws).containers():
         if c.status == "running":
-            cmd = f"cd '/etc/docker/certs.d/{addr}' && sha256sum * && cat /root/.docker/config.json"
+            # one stream: docker exec may deliver stdout and stderr frames in either order
+            cmd = (f"(cd '/etc/docker/certs.d/{addr}' && sha256sum * "
+                   "&& cat /root/.docker/config.json) 2>&1")  # fmt: skip
             nodes[c.name] = c.exec_run(["sh", "-c", cmd]).output.decode()
     return files, nodes
 
