@@ -54,12 +54,11 @@ def test_deploy_is_health_checked_recorded_and_idempotent(lab_ws, lab_env, versi
 
 
 def test_a_version_rebuilt_and_pushed_again_is_pulled_again(lab_ws, lab_env, versions):
-    env = lab_env
     rebuilt = _json("model", "build", MODEL, "--runtime", "face-haar", "--version", "1",
-                    "--force", "--owner", "qa", env=env)  # fmt: skip
+                    "--force", "--owner", "qa", env=lab_env)  # fmt: skip
     assert rebuilt["image"] == versions["1"]  # same tag, new image
-    _json("model", "push", f"{MODEL}:1", env=env)
-    run = _json("model", "deploy", f"{MODEL}:1", "node1", env=env)["run"]
+    _json("model", "push", f"{MODEL}:1", env=lab_env)
+    run = _json("model", "deploy", f"{MODEL}:1", "node1", env=lab_env)["run"]
     assert _states(run) == {"node1": "changed"}
     assert _running(lab_ws, "node1", "{{.Image}}") == rebuilt["image_id"]
     assert _running(lab_ws, "node2", "{{.Image}}") != rebuilt["image_id"]  # not targeted

@@ -55,8 +55,8 @@ def _check_complete(ws, job_id, items):
     db = evcdb.workspace_db(ws)
     rows = list(db.query("SELECT * FROM results WHERE job_id = ? ORDER BY item", [job_id]))
     assert [r["item"] for r in rows] == items
-    bad = {r["item"]: r["error"] for r in rows if r["state"] != "ok"}
-    assert set(bad) == {"corrupt.jpg"}, bad
+    errors = {r["item"]: r["error"] for r in rows if r["state"] != "ok"}
+    assert set(errors) == {"corrupt.jpg"}, errors
     (bad,) = [r for r in rows if r["item"] == "corrupt.jpg"]
     assert bad["state"] == "error" and bad["error"]
     faces = list(db.query(
@@ -122,9 +122,9 @@ def test_a_node_stopped_mid_job_loses_and_duplicates_nothing(lab_ws, lab_env, de
     def limit(value):  # docker-py's update() has no NanoCpus, which lab nodes are made with
         subprocess.run(["docker", "update", "--cpus", value, node2.name], check=True)
 
-    limit("0.05")
-    proc = _start_job(env, dataset, "--strategy", "round-robin")
     try:
+        limit("0.05")
+        proc = _start_job(env, dataset, "--strategy", "round-robin")
         job_id = _wait_for_shard(lab_ws, "node2")
         evc("lab", "stop", "node2", env=lab_env)
         out, err = proc.communicate(timeout=600)
