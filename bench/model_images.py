@@ -31,8 +31,8 @@ from pathlib import Path
 import docker.errors
 from _util import EVC, run, timed
 
-from evc.images import cache_dir
-from evc.lab import docker_client, ensure_base_image, ensure_image
+from evc.engine import docker_client, ensure_base_image, ensure_image
+from evc.model.runtimes import cache_dir
 
 # image name: (runtime, weights file in the temp folder or None)
 BUILDS = {

@@ -1,8 +1,8 @@
 """Telemetry: one collection round on 1 node vs all 3 lab nodes, and bulk ingestion speed.
 
 Targets: a round on all nodes under 2x a round on one (one parallel playbook run,
-one task per node), and ``evc.telemetry.ingest`` at least 100,000 metric rows/s.
-Rounds are timed in-process (``evc.telemetry.collect``: playbook, ingest,
+one task per node), and ``evc.logs.ingest`` at least 100,000 metric rows/s.
+Rounds are timed in-process (``evc.logs.collect``: playbook, ingest,
 liveness), interleaved, median of 5. Ingestion writes 200,000 realistic samples
 (temperatures, three interfaces) into a fresh database, median of 3. Uses its own
 lab ("evctelbench", the first free /24 from 172.31.240.0) and removes it at the end.
@@ -37,7 +37,7 @@ def samples(n: int) -> list[dict]:
 
 def ingest_rate(tmp: Path) -> float:
     from evc import db as evcdb
-    from evc.telemetry import ingest
+    from evc.logs import ingest
 
     rates = []
     batch = samples(ROWS)
@@ -52,8 +52,9 @@ def ingest_rate(tmp: Path) -> float:
 
 def main() -> int:
     from evc.config import Workspace
-    from evc.lab import docker_client, free_subnet
-    from evc.telemetry import collect
+    from evc.engine import docker_client
+    from evc.lab.network import free_subnet
+    from evc.logs import collect
 
     with tempfile.TemporaryDirectory() as tmp:
         rate = ingest_rate(Path(tmp))

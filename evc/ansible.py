@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from evc.config import Workspace
+from evc.console import progress_line
+from evc.db import record_run, workspace_db
 from evc.errors import EVCError, UsageError
 from evc.resources import playbook as bundled_playbook
 
@@ -286,8 +288,6 @@ def run_playbook(
     """
     import ansible_runner
 
-    from evc.console import progress_line
-
     inventory = inventory or ws.inventory
     hosts = resolve_hosts(inventory, target)
     path = Path(name) if os.sep in name else bundled_playbook(name)
@@ -326,7 +326,5 @@ def run_playbook(
         rc=runner.rc,
         hosts=collector.hosts,
     )
-    from evc.db import record_run, workspace_db
-
     record_run(workspace_db(ws), result)
     return result

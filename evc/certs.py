@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from evc import pki, registry
+from evc import pki, registry, registry_api
 from evc.ansible import RunResult, resolve_hosts, run_playbook
 from evc.config import Workspace
 from evc.errors import EVCError
+from evc.keys import write_private
 
 PASSWORD_ENV = "EVC_REGISTRY_PASSWORD"
 
@@ -176,7 +177,7 @@ def explain(run: RunResult, address: str) -> RunResult:
 
     def served() -> dict | None:
         if not cache:
-            cache.append(registry.served_certificate(address))
+            cache.append(registry_api.served_certificate(address))
         return cache[0]
 
     for r in run.hosts.values():
@@ -254,7 +255,7 @@ def rotate_ca(
     settings = registry.load(ws)
     pki.check_days(days)
     targets = resolve_hosts(ws.inventory, "all")
-    registry.RegistryClient.for_workspace(ws).ping()
+    registry.api(ws).ping()
     f = registry.files(ws)
     nxt = f.next_ca()
     resumed = registry.rotation_pending(ws)
@@ -276,7 +277,7 @@ def rotate_ca(
     ):
         pki.promote_next_ca(f)
         registry.trust_on_controller(ws, settings)
-        registry.RegistryClient.for_workspace(ws).ping()  # the new CA alone verifies it
+        registry.api(ws).ping()  # the new CA alone verifies it
         rotation.result.status = "complete"
     return _finish(ws, rotation.result)
 
@@ -354,8 +355,6 @@ def _ca(path) -> dict[str, Any]:
 
 
 def _restore(ws: Workspace, backup: dict, client) -> None:
-    from evc.keys import write_private
-
     for path, data in backup.items():
         write_private(path, data)
     registry.restart(ws, client)

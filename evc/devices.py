@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from evc import db as evcdb
 from evc import inventory
+from evc.ansible import run_playbook
 from evc.config import Workspace
 from evc.errors import EVCError, UsageError
+from evc.keys import check_host_key, controller_key, copy_key, pin_host, scan_host_keys
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 HOSTNAME_RE = re.compile(
@@ -185,121 +186,6 @@ def load_file(path: Path) -> list[Device]:
     return devices
 
 
-# ------------------------------------------------------------------ host keys
-
-
-def _known_host_name(host: str, port: int) -> str:
-    return host if port == 22 else f"[{host}]:{port}"
-
-
-def pinned_keys(ws: Workspace, host: str, port: int = 22) -> set[str]:
-    """The 'type base64' keys pinned for host:port."""
-    name = _known_host_name(host, port)
-    if not ws.known_hosts.exists():
-        return set()
-    return {
-        " ".join(parts[1:3])
-        for parts in (ln.split() for ln in ws.known_hosts.read_text().splitlines())
-        if len(parts) >= 3 and name in parts[0].split(",")
-    }
-
-
-def scan_host_keys(host: str, port: int, timeout: int = 5) -> set[str]:
-    """The host's keys as it presents them now (ssh-keyscan); empty if unreachable."""
-    proc = subprocess.run(
-        ["ssh-keyscan", "-T", str(timeout), "-p", str(port), "-t", "ed25519,ecdsa,rsa", host],
-        capture_output=True,
-        text=True,
-    )
-    return {" ".join(ln.split()[1:3]) for ln in proc.stdout.splitlines() if not ln.startswith("#")}
-
-
-def check_host_key(ws: Workspace, host: str, port: int, keys: set[str]) -> set[str]:
-    """Refuse a host whose key differs from the pinned one; returns the pinned keys."""
-    known = pinned_keys(ws, host, port)
-    if known and keys and not (known & keys):
-        raise UsageError(
-            f"The SSH host key of {host}:{port} has CHANGED since it was pinned in "
-            f"{ws.known_hosts}. That may be a re-installed device or an impostor; EVC will "
-            "not connect. If the change is expected, remove the old line from that file."
-        )
-    return known
-
-
-def pin_host(ws: Workspace, host: str, port: int, keys: set[str]) -> None:
-    """Trust on first use; a different key later is refused, never replaced."""
-    from evc.keys import pin_host_keys
-
-    known = check_host_key(ws, host, port, keys)
-    if keys and not known:
-        pin_host_keys(ws, {_known_host_name(host, port): sorted(keys)[0]})
-
-
-def copy_key(ws: Workspace, device: Device, password: str) -> None:
-    """Authorise the controller key on ``device`` by logging in once with a password.
-
-    The password goes to ssh through SSH_ASKPASS in the environment of that one
-    process: never on a command line, never in a file. The host key must already be
-    pinned (strict checking), so the password is only sent to the pinned host.
-    """
-    import os
-    import stat
-    import tempfile
-
-    from evc.keys import controller_key
-
-    _, pubkey = controller_key(ws)
-    keys_file = "~/.ssh/authorized_keys"
-    remote = (
-        "umask 077; mkdir -p ~/.ssh && k=$(cat) && "
-        f'(grep -qxF "$k" {keys_file} 2>/dev/null || printf "%s\\n" "$k" >> {keys_file})'
-    )
-    with tempfile.TemporaryDirectory(prefix="evc-askpass-") as tmp:
-        askpass = Path(tmp) / "askpass"
-        askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$EVC_SSH_PASSWORD"\n')
-        askpass.chmod(stat.S_IRWXU)
-        env = {
-            **os.environ,
-            "SSH_ASKPASS": str(askpass),
-            "SSH_ASKPASS_REQUIRE": "force",
-            "EVC_SSH_PASSWORD": password,
-        }
-        proc = subprocess.run(
-            [
-                "ssh",
-                "-p",
-                str(device.port),
-                "-o",
-                f"UserKnownHostsFile={ws.known_hosts}",
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "PubkeyAuthentication=no",
-                "-o",
-                "PreferredAuthentications=password,keyboard-interactive",
-                "-o",
-                "NumberOfPasswordPrompts=1",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "ControlMaster=no",
-                f"{device.user}@{device.host}",
-                remote,
-            ],  # fmt: skip
-            input=pubkey + "\n",
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
-    if proc.returncode != 0:
-        reason = (proc.stderr.strip().splitlines() or ["ssh failed"])[-1]
-        raise EVCError(
-            f"Could not install the controller key on {device.user}@{device.host}:"
-            f"{device.port}: {reason}. Nothing was added."
-        )
-
-
 # ------------------------------------------------------------------ inventory
 
 
@@ -326,8 +212,6 @@ def inventory_hosts(rows: list[dict]) -> list[inventory.InventoryHost]:
 
 def regenerate_inventory(ws: Workspace, db) -> None:
     """hosts.yml from the devices table (atomic); the controller key applies to all."""
-    from evc.keys import controller_key
-
     rows = [evcdb.device_from_row(r) for r in db["devices"].rows_where(order_by="name")]
     inventory.write(
         ws.inventory,
@@ -469,8 +353,6 @@ def record_liveness(db, run, offline_after: int, now: float | None = None) -> li
 
 def gather_facts(ws: Workspace, target: str = "all", progress: bool = True) -> list[DeviceResult]:
     """Run the facts playbook on ``target`` and store what each host reports."""
-    from evc.ansible import run_playbook
-
     db = evcdb.workspace_db(ws)
     run = run_playbook(ws, "facts.yml", target, progress=progress)
     results = []
@@ -494,8 +376,6 @@ def gather_facts(ws: Workspace, target: str = "all", progress: bool = True) -> l
 
 def ping(ws: Workspace, target: str = "all", progress: bool = True) -> list[DeviceResult]:
     """Reach every targeted host in one parallel run; update last_seen and status."""
-    from evc.ansible import run_playbook
-
     db = evcdb.workspace_db(ws)
     run = run_playbook(ws, "ping.yml", target, progress=progress)
     record_liveness(db, run, ws.offline_after)

@@ -11,3 +11,9 @@ class UsageError(EVCError):
     """The user asked for something invalid (bad option, unknown name): exit 2."""
 
     exit_code = 2
+
+
+class Interrupted(EVCError):
+    """Ctrl-C during long work (an inference job): what was pending stays pending."""
+
+    exit_code = 130

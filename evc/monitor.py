@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evc import logs
+from evc.ansible import resolve_hosts
 from evc.config import Workspace
 
 
@@ -32,7 +34,7 @@ class RoundReport:
     started: float  # epoch seconds
     duration_s: float
     skipped_ticks: int  # ticks this round overran
-    result: Any = None  # evc.telemetry.CollectResult, or None when the round failed
+    result: Any = None  # evc.logs.CollectResult, or None when the round failed
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,9 +118,6 @@ def run(
     stop: threading.Event | None = None,
 ) -> MonitorSummary:
     """Collect telemetry every ``interval`` seconds until a signal, ``stop``, or ``rounds``."""
-    from evc import telemetry
-    from evc.ansible import resolve_hosts
-
     resolve_hosts(ws.inventory, target)  # a bad target is an error now, not every round
     stop = stop or threading.Event()
     summary = MonitorSummary()
@@ -129,9 +128,7 @@ def run(
             report = RoundReport(summary.rounds + 1, started, 0.0, 0)
             try:
                 report.result = _in_thread(
-                    lambda: telemetry.collect(
-                        ws, target, progress=False, offline_after=offline_after
-                    )
+                    lambda: logs.collect(ws, target, progress=False, offline_after=offline_after)
                 )
             except Exception as exc:  # the monitor outlives any one round
                 report.error = f"{type(exc).__name__}: {exc}"

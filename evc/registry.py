@@ -18,7 +18,9 @@ from typing import Any
 
 from evc import pki
 from evc.config import Workspace
+from evc.engine import docker_client
 from evc.errors import EVCError, UsageError
+from evc.registry_api import RegistryClient
 
 DEFAULT_IMAGE = "registry:2"
 DEFAULT_PORT = 5000
@@ -126,6 +128,14 @@ def _config_yaml() -> str:
     )
 
 
+def api(ws: Workspace) -> RegistryClient:
+    """The registry's HTTP API as the controller uses it (read-write credential)."""
+    settings = load(ws)
+    return RegistryClient(
+        settings.address, settings.user, files(ws).password.read_text(), trusted_cas(ws)
+    )
+
+
 def rotation_pending(ws: Workspace) -> bool:
     """A ``rotate --new-ca`` was started and not finished: the incoming CA is on disk."""
     nxt = files(ws).next_ca()
@@ -177,8 +187,6 @@ def up(ws: Workspace, image: str | None = None, client=None) -> RegistryStatus:
     """Start (or keep) the registry container and wait until it answers over TLS."""
     import docker.errors
 
-    from evc.lab import docker_client
-
     settings = load(ws)
     if image and image != settings.image:
         settings.image = image
@@ -229,7 +237,7 @@ def up(ws: Workspace, image: str | None = None, client=None) -> RegistryStatus:
     elif container.status != "running":
         container.start()
     trust_on_controller(ws, settings)
-    _wait_answering(RegistryClient.for_workspace(ws))
+    _wait_answering(api(ws))
     return status(ws, client)
 
 
@@ -240,8 +248,6 @@ def restart(ws: Workspace, client=None) -> RegistryStatus:
     """
     import docker.errors
 
-    from evc.lab import docker_client
-
     client = client or docker_client()
     try:
         container = client.containers.get(container_name(ws))
@@ -249,7 +255,7 @@ def restart(ws: Workspace, client=None) -> RegistryStatus:
         return status(ws, client)
     if container.status == "running":
         container.restart(timeout=5)
-        _wait_answering(RegistryClient.for_workspace(ws))
+        _wait_answering(api(ws))
     return status(ws, client)
 
 
@@ -267,19 +273,6 @@ def rotate(ws: Workspace, days: int = 825, client=None) -> RegistryStatus:
     return restart(ws, client)
 
 
-def served_certificate(address: str, timeout: float = 5) -> dict | None:
-    """What the registry at ``address`` presents, unverified (for explaining TLS failures);
-    None if it cannot be read."""
-    import ssl
-
-    host, _, port = address.rpartition(":")
-    try:
-        pem = ssl.get_server_certificate((host.strip("[]"), int(port)), timeout=timeout)
-        return pki.certificate_info(pem.encode())
-    except (OSError, ValueError):
-        return None
-
-
 def _is_ip(host: str) -> bool:
     import ipaddress
 
@@ -290,11 +283,11 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def _wait_answering(api: RegistryClient, seconds: float = 30) -> None:
+def _wait_answering(http: RegistryClient, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while True:
         try:
-            api.ping()
+            http.ping()
             return
         except EVCError:
             if time.monotonic() > deadline:
@@ -310,8 +303,6 @@ def down(ws: Workspace, purge: bool = False, client=None) -> list[str]:
     (``certs.d/HOST:PORT``, when it holds this workspace's CA).
     """
     import docker.errors
-
-    from evc.lab import docker_client
 
     client = client or docker_client()
     removed = []
@@ -347,8 +338,6 @@ def down(ws: Workspace, purge: bool = False, client=None) -> list[str]:
 def status(ws: Workspace, client=None) -> RegistryStatus:
     import docker.errors
 
-    from evc.lab import docker_client
-
     settings = load(ws)
     f = files(ws)
     client = client or docker_client()
@@ -367,7 +356,7 @@ def status(ws: Workspace, client=None) -> RegistryStatus:
     )
     if state == "running":
         try:
-            result.repositories = RegistryClient.for_workspace(ws).catalog()
+            result.repositories = api(ws).catalog()
         except EVCError as exc:
             result.error = str(exc)
     return result
@@ -375,8 +364,6 @@ def status(ws: Workspace, client=None) -> RegistryStatus:
 
 def garbage_collect(ws: Workspace, client=None) -> str:
     """Run the registry's garbage collector (after deleting tags) inside its container."""
-    from evc.lab import docker_client
-
     client = client or docker_client()
     container = client.containers.get(container_name(ws))
     code, out = container.exec_run(
@@ -390,8 +377,6 @@ def garbage_collect(ws: Workspace, client=None) -> str:
 def push_probe(ws: Workspace, client=None) -> str:
     """Build the tiny busybox probe image on the controller and push it; returns its ref."""
     import shutil
-
-    from evc.lab import docker_client
 
     busybox = shutil.which("busybox")
     if not busybox:
@@ -421,93 +406,3 @@ def login(ws: Workspace, client) -> None:
         client.login(username=settings.user, password=password, registry=settings.address)
     except Exception as exc:
         raise EVCError(f"login to the registry at {settings.address} failed: {exc}") from None
-
-
-class RegistryClient:
-    """The registry HTTP API (v2) over TLS verified against the workspace CA."""
-
-    MANIFEST_TYPES = ", ".join(
-        [
-            "application/vnd.docker.distribution.manifest.v2+json",
-            "application/vnd.docker.distribution.manifest.list.v2+json",
-            "application/vnd.oci.image.manifest.v1+json",
-            "application/vnd.oci.image.index.v1+json",
-        ]
-    )
-
-    def __init__(self, address: str, user: str, password: str, ca_file: Path, timeout=10):
-        import requests
-
-        self.base = f"https://{address}/v2/"
-        self.session = requests.Session()
-        # The workspace CA only: with trust_env, REQUESTS_CA_BUNDLE or a proxy from the
-        # environment would override it (requests merges env settings over the session's).
-        self.session.trust_env = False
-        self.session.auth = (user, password)
-        self.verify = str(ca_file)
-        self.timeout = timeout
-
-    @classmethod
-    def for_workspace(cls, ws: Workspace) -> RegistryClient:
-        settings = load(ws)
-        f = files(ws)
-        return cls(settings.address, settings.user, f.password.read_text(), trusted_cas(ws))
-
-    def _request(self, method: str, path: str, **kwargs):
-        import requests
-
-        try:
-            response = self.session.request(
-                method, self.base + path, timeout=self.timeout, verify=self.verify, **kwargs
-            )
-        except requests.exceptions.SSLError as exc:
-            raise EVCError(f"TLS to the registry {self.base} failed: {exc}") from None
-        except requests.exceptions.RequestException as exc:
-            raise EVCError(f"The registry {self.base} does not answer: {exc}") from None
-        if response.status_code == 401:
-            raise EVCError(f"The registry {self.base} refused the credentials (401).")
-        return response
-
-    def ping(self) -> None:
-        self._request("GET", "").raise_for_status()
-
-    def catalog(self) -> list[str]:
-        response = self._request("GET", "_catalog", params={"n": 1000})
-        response.raise_for_status()
-        return sorted(response.json().get("repositories") or [])
-
-    def tags(self, repo: str) -> list[str]:
-        response = self._request("GET", f"{repo}/tags/list")
-        if response.status_code == 404:
-            return []
-        response.raise_for_status()
-        return sorted(response.json().get("tags") or [])
-
-    def manifest_digest(self, repo: str, tag: str) -> str | None:
-        response = self._request(
-            "HEAD", f"{repo}/manifests/{tag}", headers={"Accept": self.MANIFEST_TYPES}
-        )
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        return response.headers.get("Docker-Content-Digest")
-
-    def delete(self, repo: str, tag: str) -> bool:
-        """Delete the manifest a tag points to; False if there was no such tag."""
-        digest = self.manifest_digest(repo, tag)
-        if digest is None:
-            return False
-        self._request("DELETE", f"{repo}/manifests/{digest}").raise_for_status()
-        return True
-
-    def image_size(self, repo: str, tag: str) -> int | None:
-        """Bytes the registry stores for an image manifest: config plus layers."""
-        response = self._request(
-            "GET", f"{repo}/manifests/{tag}", headers={"Accept": self.MANIFEST_TYPES}
-        )
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        manifest = response.json()
-        parts = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
-        return sum(int(p.get("size", 0)) for p in parts)

@@ -15,10 +15,10 @@ def prune(
     json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Delete telemetry (metrics, container states, node events) older than a duration."""
-    from evc import telemetry
+    from evc import logs
     from evc.console import out, print_json
 
-    result = telemetry.prune(workspace(), telemetry.parse_duration(older_than, "--older-than"))
+    result = logs.prune(workspace(), logs.parse_duration(older_than, "--older-than"))
     if json:
         print_json(result)
         return

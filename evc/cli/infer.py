@@ -61,9 +61,9 @@ def run(
     json: bool = JSON,
 ) -> None:
     """Run MODEL over a data set spread across the nodes; every item ends ok or with an error."""
-    from evc import jobs
+    from evc.infer import runner
 
-    result = jobs.run(
+    result = runner.run(
         workspace(), model, data, target, strategy, retries, conf, iou, imgsz, fps, shard_size,
         progress=not json,
     )  # fmt: skip
@@ -77,16 +77,16 @@ def resume(
     json: bool = JSON,
 ) -> None:
     """Run the pending items of an interrupted job."""
-    from evc import jobs
+    from evc.infer import runner
 
-    _report(jobs.resume(workspace(), job, target, progress=not json), json)
+    _report(runner.resume(workspace(), job, target, progress=not json), json)
 
 
 @app.command("list")
 def list_(json: bool = JSON) -> None:
     """Recent jobs, newest first."""
-    from evc import jobs
     from evc.console import print_json, print_table
+    from evc.infer import jobs
 
     rows = jobs.list_jobs(workspace())
     if json:
@@ -103,7 +103,7 @@ def list_(json: bool = JSON) -> None:
 @app.command()
 def status(job: str = JOB, json: bool = JSON) -> None:
     """A job's state, counts, per-node items and throughput, and makespan."""
-    from evc import jobs
+    from evc.infer import jobs
 
     _report(jobs.status(workspace(), job), json, check=False)
 
@@ -117,8 +117,8 @@ def results(
     """Every item's result and detections."""
     import sys
 
-    from evc import jobs
     from evc.console import print_json, print_table
+    from evc.infer import jobs
 
     rows = jobs.results(workspace(), job)
     if json:

@@ -13,7 +13,7 @@ JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
 def _lab():
     from evc.config import Workspace
-    from evc.lab import Lab
+    from evc.lab.fleet import Lab
 
     return Lab(Workspace.find())
 
@@ -60,7 +60,7 @@ def up(
 ) -> None:
     """Build the images if needed and bring the lab to exactly N running nodes."""
     from evc.console import err, print_json
-    from evc.lab import DEFAULT_PROFILES, validate_request
+    from evc.lab.nodes import DEFAULT_PROFILES, validate_request
 
     from .output import exit_for, print_run
 

@@ -60,10 +60,10 @@ def collect(
     json: bool = JSON,
 ) -> None:
     """One telemetry round: sample every targeted node, store it, update liveness."""
-    from evc import telemetry
+    from evc import logs
     from evc.console import print_json
 
-    result = telemetry.collect(workspace(), target, progress=not json, offline_after=offline_after)
+    result = logs.collect(workspace(), target, progress=not json, offline_after=offline_after)
     if json:
         print_json(result.to_dict())
     else:
@@ -78,10 +78,10 @@ def show(
     json: bool = JSON,
 ) -> None:
     """Latest values per node, with CPU and memory sparklines over the window."""
-    from evc import telemetry
+    from evc import logs
     from evc.console import ago, human_bytes, print_json, print_table, sparkline
 
-    views = telemetry.show(workspace(), node, telemetry.parse_duration(since, "--since"))
+    views = logs.show(workspace(), node, logs.parse_duration(since, "--since"))
     if json:
         print_json(views)
         return
@@ -117,15 +117,13 @@ def export(
     output: Path = typer.Option(None, "--output", "-o", help="Write here (default: stdout)."),
 ) -> None:
     """Every stored sample (oldest first), one row per node per sample."""
-    from evc import telemetry
+    from evc import logs
     from evc.console import err
     from evc.errors import UsageError
 
-    if format not in telemetry.EXPORT_FORMATS:
-        raise UsageError(
-            f"--format {format!r}: expected one of {', '.join(telemetry.EXPORT_FORMATS)}."
-        )
-    since_s = telemetry.parse_duration(since, "--since") if since else None
-    n = telemetry.export_csv(workspace(), output, since_s, node)
+    if format not in logs.EXPORT_FORMATS:
+        raise UsageError(f"--format {format!r}: expected one of {', '.join(logs.EXPORT_FORMATS)}.")
+    since_s = logs.parse_duration(since, "--since") if since else None
+    n = logs.export_csv(workspace(), output, since_s, node)
     if output:
         err.print(f"wrote {n} rows to {output}", highlight=False)

@@ -64,9 +64,9 @@ def build(
     json: bool = JSON,
 ) -> None:
     """Build a model image, run its selftest, tag it REGISTRY/evc/NAME:VERSION-ARCH."""
-    from evc import images
+    from evc.model import build as b
 
-    model = images.build(
+    model = b.build(
         workspace(), name, runtime, version, weights, arch, owner, task, base_image, force,
         log=_log(json),
     )  # fmt: skip
@@ -76,18 +76,18 @@ def build(
 @app.command()
 def push(ref: str = REF, json: bool = JSON) -> None:
     """Push a built model to the registry; records its digest and size."""
-    from evc import images
+    from evc.model import publish
 
-    _print_model(images.push(workspace(), ref, log=_log(json)), json)
+    _print_model(publish.push(workspace(), ref, log=_log(json)), json)
 
 
 @app.command("list")
 def list_(json: bool = JSON) -> None:
     """The catalogue, checked against the registry."""
-    from evc import images
     from evc.console import err, print_json, print_table
+    from evc.model import catalogue
 
-    models, warning = images.list_models(workspace())
+    models, warning = catalogue.list_models(workspace())
     if warning:
         err.print(f"[yellow]{warning}[/]", highlight=False)
     if json:
@@ -119,10 +119,10 @@ def _when(ts: float) -> str:
 @app.command()
 def show(ref: str = REF, json: bool = JSON) -> None:
     """One catalogue entry, checked against the registry."""
-    from evc import images
     from evc.console import err
+    from evc.model import catalogue
 
-    model, warning = images.show(workspace(), ref)
+    model, warning = catalogue.show(workspace(), ref)
     if warning:
         err.print(f"[yellow]{warning}[/]", highlight=False)
     _print_model(model, json)
@@ -135,10 +135,10 @@ def delete(
     json: bool = JSON,
 ) -> None:
     """Delete the tag in the registry, collect garbage, remove the catalogue entry."""
-    from evc import images
     from evc.console import print_json
+    from evc.model import publish
 
-    model = images.delete(workspace(), ref, force, log=_log(json))
+    model = publish.delete(workspace(), ref, force, log=_log(json))
     if json:
         print_json({"deleted": model.ref, "image": model.image})
     else:
@@ -181,7 +181,7 @@ def deploy(
     json: bool = JSON,
 ) -> None:
     """Pull NAME:VERSION and run its container on the nodes; health-checked, idempotent."""
-    from evc import deploy as d
+    from evc.model import deploy as d
 
     result = d.deploy(
         workspace(), ref, target, serial, max_fail_percent, rollback_on_failure, cpus, memory,
@@ -195,7 +195,7 @@ def undeploy(
     name: str = typer.Argument(..., help="Model name."), target: str = TARGET, json: bool = JSON
 ) -> None:
     """Remove the model's container from the nodes (the image stays for rollback)."""
-    from evc import deploy as d
+    from evc.model import deploy as d
 
     _report(d.undeploy(workspace(), name, target, progress=not json), json)
 
@@ -205,6 +205,6 @@ def rollback(
     name: str = typer.Argument(..., help="Model name."), target: str = TARGET, json: bool = JSON
 ) -> None:
     """Put each node back on the version it ran before its current one."""
-    from evc import deploy as d
+    from evc.model import deploy as d
 
     _report(d.rollback(workspace(), name, target, progress=not json), json)

@@ -70,12 +70,13 @@ def start(
     json: bool = JSON,
 ) -> None:
     """Run a run-config (the default: `evc run FILE`): checked whole first, then step by step."""
-    from evc import scenario as sc
-    from evc import scenario_runs
     from evc.console import print_json
+    from evc.run import config as sc
+    from evc.run import execute as scenario_runs
+    from evc.run.variables import parse_vars
 
     ws = workspace()
-    scenario = sc.load(file, sc.parse_vars(var or []), ws)
+    scenario = sc.load(file, parse_vars(var or []), ws)
     selected = sc.select(scenario, start, only)
     if dry_run:
         if json:
@@ -167,16 +168,17 @@ def validate(
     json: bool = JSON,
 ) -> None:
     """Check a run-config (schema, variables, targets against the inventory); run nothing."""
-    from evc import scenario as sc
     from evc.config import Workspace
     from evc.console import out, print_json
     from evc.errors import UsageError
+    from evc.run import config as sc
+    from evc.run.variables import parse_vars
 
     try:
         ws = Workspace.find()
     except UsageError:
         ws = None  # no workspace: the file alone is checked
-    scenario = sc.load(file, sc.parse_vars(var or []), ws)
+    scenario = sc.load(file, parse_vars(var or []), ws)
     if json:
         print_json(scenario.to_dict())
         return
@@ -189,8 +191,8 @@ def list_(json: bool = JSON) -> None:
     """Recent runs, newest first."""
     from datetime import datetime
 
-    from evc import scenario_runs
     from evc.console import print_json, print_table
+    from evc.run import execute as scenario_runs
 
     runs = scenario_runs.list_runs(workspace())
     if json:
@@ -221,8 +223,8 @@ def show(
     run_id: str = typer.Argument(..., help="Run id (see `evc run list`)."), json: bool = JSON
 ) -> None:
     """One run: each step's state, duration, result and hosts."""
-    from evc import scenario_runs
     from evc.console import print_json
+    from evc.run import execute as scenario_runs
 
     run = scenario_runs.get_run(workspace(), run_id)
     if json:

@@ -228,7 +228,7 @@ def inference() -> dict:
 
 
 # What runs where: per (model, node) the latest row that is running or removed (as
-# evc.deploy.current reads it), kept when it is running.
+# evc.model.deployments.current reads it), kept when it is running.
 _RUNNING = f"""FROM deployments AS d
     JOIN (SELECT model, node, MAX(id) AS id FROM deployments
           WHERE state IN ('running', 'removed') GROUP BY model, node) AS last ON d.id = last.id

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from evc import db as evcdb
 from evc.config import Workspace
+from evc.engine import docker_client
 from evc.errors import EVCError, UsageError
 from evc.grafana.builder import PLUGIN
 from evc.grafana.provision import DASHBOARDS_ENV, DB_ENV, build
@@ -104,8 +105,6 @@ def up(
     """(Re)start this workspace's Grafana container and wait until it answers."""
     import docker.errors
 
-    from evc.lab import docker_client
-
     if not 1 <= port <= 65535:
         raise UsageError(f"--port {port} is out of range 1..65535.")
     build(ws)
@@ -155,8 +154,6 @@ def up(
 def down(ws: Workspace) -> bool:
     """Remove this workspace's Grafana container; False when there was none."""
     import docker.errors
-
-    from evc.lab import docker_client
 
     try:
         docker_client().containers.get(container_name(ws)).remove(force=True)

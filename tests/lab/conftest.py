@@ -9,7 +9,8 @@ import os
 import pytest
 
 from evc.config import Workspace
-from evc.lab import docker_client, free_subnet
+from evc.engine import docker_client
+from evc.lab.network import free_subnet
 from tests.conftest import evc, write_settings
 
 # Overridable so that two checkouts can run their lab tests side by side; without

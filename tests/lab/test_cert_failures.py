@@ -15,8 +15,10 @@ import time
 
 import pytest
 
-from evc import pki, registry
-from evc.lab import Lab, docker_client
+from evc import pki, registry, registry_api
+from evc.engine import docker_client
+from evc.lab.fleet import Lab
+from evc.lab.nodes import Nodes
 from tests.conftest import evc, files_holding
 
 NODES = ["node1", "node2", "node3"]
@@ -29,7 +31,7 @@ def _serve(ws):
     docker_client().containers.get(registry.container_name(ws)).restart(timeout=5)
     address = registry.load(ws).address
     deadline = time.monotonic() + 30
-    while (registry.served_certificate(address) or {}).get("sha256") != want:
+    while (registry_api.served_certificate(address) or {}).get("sha256") != want:
         assert time.monotonic() < deadline, "the registry does not serve its new files"
         time.sleep(0.3)
 
@@ -40,7 +42,7 @@ def _state(ws):
     files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in f.root.iterdir()}
     addr = registry.load(ws).address
     nodes = {}
-    for c in Lab(ws).containers():
+    for c in Nodes(ws).containers():
         if c.status == "running":
             # one stream: docker exec may deliver stdout and stderr frames in either order
             cmd = (f"(cd '/etc/docker/certs.d/{addr}' && sha256sum * "
@@ -132,7 +134,7 @@ def test_wrong_password(trusted, lab_env, tmp_path):
     htpasswd = f.htpasswd.read_bytes()
     other = pki.RegistryFiles(tmp_path)
     pki.make_credentials(other, "an-other-password-for-the-test")
-    Lab(ws).get("node2").exec_run(["rm", "-f", "/root/.docker/config.json"])
+    Nodes(ws).get("node2").exec_run(["rm", "-f", "/root/.docker/config.json"])
     try:
         f.htpasswd.write_bytes(other.htpasswd.read_bytes())
         _serve(ws)

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from evc import certs, pki, registry
+from evc import certs, pki, registry, registry_api
 from evc.ansible import run_playbook
-from evc.lab import Lab
+from evc.lab.fleet import Lab
+from evc.lab.nodes import Nodes
 from tests.conftest import evc, files_holding
 
 PULL = str(Path(__file__).parent / "playbooks" / "pull_probe.yml")
@@ -55,7 +56,7 @@ def _node_certs(ws) -> dict[str, dict[str, str]]:
     out = {}
     for node in NODES:
         cmd = ["sh", "-c", f"cd '/etc/docker/certs.d/{addr}' && sha256sum *"]
-        res = Lab(ws).get(node).exec_run(cmd)
+        res = Nodes(ws).get(node).exec_run(cmd)
         assert res.exit_code == 0, res.output
         out[node] = {ln.split()[1]: ln.split()[0] for ln in res.output.decode().splitlines()}
     return out
@@ -78,7 +79,7 @@ def test_every_node_pulls_after_every_phase_and_the_old_ca_is_gone(rotating):
     old, seen = _sha(f.ca_cert), []
 
     def after(phase):
-        served = registry.served_certificate(settings.address)
+        served = registry_api.served_certificate(settings.address)
         seen.append((phase.name, phase.status, _pulls(ws), _node_certs(ws), served["issuer"]))
 
     result = certs.rotate_ca(ws, progress=False, after_phase=after)
@@ -133,7 +134,7 @@ def test_failed_phase_stops_rolls_back_and_a_rerun_finishes(rotating, lab_env):
 
     def sabotage(phase):
         if phase.name == "trust-both":
-            Lab(ws).get("node2").exec_run(["rm", f"/etc/docker/certs.d/{addr}/ca-next.crt"])
+            Nodes(ws).get("node2").exec_run(["rm", f"/etc/docker/certs.d/{addr}/ca-next.crt"])
 
     first = certs.rotate_ca(ws, progress=False, after_phase=sabotage)
     assert first.status == "stopped" and first.stopped_at == "switch-server" and not first.ok

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from evc.lab import Lab, docker_client
+from evc.engine import docker_client
+from evc.lab.nodes import Nodes
 from tests.conftest import evc
 from tests.lab.conftest import evc_json as _json
 
@@ -14,7 +15,7 @@ MODEL = "dfaces"
 def _running(ws, node: str, field: str = "{{.Config.Image}}") -> str | None:
     """The image (reference, or with field ``{{.Image}}`` its id) that the node's model
     container runs, or None if it has none."""
-    container = docker_client().containers.get(Lab(ws).container_name(node))
+    container = docker_client().containers.get(Nodes(ws).container_name(node))
     code, out = container.exec_run(["docker", "inspect", "--format", field, f"evc-model-{MODEL}"])
     return out.decode().strip() if code == 0 else None
 

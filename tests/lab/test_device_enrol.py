@@ -5,14 +5,14 @@ import json
 import pytest
 
 from evc import db as evcdb
-from evc.lab import Lab
+from evc.lab.nodes import Nodes
 from tests.conftest import evc
 
 PASSWORD = "Lab-only-S3cret-4-test"
 
 
 def _ip(lab_ws, node):
-    return Lab(lab_ws).get(node).labels["evc.lab.ip"]
+    return Nodes(lab_ws).get(node).labels["evc.lab.ip"]
 
 
 def test_import_gathers_facts_in_one_parallel_run(lab_ws, lab_env, tmp_path):
@@ -48,7 +48,7 @@ def test_import_gathers_facts_in_one_parallel_run(lab_ws, lab_env, tmp_path):
 
 @pytest.fixture
 def password_user(lab_ws):
-    node = Lab(lab_ws).get("node2")
+    node = Nodes(lab_ws).get("node2")
     setup = f"useradd -m edge && echo 'edge:{PASSWORD}' | chpasswd"
     assert node.exec_run(["sh", "-c", setup]).exit_code == 0
     yield node

@@ -7,7 +7,8 @@ import yaml
 
 from evc import db as evcdb
 from evc.ansible import close_connections
-from evc.lab import PROFILES, Lab
+from evc.lab.fleet import Lab
+from evc.lab.nodes import PROFILES, Nodes
 from tests.conftest import evc
 
 
@@ -62,7 +63,7 @@ def test_every_run_and_action_is_recorded(lab_ws, lab_env):
 
 
 def test_replaced_host_key_is_refused(lab_ws, lab_env):
-    node = Lab(lab_ws).get("node1")
+    node = Nodes(lab_ws).get("node1")
     ip = node.labels["evc.lab.ip"]
     swap = "mkdir -p /root/keys.bak && cp /etc/ssh/ssh_host_* /root/keys.bak/ && "
     swap += "rm /etc/ssh/ssh_host_* && ssh-keygen -A >/dev/null && pkill -HUP -x sshd"

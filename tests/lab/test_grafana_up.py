@@ -1,7 +1,7 @@
 """`evc grafana up` on the real Docker engine, where no Grafana image can be had:
 a plain message, a non-zero exit, no container left behind."""
 
-from evc.lab import docker_client
+from evc.engine import docker_client
 from tests.conftest import evc
 
 

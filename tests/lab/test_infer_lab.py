@@ -11,7 +11,8 @@ import zipfile
 import pytest
 
 from evc import db as evcdb
-from evc.lab import Lab, docker_client
+from evc.engine import docker_client
+from evc.lab.nodes import Nodes
 from tests.conftest import evc
 from tests.lab.conftest import evc_json as _json
 
@@ -116,7 +117,7 @@ def test_a_node_stopped_mid_job_loses_and_duplicates_nothing(lab_ws, lab_env, de
 
     env = {**os.environ, **lab_env}
     # node2 slowed to a crawl, so its shard is surely still running when the node stops
-    node2 = docker_client().containers.get(Lab(lab_ws).container_name("node2"))
+    node2 = docker_client().containers.get(Nodes(lab_ws).container_name("node2"))
     cpus = str(node2.attrs["HostConfig"]["NanoCpus"] / 1e9)
 
     def limit(value):  # docker-py's update() has no NanoCpus, which lab nodes are made with

@@ -7,7 +7,8 @@ import pytest
 
 from evc.ansible import close_connections, run_playbook
 from evc.errors import UsageError
-from evc.lab import PROFILES, Lab
+from evc.lab.fleet import Lab
+from evc.lab.nodes import PROFILES
 from tests.conftest import evc
 
 PROBE = str(Path(__file__).parent / "playbooks" / "probe.yml")
@@ -41,7 +42,7 @@ def test_container_runs_on_each_nodes_own_engine_within_node_limits(lab_ws):
         outputs = run.hosts[node.name].outputs
         log = outputs["run probe container"]["container"]["Output"]
         assert f"hello-from-{node.name}" in log
-        node_id = lab.get(node.name).id
+        node_id = lab.containers.get(node.name).id
         # The inner container's cgroup sits under the node's: profile limits bind it.
         assert f"/docker/{node_id}/evc/" in log
         cg, quota, period = outputs["node cpu quota"]["stdout"].split()

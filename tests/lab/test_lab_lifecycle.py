@@ -3,7 +3,9 @@
 import json
 
 from evc import registry
-from evc.lab import LABEL, docker_client, free_subnet
+from evc.engine import docker_client
+from evc.lab.network import free_subnet
+from evc.lab.nodes import LABEL
 from tests.conftest import evc, write_settings
 from tests.lab.conftest import LAB_NAME
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from evc import registry
-from evc.lab import Lab, docker_client
+from evc.engine import docker_client
+from evc.lab.nodes import Nodes
 from tests.conftest import evc
 from tests.lab.conftest import evc_json as _json
 
@@ -31,7 +32,7 @@ def images_in(tmp_path_factory):
 
 def run_on_node(ws, node: str, ref: str, folder: Path) -> tuple[list[dict], dict]:
     """Pull ``ref`` on a lab node and run its evc-infer over ``folder``; (results, summary)."""
-    container = docker_client().containers.get(Lab(ws).container_name(node))
+    container = docker_client().containers.get(Nodes(ws).container_name(node))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(folder, arcname="in")
@@ -79,7 +80,7 @@ def test_face_haar_builds_pushes_and_finds_the_astronaut(lab_ws, lab_env, truste
 
     pushed = _json("model", "push", "faces:1.0", env=lab_env)
     assert pushed["registry_digest"].startswith("sha256:") and pushed["pushed_size"] > 10**7
-    api = registry.RegistryClient.for_workspace(lab_ws)
+    api = registry.api(lab_ws)
     assert api.manifest_digest("evc/faces", "1.0-amd64") == pushed["registry_digest"]
 
     results, summary = run_on_node(lab_ws, "node1", built["image"], images_in)
@@ -137,7 +138,7 @@ def test_an_image_that_fails_its_selftest_is_not_tagged(lab_ws, lab_env, tmp_pat
 def test_list_flags_what_the_registry_lost_and_delete_cleans_up(lab_ws, lab_env):
     models = {m["ref"]: m for m in _json("model", "list", env=lab_env)}
     assert models["faces:1.0"]["in_registry"] is True and models["yolo:0.1"]["in_registry"]
-    api = registry.RegistryClient.for_workspace(lab_ws)
+    api = registry.api(lab_ws)
     assert api.delete("evc/yolo", "0.1-amd64")  # behind EVC's back
     models = {m["ref"]: m for m in _json("model", "list", env=lab_env)}
     assert models["yolo:0.1"]["in_registry"] is False

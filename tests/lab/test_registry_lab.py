@@ -9,7 +9,7 @@ import requests
 
 from evc import pki, registry
 from evc.ansible import run_playbook
-from evc.lab import docker_client
+from evc.engine import docker_client
 from tests.conftest import evc, files_holding
 
 PULL = str(Path(__file__).parent / "playbooks" / "pull_probe.yml")
@@ -59,7 +59,7 @@ def test_node_without_the_ca_cannot_pull(lab_ws, reg):
 
 def test_api_lists_tags_and_deletes_with_garbage_collection(lab_ws, reg, tmp_path):
     settings, _, _ = reg
-    api = registry.RegistryClient.for_workspace(lab_ws)
+    api = registry.api(lab_ws)
     assert api.tags(registry.PROBE_REPO) == [registry.PROBE_TAG]
     assert api.manifest_digest(registry.PROBE_REPO, registry.PROBE_TAG).startswith("sha256:")
     # A second, different image to delete (same-digest tags would go together).

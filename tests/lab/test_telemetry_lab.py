@@ -11,8 +11,9 @@ import time
 import pytest
 
 from evc import db as evcdb
-from evc import telemetry
-from evc.lab import Lab
+from evc import logs as telemetry
+from evc.lab.fleet import Lab
+from evc.lab.nodes import Nodes
 from tests.conftest import EVC, evc
 from tests.lab.conftest import evc_json
 
@@ -58,7 +59,7 @@ def test_every_node_reports_sane_values_of_its_own_cgroup(lab_ws, lab_env):
 def test_cpu_burner_raises_its_node_only(lab_ws, lab_env):
     evc_json("logs", "collect", "lab", env=lab_env)
     baseline = _cpu(evc_json("logs", "collect", "lab", env=lab_env))
-    burner = Lab(lab_ws).get("node1")
+    burner = Nodes(lab_ws).get("node1")
     loop = "while :; do :; done"
     burner.exec_run(["timeout", "40", "sh", "-c", f"{loop} & {loop}"], detach=True)
     try:

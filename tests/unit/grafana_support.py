@@ -21,8 +21,11 @@ import uuid
 from pathlib import Path
 
 from evc import db as evcdb
-from evc import deploy, devices, images, jobs, telemetry
+from evc import devices
+from evc import logs as telemetry
 from evc.ansible import HostResult, RunResult, resolve_hosts
+from evc.infer import runner as jobs
+from evc.model import catalogue, deploy
 
 # ----------------------------------------------------------------- rendering
 
@@ -166,7 +169,7 @@ def _devices(ws, db, now: float) -> None:
 
 
 def record_telemetry(db, now: float) -> None:
-    """90 one-minute telemetry rounds through ``evc.telemetry.ingest`` and
+    """90 one-minute telemetry rounds through ``evc.logs.ingest`` and
     ``evc.devices.record_liveness``; node3 stops answering near the end (offline)."""
     for k in range(90):
         at = now - 5400 + 60 * k
@@ -197,7 +200,7 @@ def record_telemetry(db, now: float) -> None:
 
 
 def _model(ws, version: str, now: float) -> None:
-    images._save(ws, images.Model(
+    catalogue.save(ws, catalogue.Model(
         name="faces", version=version, runtime="face-haar", task="detect", arch="amd64",
         owner="vision", image=f"registry:5000/evc/faces:{version}-amd64",
         image_id="sha256:" + "ab" * 32, size_bytes=210_000_000, weights_source=None,

@@ -1,9 +1,11 @@
 """Model image building: names, platform tags and the bad-input paths that stop before Docker."""
 
+from pathlib import Path
+
 import pytest
 
-from evc import images
 from evc.errors import UsageError
+from evc.model import catalogue, runtimes
 from tests.conftest import evc
 
 
@@ -12,26 +14,26 @@ from tests.conftest import evc
     [("faces:1.0", ("faces", "1.0")), ("yolo-v8.n:2026_11-rc1", ("yolo-v8.n", "2026_11-rc1"))],
 )
 def test_parse_ref(ref, expected):
-    assert images.parse_ref(ref) == expected
+    assert catalogue.parse_ref(ref) == expected
 
 
 @pytest.mark.parametrize("ref", ["faces", "Faces:1", "faces:", ":1", "faces:1:2", "a b:1"])
 def test_parse_ref_rejects(ref):
     with pytest.raises(UsageError, match="expected NAME:VERSION"):
-        images.parse_ref(ref)
+        catalogue.parse_ref(ref)
 
 
 def test_platform_tags_cover_older_glibc_only():
-    args = images._platform_args("amd64", "2.36")
+    args = runtimes._platform_args("amd64", "2.36")
     tags = args[1::2]
     assert "manylinux_2_17_x86_64" in tags and "manylinux_2_36_x86_64" in tags
     assert "manylinux_2_37_x86_64" not in tags and "manylinux2014_x86_64" in tags
-    assert all(t.endswith("aarch64") for t in images._platform_args("arm64", "2.31")[1::2])
+    assert all(t.endswith("aarch64") for t in runtimes._platform_args("arm64", "2.31")[1::2])
 
 
 def test_runtimes_are_listed_with_their_specs():
-    assert {"yolo-onnx", "face-haar", "ultralytics"} <= set(images.available_runtimes())
-    rt = images.Runtime.load("yolo-onnx")
+    assert {"yolo-onnx", "face-haar", "ultralytics"} <= set(runtimes.available_runtimes())
+    rt = runtimes.Runtime.load("yolo-onnx")
     assert rt.weights["required"] and ".onnx" in rt.weights["formats"]
     assert "onnxruntime" in " ".join(rt.requirements)
     assert not any(r.startswith(("torch", "opencv")) for r in rt.requirements)
@@ -107,11 +109,11 @@ def test_unknown_model(workspace):
 
 def test_a_bare_yolo_config_name_is_the_one_ultralytics_ships(tmp_path, monkeypatch):
     pytest.importorskip("ultralytics")
-    found = images.builtin_config(images.Path("yolov8n.yaml"))
+    found = runtimes.builtin_config(Path("yolov8n.yaml"))
     assert found is not None and found.name == "yolov8.yaml"  # scale n of yolov8.yaml
-    assert images.builtin_config(images.Path("yolo11s.yaml")).name == "yolo11.yaml"
-    assert images.builtin_config(images.Path("nonesuch8n.yaml")) is None
-    assert images.builtin_config(tmp_path / "yolov8n.yaml") is None  # a path is a path
+    assert runtimes.builtin_config(Path("yolo11s.yaml")).name == "yolo11.yaml"
+    assert runtimes.builtin_config(Path("nonesuch8n.yaml")) is None
+    assert runtimes.builtin_config(tmp_path / "yolov8n.yaml") is None  # a path is a path
     monkeypatch.chdir(tmp_path)
     (tmp_path / "yolov8n.yaml").write_text("nc: 1\n")
-    assert images.builtin_config(images.Path("yolov8n.yaml")) is None  # a file here wins
+    assert runtimes.builtin_config(Path("yolov8n.yaml")) is None  # a file here wins

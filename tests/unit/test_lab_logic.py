@@ -1,25 +1,26 @@
 import pytest
 
-from evc import lab
+from evc import engine
 from evc.errors import EVCError, UsageError
+from evc.lab import network, nodes
 
 
-@pytest.mark.parametrize("n", [0, -1, lab.MAX_NODES + 1, 10_000])
+@pytest.mark.parametrize("n", [0, -1, nodes.MAX_NODES + 1, 10_000])
 def test_node_count_out_of_range(n):
     with pytest.raises(UsageError, match="out of range"):
-        lab.validate_request(n, ["rpi"])
+        nodes.validate_request(n, ["rpi"])
 
 
 def test_unknown_profile_lists_known_ones():
     with pytest.raises(UsageError, match=r"Unknown profile 'tpu'.*rpi, nuc, orin"):
-        lab.validate_request(3, ["rpi", "tpu"])
+        nodes.validate_request(3, ["rpi", "tpu"])
 
 
 def test_profiles_are_distinct_hardware():
-    assert len(lab.PROFILES) >= 3
-    specs = {(p.cpus, p.mem_gib) for p in lab.PROFILES.values()}
-    assert len(specs) == len(lab.PROFILES)
-    assert lab.PROFILES["rpi"].cpus == 0.5 and lab.PROFILES["rpi"].mem_gib == 1
+    assert len(nodes.PROFILES) >= 3
+    specs = {(p.cpus, p.mem_gib) for p in nodes.PROFILES.values()}
+    assert len(specs) == len(nodes.PROFILES)
+    assert nodes.PROFILES["rpi"].cpus == 0.5 and nodes.PROFILES["rpi"].mem_gib == 1
 
 
 def test_mirror_from_deb822_sources(tmp_path):
@@ -31,20 +32,20 @@ def test_mirror_from_deb822_sources(tmp_path):
         "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
         "Components: main\n"
     )
-    assert lab.apt_mirror(tmp_path) == "http://mirror.example/debian"
+    assert engine.apt_mirror(tmp_path) == "http://mirror.example/debian"
 
 
 def test_mirror_from_one_line_sources(tmp_path):
     (tmp_path / "sources.list").write_text(
         "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\n"
     )
-    assert lab.apt_mirror(tmp_path) == "http://m.example/debian"
+    assert engine.apt_mirror(tmp_path) == "http://m.example/debian"
 
 
 def test_no_mirror_is_an_environment_error(tmp_path):
     (tmp_path / "sources.list").write_text("deb http://m.example/debian trixie main\n")
     with pytest.raises(EVCError, match="No Debian bookworm mirror"):
-        lab.apt_mirror(tmp_path)
+        engine.apt_mirror(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +60,7 @@ def test_no_mirror_is_an_environment_error(tmp_path):
 )
 def test_bad_subnets_fail_before_touching_docker(subnet, match):
     with pytest.raises(UsageError, match=match):
-        lab.check_subnet(None, subnet, "evc-x", 3)  # no client needed: parsing comes first
+        network.check_subnet(None, subnet, "evc-x", 3)  # no client needed: parsing comes first
 
 
 class _Net:
@@ -76,7 +77,7 @@ class _Client:
 def test_a_clashing_subnet_suggests_one_that_is_free():
     client = _Client(_Net("evc-old", "172.30.0.0/24"), _Net("other", "172.30.1.0/24"))
     with pytest.raises(UsageError, match=r"'evc-old'.*e\.g\. --subnet 172\.30\.2\.0/24"):
-        lab.check_subnet(client, "172.30.0.0/24", "evc-new", 3)
-    assert lab.free_subnet(client, "evc-new", "172.30.0.0/24") == "172.30.2.0/24"
+        network.check_subnet(client, "172.30.0.0/24", "evc-new", 3)
+    assert network.free_subnet(client, "evc-new", "172.30.0.0/24") == "172.30.2.0/24"
     # A lab's own network is no obstacle to itself.
-    assert lab.free_subnet(client, "evc-old", "172.30.0.0/24") == "172.30.0.0/24"
+    assert network.free_subnet(client, "evc-old", "172.30.0.0/24") == "172.30.0.0/24"

@@ -34,9 +34,9 @@ def test_wheel_carries_data_folders(tmp_path):
     (wheel,) = tmp_path.glob("evc-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "evc/_data/playbooks/ping.yml" in names
-    assert "evc/lab_image/node/Dockerfile" in names
-    assert "evc/lab_image/node/node-init" in names
-    assert "evc/lab_image/registry/Dockerfile" in names
+    assert "evc/base_images/node/Dockerfile" in names
+    assert "evc/base_images/node/node-init" in names
+    assert "evc/base_images/registry/Dockerfile" in names
     assert any(n.startswith("evc/_data/grafana/") for n in names)
     assert any(n.startswith("evc/_data/model_images/") for n in names)
     entry = [n for n in names if n.endswith("entry_points.txt")]

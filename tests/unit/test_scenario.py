@@ -9,9 +9,12 @@ import pytest
 import typer.models
 
 from evc import db as evcdb
-from evc import devices, scenario, steps
+from evc import devices
 from evc.errors import UsageError
 from evc.resources import data_dir
+from evc.run import capabilities as steps
+from evc.run import config as scenario
+from evc.run.variables import evaluate_when, parse_vars
 from tests.conftest import evc
 
 RUN_CFG = data_dir("run_cfg")
@@ -161,12 +164,12 @@ def test_interpolation_keeps_types_and_nests(tmp_path, monkeypatch):
 def test_var_overrides_from_the_command_line(tmp_path, monkeypatch):
     monkeypatch.setenv("EVC_TEST_HOME", "/srv")
     path = write(tmp_path, BASE + "  - {do: model.push, with: {ref: '${ref}'}}\n")
-    s = scenario.load(path, scenario.parse_vars(["ver=2.5", "n=3"]))
+    s = scenario.load(path, parse_vars(["ver=2.5", "n=3"]))
     assert s.steps[0].options["ref"] == "face:2.5" and s.vars["n"] == 3
     with pytest.raises(UsageError, match=r"--var vre: .* no such variable \(did you mean 'ver'"):
         scenario.load(path, {"vre": "1"})
     with pytest.raises(UsageError, match="expected NAME=VALUE"):
-        scenario.parse_vars(["novalue"])
+        parse_vars(["novalue"])
 
 
 def test_anchors_aliases_and_merge_keys(tmp_path):
@@ -220,15 +223,15 @@ steps:
 
 def test_when_expressions(tmp_path):
     v = {"n": 3, "skip": False, "profile": "lab", "groups": ["a", "b"]}
-    assert scenario.evaluate_when("n > 2 and not skip", v)
-    assert scenario.evaluate_when("profile == 'lab' or skip", v)
-    assert scenario.evaluate_when("'a' in groups", v)
-    assert not scenario.evaluate_when("1 < n < 3", v)
-    assert not scenario.evaluate_when(False, v)
+    assert evaluate_when("n > 2 and not skip", v)
+    assert evaluate_when("profile == 'lab' or skip", v)
+    assert evaluate_when("'a' in groups", v)
+    assert not evaluate_when("1 < n < 3", v)
+    assert not evaluate_when(False, v)
     for bad, match in (("__import__('os')", "is not allowed"), ("nn > 1", "did you mean 'n'"),
                        ("n >", "not an expression"), ("n < 'a'", "cannot compare")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
-            scenario.evaluate_when(bad, v)
+            evaluate_when(bad, v)
     s = scenario.load(write(tmp_path, """\
 version: 1
 vars: {with_yolo: false}

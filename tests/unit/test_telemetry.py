@@ -10,7 +10,8 @@ import time
 import pytest
 
 from evc import db as evcdb
-from evc import devices, monitor, telemetry
+from evc import devices, monitor
+from evc import logs as telemetry
 from evc.ansible import HostResult, RunResult
 from evc.console import sparkline
 from evc.errors import UsageError

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from evc import db as evcdb
-from evc.ansible import RunResult
+from evc import devices
+from evc.ansible import RunResult, run_playbook
 from evc.config import Workspace
 from evc.errors import UsageError
 
@@ -170,9 +171,6 @@ def collect(
     workspace's ``telemetry.offline_after``) is K, the misses in a row that make
     a node offline.
     """
-    from evc.ansible import run_playbook
-    from evc.devices import record_liveness
-
     run = run_playbook(ws, PLAYBOOK, target, progress=progress, task_timeout=TASK_TIMEOUT_S)
     at = time.time()
     samples = {}
@@ -183,7 +181,7 @@ def collect(
     db = evcdb.workspace_db(ws)
     with evcdb.transaction(db):
         ingested = ingest(db, list(samples.values()))
-        events = record_liveness(db, run, offline_after or ws.offline_after, now=at)
+        events = devices.record_liveness(db, run, offline_after or ws.offline_after, now=at)
     return CollectResult(run, at, samples, ingested, events)
 
 
@@ -193,9 +191,7 @@ def collect(
 def _check_node(db, node: str | None) -> None:
     """A node filter must name a device (the error lists the known ones)."""
     if node is not None:
-        from evc.devices import get
-
-        get(db, node)
+        devices.get(db, node)
 
 
 def show(ws: Workspace, node: str | None = None, since_s: float = 3600.0, buckets: int = 24):

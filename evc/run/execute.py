@@ -14,13 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from evc import db as evcdb
-from evc import steps as catalogue
 from evc.config import Workspace
 from evc.errors import EVCError, UsageError
-from evc.scenario import ENROL, Scenario, Step
+from evc.run import capabilities
+from evc.run.config import ENROL, Scenario, Step
 
 # on_step(event, step, outcome): event is "start" or "end"; outcome is None at "start"
-Listener = Callable[[str, Step, catalogue.Outcome | None], None]
+Listener = Callable[[str, Step, capabilities.Outcome | None], None]
 
 
 def _selection(start: str | None, only: list[str] | None) -> str | None:
@@ -111,24 +111,24 @@ def execute(
 
 def _run_step(
     ws, db, run_id: str, scenario: Scenario, step: Step, progress: bool, on_step: Listener | None
-) -> catalogue.Outcome:
+) -> capabilities.Outcome:
     started = time.time()
     _update(db, run_id, step, {"state": "running", "started": started})
     if on_step:
         on_step("start", step, None)
     try:
         if step.kind == ENROL:
-            outcome = catalogue.enrol(ws, scenario.devices, progress=progress)
+            outcome = capabilities.enrol(ws, scenario.devices, progress=progress)
         else:
-            outcome = catalogue.run(step.kind, ws, step.options, progress=progress)
+            outcome = capabilities.run(step.kind, ws, step.options, progress=progress)
     except EVCError as exc:
         if exc.exit_code == 130:  # an inference job stopped by Ctrl-C
             raise
-        outcome = catalogue.Outcome(False, str(exc))
+        outcome = capabilities.Outcome(False, str(exc))
     except Exception as exc:  # a bug in a step: recorded, and the run stops like any failure
         if os.environ.get("EVC_DEBUG"):
             raise
-        outcome = catalogue.Outcome(False, f"internal error: {type(exc).__name__}: {exc}")
+        outcome = capabilities.Outcome(False, f"internal error: {type(exc).__name__}: {exc}")
     _update(
         db,
         run_id,

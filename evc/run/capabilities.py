@@ -93,7 +93,7 @@ def _command(kind: str) -> Callable | None:
     for info in module.app.registered_commands:
         if (info.name or info.callback.__name__.replace("_", "-")) == name:
             return info.callback
-    raise LookupError(f"evc {group} has no command {name!r} (steps.COMMANDS[{kind!r}])")
+    raise LookupError(f"evc {group} has no command {name!r} (capabilities.COMMANDS[{kind!r}])")
 
 
 def _cli_params(func: Callable) -> list[Param]:
@@ -361,9 +361,9 @@ def _model_build(
     force: bool,
     progress: bool = True,
 ) -> Outcome:
-    from evc import images
+    from evc.model import build
 
-    m = images.build(
+    m = build.build(
         ws,
         name,
         runtime,
@@ -381,9 +381,9 @@ def _model_build(
 
 @runner("model.push")
 def _model_push(ws, ref: str, progress: bool = True) -> Outcome:
-    from evc import images
+    from evc.model import publish
 
-    m = images.push(ws, ref, log=_log(progress))
+    m = publish.push(ws, ref, log=_log(progress))
     return Outcome(True, f"pushed {m.image} ({m.registry_digest})", detail=m.to_dict())
 
 
@@ -408,7 +408,7 @@ def _model_deploy(
     memory: str | None,
     progress: bool = True,
 ) -> Outcome:
-    from evc import deploy
+    from evc.model import deploy
 
     result = deploy.deploy(
         ws,
@@ -426,14 +426,14 @@ def _model_deploy(
 
 @runner("model.undeploy")
 def _model_undeploy(ws, name: str, target: str, progress: bool = True) -> Outcome:
-    from evc import deploy
+    from evc.model import deploy
 
     return _deployed(deploy.undeploy(ws, name, target, progress=progress), f"undeploy {name}")
 
 
 @runner("model.rollback")
 def _model_rollback(ws, name: str, target: str, progress: bool = True) -> Outcome:
-    from evc import deploy
+    from evc.model import deploy
 
     return _deployed(deploy.rollback(ws, name, target, progress=progress), f"rollback {name}")
 
@@ -453,9 +453,9 @@ def _infer_run(
     shard_size: int | None,
     progress: bool = True,
 ) -> Outcome:
-    from evc import jobs
+    from evc.infer import runner
 
-    result = jobs.run(
+    result = runner.run(
         ws,
         model,
         data,
@@ -484,9 +484,9 @@ def _logs_collect(
     ws, target: str = "all", offline_after: int | None = None, progress: bool = True
 ) -> Outcome:
     """Collect node telemetry (metrics, container states, liveness) into the database."""
-    from evc import telemetry
+    from evc import logs
 
-    result = telemetry.collect(ws, target=target, progress=progress, offline_after=offline_after)
+    result = logs.collect(ws, target=target, progress=progress, offline_after=offline_after)
     out = _fleet(result.run, "telemetry")
     out.detail = result.to_dict()
     return out

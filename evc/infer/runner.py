@@ -1,15 +1,11 @@
-"""Inference jobs spread across the fleet: plan -> dispatch -> collect -> ingest -> retry.
+"""Running a job: plan -> dispatch -> collect -> ingest -> retry.
 
-A job's items are fixed when it is created (a folder's images, a zip's images or a
-video's frames, the last two extracted into the job's folder) and each item gets
-one ``results`` row, 'pending' until the one shard that completes it turns it 'ok'
-or 'error'. So the end of a job is exact: every item has one final row, never two.
 Two threads per node take shards from an ``evc.schedule.WorkQueue`` and run each
 through ``playbooks/infer_shard.yml`` (one archive per shard, handed to the model
 container's ``evc-infer --serve``; the second thread's shard waits on the node
-while the first runs, so the node never idles during a hand-over); a failed shard goes
-back to the queue for another node, an unreachable node is dropped and its work
-re-queued. Ctrl-C leaves pending items pending: ``resume`` runs them.
+while the first runs, so the node never idles during a hand-over); a failed shard
+goes back to the queue for another node, an unreachable node is dropped and its
+work re-queued. Ctrl-C leaves pending items pending: ``resume`` runs them.
 """
 
 from __future__ import annotations
@@ -21,207 +17,35 @@ import tarfile
 import threading
 import time
 import uuid
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from evc import db as evcdb
-from evc import deploy, images, schedule
+from evc import schedule
 from evc.ansible import resolve_hosts, run_playbook
 from evc.config import Workspace
 from evc.console import progress_line
-from evc.errors import EVCError, UsageError
+from evc.errors import Interrupted, UsageError
+from evc.infer.data import stage_items
+from evc.infer.jobs import JobResult, get, job_dir, status, throughputs
+from evc.model import catalogue
+from evc.model.deployments import JOBS_DIR, current, deployed_on
 
-IMAGE_TYPES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-VIDEO_TYPES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg")
 BROKEN_AFTER = 2  # a node whose shards fail this many times in a row is dropped
 SHARD_TIMEOUT_S = 300  # base per-shard task timeout; plus 2 s per item
 RUNNERS_PER_NODE = 2  # the next shard waits on the node while one runs: no idle hand-over
 
 
-class Interrupted(EVCError):
-    """Ctrl-C during a job: pending items stay pending for ``evc infer resume``."""
-
-    exit_code = 130
-
-
-@dataclass
-class JobResult:
-    """A finished (or interrupted) job, as ``status`` shows it."""
-
-    job: dict
-    nodes: dict[str, dict]  # node -> items, ok, failed, busy_s, throughput
-    skipped_nodes: dict[str, str]  # node -> why it took no part
-
-    @property
-    def status(self) -> str:
-        """success (every item ok), partial (some errors) or error (none ok)."""
-        if self.job["failed"] == 0 and self.job["state"] == "complete":
-            return "success"
-        return "partial" if self.job["ok"] else "error"
-
-    def to_dict(self) -> dict:
-        return {"status": self.status, **self.job, "nodes": self.nodes,
-                "skipped_nodes": self.skipped_nodes}  # fmt: skip
-
-
-# --------------------------------------------------------------------------- items
-
-
-def _images_under(root: Path) -> list[str]:
-    return sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_TYPES
-    )
-
-
-def _extract_zip(path: Path, dest: Path) -> None:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                name = Path(info.filename)
-                if info.is_dir() or name.suffix.lower() not in IMAGE_TYPES:
-                    continue
-                if name.is_absolute() or ".." in name.parts:
-                    raise UsageError(f"{path}: entry {info.filename!r} points outside the zip.")
-                target = dest / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise UsageError(f"{path} is not a readable zip file ({exc}).") from None
-
-
-def _extract_frames(path: Path, dest: Path, fps: float) -> None:
-    """Frames every 1/fps seconds, as NAME_<milliseconds>ms.jpg."""
-    import cv2
-
-    video = cv2.VideoCapture(str(path))
-    if not video.isOpened():
-        raise UsageError(f"{path} is not a video OpenCV can read.")
-    try:
-        step_ms, next_ms = 1000.0 / fps, 0.0
-        while True:
-            ok, frame = video.read()
-            if not ok:
-                break
-            at = video.get(cv2.CAP_PROP_POS_MSEC)
-            if at + 1e-6 >= next_ms:
-                cv2.imwrite(str(dest / f"{path.stem}_{int(at):08d}ms.jpg"), frame)
-                next_ms = (at // step_ms + 1) * step_ms  # the next multiple of the step
-    finally:
-        video.release()
-
-
-def stage_items(data: Path, job_dir: Path, fps: float) -> tuple[Path, list[str]]:
-    """(folder the items are read from, item paths relative to it) for a data path."""
-    if not data.exists():
-        raise UsageError(f"--data {data} does not exist; expected a folder, a zip or a video.")
-    if fps <= 0:
-        raise UsageError(f"--fps {fps} must be above 0.")
-    if data.is_dir():
-        root = data.resolve()
-    else:
-        root = job_dir / "data"
-        root.mkdir(parents=True, exist_ok=True)
-        suffix = data.suffix.lower()
-        if suffix == ".zip":
-            _extract_zip(data, root)
-        elif suffix in VIDEO_TYPES:
-            _extract_frames(data, root, fps)
-        else:
-            raise UsageError(
-                f"--data {data}: expected a folder of images, a .zip of images or a video "
-                f"({', '.join(VIDEO_TYPES)})."
-            )
-    items = _images_under(root)
-    if not items:
-        raise UsageError(f"--data {data} holds no images ({', '.join(IMAGE_TYPES)}).")
-    return root, items
-
-
-# --------------------------------------------------------------------------- job records
-
-
-def job_dir(ws: Workspace, job_id: str) -> Path:
-    return ws.ensure_private_dir() / "jobs" / job_id
-
-
-def get(ws: Workspace, job_id: str) -> dict:
-    rows = list(evcdb.workspace_db(ws).query("SELECT * FROM jobs WHERE id = ?", [job_id]))
-    if not rows:
-        raise UsageError(f"No job {job_id!r}; `evc infer list` shows the jobs.")
-    return rows[0]
-
-
-def list_jobs(ws: Workspace, limit: int = 50) -> list[dict]:
-    return list(
-        evcdb.workspace_db(ws).query("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", [limit])
-    )
-
-
-def results(ws: Workspace, job_id: str) -> list[dict]:
-    """Every item's final (or pending) row, with its detections."""
-    get(ws, job_id)
-    db = evcdb.workspace_db(ws)
-    dets: dict[str, list] = {}
-    for d in db.query(
-        "SELECT item, label, class_id, score, x, y, w, h FROM detections WHERE job_id = ? "
-        "ORDER BY id", [job_id],
-    ):  # fmt: skip
-        dets.setdefault(d.pop("item"), []).append(d)
-    rows = db.query("SELECT * FROM results WHERE job_id = ? ORDER BY item", [job_id])
-    return [{**r, "detections": dets.get(r["item"], [])} for r in rows]
-
-
-def status(ws: Workspace, job_id: str) -> JobResult:
-    job = get(ws, job_id)
-    db = evcdb.workspace_db(ws)
-    nodes = {
-        r["node"]: {**r, "throughput": round(r["items"] / r["busy_s"], 3) if r["busy_s"] else None}
-        for r in db.query(
-            # busy_s: first shard taken to last one done (a node's shards overlap)
-            "SELECT node, SUM(items) AS items, ROUND(MAX(finished) - MIN(started), 3) AS busy_s, "
-            "COUNT(*) AS shards FROM shards WHERE job_id = ? AND state = 'done' GROUP BY node",
-            [job_id],
-        )
-    }
-    for r in db.query(
-        "SELECT node, SUM(state = 'ok') AS ok, SUM(state = 'error') AS failed FROM results "
-        "WHERE job_id = ? AND node IS NOT NULL GROUP BY node", [job_id],
-    ):  # fmt: skip
-        nodes.setdefault(r["node"], {"node": r["node"]}).update(ok=r["ok"], failed=r["failed"])
-    return JobResult(job, nodes, json.loads(job["skipped_nodes"] or "{}"))
-
-
-def _throughputs(ws: Workspace, model: str, version: str, jobs: int = 5) -> dict[str, float]:
-    """Items/s of model work per node for this model version (items over the time its
-    items took on the node), measured on the last ``jobs`` jobs that ran it."""
-    rows = evcdb.workspace_db(ws).query(
-        "SELECT r.node, COUNT(*) / (SUM(r.latency_ms) / 1000.0) AS tput FROM results r "
-        "WHERE r.job_id IN (SELECT id FROM jobs WHERE model = ? AND version = ? "
-        "ORDER BY created DESC LIMIT ?) AND r.state = 'ok' AND r.latency_ms > 0 "
-        "GROUP BY r.node",
-        [model, version, jobs],
-    )
-    return {r["node"]: r["tput"] for r in rows}
-
-
-# --------------------------------------------------------------------------- running
-
-
-def _model_for(ws: Workspace, ref: str, hosts: list[str]) -> images.Model:
+def _model_for(ws: Workspace, ref: str, hosts: list[str]) -> catalogue.Model:
     """NAME:VERSION as given, or NAME's one version deployed on the targeted nodes."""
     if ":" in ref:
-        return images.get(ws, ref)
-    versions = {r["version"] for r in deploy.current(ws, ref) if r["node"] in hosts}
+        return catalogue.get(ws, ref)
+    versions = {r["version"] for r in current(ws, ref) if r["node"] in hosts}
     if len(versions) != 1:
         found = ", ".join(sorted(versions)) or "none"
         raise UsageError(
             f"Which version of {ref}? Deployed on the target: {found}. Give NAME:VERSION."
         )
-    return images.get(ws, f"{ref}:{versions.pop()}")
+    return catalogue.get(ws, f"{ref}:{versions.pop()}")
 
 
 def run(
@@ -293,7 +117,7 @@ def resume(ws: Workspace, job_id: str, target: str | None = None, progress: bool
 
 def _nodes(ws, model: str, version: str, hosts: list[str]) -> tuple[list[str], dict[str, str]]:
     """(nodes that run MODEL:VERSION, {other node: why it is skipped}); none is an error."""
-    running = set(deploy.deployed_on(ws, model, version))
+    running = set(deployed_on(ws, model, version))
     nodes = [h for h in hosts if h in running]
     if not nodes:
         raise UsageError(
@@ -312,7 +136,7 @@ def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: bool) -> Jo
         "SELECT item FROM results WHERE job_id = ? AND state = 'pending' ORDER BY item", [job_id]
     )]  # fmt: skip
     params = json.loads(job["params"])
-    tputs = _throughputs(ws, job["model"], job["version"])
+    tputs = throughputs(ws, job["model"], job["version"])
     stats = [schedule.NodeStats(n, throughput=tputs.get(n)) for n in nodes]
     shards = schedule.plan(pending, stats, job["strategy"], params.get("shard_size"))
     paced = job["strategy"] == "dynamic" and not params.get("shard_size")
@@ -444,7 +268,7 @@ class _Runner:
                 task_timeout=SHARD_TIMEOUT_S + 2 * len(shard.items) + 30,
                 extravars={
                     "evc_model": self.job["model"], "evc_shard": name,
-                    "evc_archive": str(archive), "evc_jobs_dir": deploy.JOBS_DIR,
+                    "evc_archive": str(archive), "evc_jobs_dir": JOBS_DIR,
                     "evc_timeout": SHARD_TIMEOUT_S + 2 * len(shard.items),
                 },
             )  # fmt: skip

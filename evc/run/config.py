@@ -2,7 +2,7 @@
 
 A file has ``version: 1``, optional ``vars`` and ``devices`` (enrolled first) and
 ``steps``; each step names one capability (``do: model.deploy``) and takes the
-options of its CLI command under ``with:`` (see evc.steps). ``${var}`` and
+options of its CLI command under ``with:`` (see evc.run.capabilities). ``${var}`` and
 ``${env.NAME}`` are replaced in every value; a value that is only a reference keeps
 the variable's type. Top-level keys starting with ``x-`` are ignored (a home for
 YAML anchors). Every problem is reported with file, line and column.
@@ -10,30 +10,25 @@ YAML anchors). Every problem is reported with file, line and column.
 
 from __future__ import annotations
 
-import ast
-import difflib
 import hashlib
-import operator
-import os
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evc import steps as catalogue
-from evc import yamlpos
+from evc import db, devices, inventory, yamlpos
+from evc.ansible import resolve_hosts
 from evc.config import Workspace
 from evc.devices import Device
 from evc.errors import UsageError
+from evc.model.runtimes import builtin_config
+from evc.problems import Problems, pydantic_problems, suggest
+from evc.run import capabilities
+from evc.run.variables import VAR_RE, Vars, evaluate_when
 
 VERSION = 1
 ENROL = "devices"  # name and kind of the step that enrols the ``devices:`` list
-_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_REF_RE = re.compile(r"\$\{([^{}]*)\}")
-_ESCAPE = "\x00"  # stands for a literal "${" (written "$${") during substitution
 
 
 class ScenarioFile(BaseModel):
@@ -72,14 +67,14 @@ class Step:
     def what(self) -> str:
         if self.kind == ENROL:
             return "Register the devices of the devices: list (those not enrolled yet)."
-        return catalogue.describe(self.kind)
+        return capabilities.describe(self.kind)
 
     @property
     def command(self) -> str:
         if self.kind == ENROL:
             return "evc device import (the devices: list)"
-        options = {k: v for k, v in self.options.items() if k != catalogue.TARGET}
-        return catalogue.command_line(self.kind, options, self.target)
+        options = {k: v for k, v in self.options.items() if k != capabilities.TARGET}
+        return capabilities.command_line(self.kind, options, self.target)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,220 +112,6 @@ class Scenario:
         }
 
 
-# --------------------------------------------------------------------- problems
-
-
-@dataclass
-class _Problems:
-    path: Path
-    located: yamlpos.Located | None = None
-    items: list[tuple[int, int, str, str]] = field(default_factory=list)
-
-    def add(self, where: tuple, message: str) -> None:
-        line, col = self.located.where(where) if self.located else (1, 1)
-        self.items.append((line, col, _dotted(where), message))
-
-    def raise_if_any(self) -> None:
-        if not self.items:
-            return
-        lines = [
-            f"{self.path}:{line}:{col}: " + (f"{where}: " if where else "") + message
-            for line, col, where, message in sorted(self.items, key=lambda i: i[:2])
-        ]
-        count = f"{len(lines)} problem{'s' if len(lines) > 1 else ''}"
-        raise UsageError(
-            f"{self.path} is not a valid run-config ({count}; nothing was run):\n"
-            + "\n".join(lines)
-        )
-
-
-def _dotted(path: tuple) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def suggest(word: str, allowed: list[str]) -> str:
-    """`` (did you mean 'x'?)`` for a near miss, else empty."""
-    close = difflib.get_close_matches(str(word), allowed, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _pydantic(
-    problems: _Problems,
-    exc: ValidationError,
-    prefix: tuple,
-    allowed: Callable,
-    what: str = "key",
-    owner: str = "",
-) -> None:
-    """Each pydantic error as a located problem; ``allowed(loc)`` lists the keys there."""
-    for e in exc.errors():
-        loc = tuple(e["loc"])
-        where = prefix + loc
-        if e["type"] == "extra_forbidden":
-            keys = allowed(loc[:-1])
-            problems.add(
-                where,
-                f"unknown {what} {loc[-1]!r}{owner}{suggest(loc[-1], keys)}. "
-                f"Allowed: {', '.join(keys)}.",
-            )
-        elif e["type"] == "missing":
-            problems.add(where[:-1], f"missing required {what} {loc[-1]!r}{owner}.")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            hint = ""
-            if e["type"] == "string_type" and isinstance(e["input"], int | float):
-                hint = "; put it in quotes to keep it as written (unquoted, 1.10 is 1.1)"
-            problems.add(where, f"{msg} (got {repr(e['input'])[:60]}){hint}.")
-
-
-# --------------------------------------------------------------------- variables
-
-
-def parse_vars(items: list[str]) -> dict[str, Any]:
-    """``--var NAME=VALUE`` options; VALUE is read as a YAML scalar (3 is a number)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not _VAR_RE.match(name):
-            raise UsageError(
-                f"--var {item!r}: expected NAME=VALUE with NAME made of letters, digits and "
-                "'_' (not starting with a digit), e.g. --var version=1.1."
-            )
-        try:
-            parsed = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            parsed = value
-        out[name] = parsed if isinstance(parsed, str | int | float | bool) else value
-    return out
-
-
-class _Vars:
-    """Resolves ``${name}`` and ``${env.NAME}``; variables may use other variables."""
-
-    def __init__(self, raw: dict[str, Any], problems: _Problems):
-        self.raw, self.problems = raw, problems
-        self.done: dict[str, Any] = {}
-        self.busy: list[str] = []
-
-    def resolve_all(self) -> dict[str, Any]:
-        for name in self.raw:
-            self.get(name, ("vars", name))
-        return self.done
-
-    def get(self, name: str, where: tuple) -> Any:
-        if name.startswith("env."):
-            if name[4:] not in os.environ:
-                self.problems.add(
-                    where, f"${{{name}}}: environment variable {name[4:]!r} is not set."
-                )
-            return os.environ.get(name[4:], "")
-        if name in self.done:
-            return self.done[name]
-        if name not in self.raw:
-            defined = ", ".join(self.raw) or "none"
-            self.problems.add(
-                where,
-                f"${{{name}}}: undefined variable{suggest(name, list(self.raw))}."
-                f" Defined in vars: {defined}.",
-            )
-            return ""
-        if name in self.busy:
-            cycle = " -> ".join([*self.busy[self.busy.index(name) :], name])
-            self.problems.add(("vars", name), f"variables refer to each other in a loop: {cycle}.")
-            return ""
-        self.busy.append(name)
-        self.done[name] = self.sub(self.raw[name], ("vars", name))
-        self.busy.pop()
-        return self.done[name]
-
-    def sub(self, value: Any, where: tuple) -> Any:
-        if isinstance(value, dict):
-            return {k: self.sub(v, (*where, k)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.sub(v, (*where, i)) for i, v in enumerate(value)]
-        if not isinstance(value, str) or "${" not in value:
-            return value
-        text = value.replace("$${", _ESCAPE)
-        whole = _REF_RE.fullmatch(text)
-        if whole:
-            return self.get(whole.group(1).strip(), where)
-        out = _REF_RE.sub(lambda m: _text(self.get(m.group(1).strip(), where)), text)
-        return out.replace(_ESCAPE, "${")
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "" if value is None else str(value)
-
-
-# --------------------------------------------------------------------- when
-
-_CMP = {
-    ast.Eq: operator.eq,
-    ast.NotEq: operator.ne,
-    ast.Lt: operator.lt,
-    ast.LtE: operator.le,
-    ast.Gt: operator.gt,
-    ast.GtE: operator.ge,
-    ast.In: lambda a, b: a in b,
-    ast.NotIn: lambda a, b: a not in b,
-}
-_WORDS = {"true": True, "false": False, "True": True, "False": False, "null": None}
-
-
-def evaluate_when(expr: bool | str, variables: dict[str, Any]) -> bool:
-    """``true``, or an expression over vars: ``not skip``, ``profile == 'lab' and n > 2``."""
-    if isinstance(expr, bool):
-        return expr
-    try:
-        tree = ast.parse(expr.strip(), mode="eval").body
-    except SyntaxError:
-        raise ValueError(
-            f"{expr!r} is not an expression; use true/false, a variable name, "
-            "comparisons (== != < <= > >= in), and/or/not"
-        ) from None
-
-    def ev(node: ast.AST) -> Any:
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Name):
-            if node.id in variables:
-                return variables[node.id]
-            if node.id in _WORDS:
-                return _WORDS[node.id]
-            raise ValueError(f"{node.id!r} is not a variable{suggest(node.id, list(variables))}")
-        if isinstance(node, ast.BoolOp):
-            values = [bool(ev(v)) for v in node.values]
-            return all(values) if isinstance(node.op, ast.And) else any(values)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-            return not ev(node.operand)
-        if isinstance(node, ast.Compare):
-            left = ev(node.left)
-            for op, right_node in zip(node.ops, node.comparators, strict=True):
-                right = ev(right_node)
-                try:
-                    if not _CMP[type(op)](left, right):
-                        return False
-                except (KeyError, TypeError):
-                    raise ValueError(f"cannot compare {left!r} and {right!r}") from None
-                left = right
-            return True
-        if isinstance(node, ast.List | ast.Tuple):
-            return [ev(e) for e in node.elts]
-        raise ValueError(
-            f"{ast.unparse(node)!r} is not allowed; use variables, constants, "
-            "comparisons, and/or/not"
-        )
-
-    return bool(ev(tree))
-
-
 # --------------------------------------------------------------------- loading
 
 
@@ -348,7 +129,7 @@ def load(
         raise UsageError(
             f"{path}: {what}; expected a run-config YAML file, e.g. run_cfg/demo.yaml."
         )
-    problems = _Problems(path)
+    problems = Problems(path)
     try:
         located = yamlpos.load(path)
     except yamlpos.YamlProblem as exc:
@@ -365,14 +146,14 @@ def load(
     problems.raise_if_any()
     data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     variables = _variables(data, overrides or {}, problems)
-    resolver = _Vars(variables, problems)
+    resolver = Vars(variables, problems)
     variables = resolver.resolve_all()
     body = {k: v if k == "vars" else resolver.sub(v, (k,)) for k, v in data.items()}
     top = list(ScenarioFile.model_fields)
     try:
         parsed = ScenarioFile.model_validate(body)
     except ValidationError as exc:  # report it, and still check the steps if they are a list
-        _pydantic(problems, exc, (), lambda loc: _allowed_top(loc, top))
+        pydantic_problems(problems, exc, (), lambda loc: _allowed_top(loc, top))
         raw_steps = body.get("steps")
         parsed = ScenarioFile.model_construct(
             version=VERSION, vars={}, devices=[], description=None,
@@ -413,13 +194,13 @@ def _allowed_top(loc: tuple, top: list[str]) -> list[str]:
     return [*top, "x-..."]
 
 
-def _variables(data: dict, overrides: dict[str, Any], problems: _Problems) -> dict[str, Any]:
+def _variables(data: dict, overrides: dict[str, Any], problems: Problems) -> dict[str, Any]:
     raw = data.get("vars") or {}
     if not isinstance(raw, dict):
         problems.add(("vars",), "vars must be a mapping of NAME: VALUE.")
         problems.raise_if_any()
     for name in raw:
-        if not isinstance(name, str) or not _VAR_RE.match(name) or name == "env":
+        if not isinstance(name, str) or not VAR_RE.match(name) or name == "env":
             problems.add(
                 ("vars", name),
                 f"variable name {name!r}: use letters, digits and '_', "
@@ -435,7 +216,7 @@ def _variables(data: dict, overrides: dict[str, Any], problems: _Problems) -> di
     return {**raw, **overrides}
 
 
-def _step(i: int, raw: Any, base: Path, variables: dict, problems: _Problems) -> Step | None:
+def _step(i: int, raw: Any, base: Path, variables: dict, problems: Problems) -> Step | None:
     where = ("steps", i)
     if not isinstance(raw, dict):
         problems.add(where, "a step must be a mapping with at least do: KIND.")
@@ -444,9 +225,9 @@ def _step(i: int, raw: Any, base: Path, variables: dict, problems: _Problems) ->
     try:
         spec = StepFile.model_validate(raw)
     except ValidationError as exc:
-        _pydantic(problems, exc, where, lambda loc: fields)
+        pydantic_problems(problems, exc, where, lambda loc: fields)
         return None
-    kinds = list(catalogue.COMMANDS)
+    kinds = list(capabilities.COMMANDS)
     if spec.do not in kinds:
         problems.add(
             (*where, "do"),
@@ -454,18 +235,20 @@ def _step(i: int, raw: Any, base: Path, variables: dict, problems: _Problems) ->
             f"Known kinds: {', '.join(kinds)}.",
         )
         return None
-    model = catalogue.option_model(spec.do)
+    model = capabilities.option_model(spec.do)
     keys = list(model.model_fields)
-    if catalogue.TARGET in spec.with_:
+    if capabilities.TARGET in spec.with_:
         problems.add(
-            (*where, "with", catalogue.TARGET),
+            (*where, "with", capabilities.TARGET),
             "the target is a key of the step itself (target: PATTERN), not of with:.",
         )
         return None
     try:
         options = model.model_validate(spec.with_).model_dump()
     except ValidationError as exc:
-        _pydantic(problems, exc, (*where, "with"), lambda loc: keys, "option", f" of {spec.do}")
+        pydantic_problems(
+            problems, exc, (*where, "with"), lambda loc: keys, "option", f" of {spec.do}"
+        )
         return None
     ok = _paths(spec.do, options, base, (*where, "with"), problems)
     target = _target(spec, where, problems)
@@ -477,13 +260,13 @@ def _step(i: int, raw: Any, base: Path, variables: dict, problems: _Problems) ->
     if not ok or target is False:
         return None
     if target is not None:
-        options[catalogue.TARGET] = target
+        options[capabilities.TARGET] = target
     return Step(i + 1, spec.name or spec.do, spec.do, options, target, run, spec.continue_on_error)
 
 
-def _target(spec: StepFile, where: tuple, problems: _Problems) -> str | None | bool:
+def _target(spec: StepFile, where: tuple, problems: Problems) -> str | None | bool:
     """The step's target (its command's default when not given); False on a problem."""
-    param = catalogue.target_param(spec.do)
+    param = capabilities.target_param(spec.do)
     if param is None:
         if spec.target is not None:
             problems.add(
@@ -503,15 +286,13 @@ def _target(spec: StepFile, where: tuple, problems: _Problems) -> str | None | b
     return param.default
 
 
-def _paths(kind: str, options: dict, base: Path, where: tuple, problems: _Problems) -> bool:
+def _paths(kind: str, options: dict, base: Path, where: tuple, problems: Problems) -> bool:
     """Relative input paths are looked up next to the run-config first, then in the
     current folder; each must exist (weights may name a model config that ultralytics
     ships). Output paths (steps.OUTPUT_PATHS) are left as given."""
-    from evc.images import builtin_config
-
     ok = True
     for key, value in options.items():
-        if not isinstance(value, Path) or key in catalogue.OUTPUT_PATHS:
+        if not isinstance(value, Path) or key in capabilities.OUTPUT_PATHS:
             continue
         near = base / value
         if not value.is_absolute() and near.exists():
@@ -524,7 +305,7 @@ def _paths(kind: str, options: dict, base: Path, where: tuple, problems: _Proble
     return ok
 
 
-def _unique_names(plan: list[Step], problems: _Problems) -> None:
+def _unique_names(plan: list[Step], problems: Problems) -> None:
     seen: dict[str, Step] = {}
     for step in plan:
         if step.name in seen:
@@ -538,19 +319,14 @@ def _unique_names(plan: list[Step], problems: _Problems) -> None:
 
 
 def _resolve_targets(
-    ws: Workspace, scenario: Scenario, planned: list[Device], problems: _Problems
+    ws: Workspace, scenario: Scenario, planned: list[Device], problems: Problems
 ) -> None:
     """Each run step's target as hosts, over the enrolled devices plus those to enrol."""
     import tempfile
 
-    from evc import devices, inventory
-    from evc.ansible import resolve_hosts
-
     rows = []
     db_file = ws.root / "db" / "evc.db"
     if db_file.exists():
-        from evc import db
-
         rows = [db.device_from_row(r) for r in db.workspace_db(ws)["devices"].rows]
     known = {r["name"] for r in rows}
     for device in planned:
@@ -569,9 +345,7 @@ def _resolve_targets(
                 problems.add(where, str(exc).replace(str(hosts_file), "the inventory"))
 
 
-def _planned_devices(scenario: Scenario, problems: _Problems) -> list[Device]:
-    from evc import devices
-
+def _planned_devices(scenario: Scenario, problems: Problems) -> list[Device]:
     out = list(scenario.devices)
     for step in scenario.steps:
         if not step.run:

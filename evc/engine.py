@@ -1,0 +1,174 @@
+"""The controller's Docker engine: the client, Docker errors as EVC errors, and the
+images EVC builds from Debian packages (no Docker Hub).
+
+Every image carries a content hash label, so an unchanged image is never rebuilt.
+The base is a Debian minbase from debootstrap; ``base_images/<name>/`` holds the
+build contexts of the images built FROM it (lab nodes, the lab registry, the base
+of model images).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from evc.errors import EVCError, UsageError
+
+SUITE = "bookworm"
+IMAGE_REPO = "evc-lab"
+HASH_LABEL = "evc.lab.hash"
+IMAGE_DIR = Path(__file__).parent / "base_images"  # one build context per image
+
+Log = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def docker_client():
+    """A Docker SDK client, or a clear error when no engine answers."""
+    import docker
+
+    try:
+        client = docker.from_env(version="auto", timeout=120)
+        client.ping()
+    except Exception as exc:  # the SDK raises several types for "no engine"
+        raise EVCError(
+            "No Docker engine answers (DOCKER_HOST="
+            f"{os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')}): {exc}. "
+            "Start one as root (`make demo` and `make test` start dockerd if none runs)."
+        ) from None
+    return client
+
+
+def explain(exc: Exception) -> str:
+    """The engine's own words for a Docker SDK error, on one line."""
+    text = str(getattr(exc, "explanation", None) or exc)
+    return " ".join(text.split())[:500]
+
+
+@contextmanager
+def engine_errors(what: str) -> Iterator[None]:
+    """Docker SDK errors inside the block become EVC errors that say what was being done:
+    a missing image or container is the user's to fix (exit 2), the rest exit 1."""
+    import docker.errors
+
+    try:
+        yield
+    except docker.errors.NotFound as exc:
+        raise UsageError(f"{what}: {explain(exc)}") from None
+    except docker.errors.DockerException as exc:
+        raise EVCError(f"{what}: {explain(exc)}") from None
+
+
+def image_with_hash(client, tag: str, digest: str):
+    """The image ``tag`` if it carries the content hash ``digest``, else None."""
+    import docker.errors
+
+    try:
+        image = client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return None
+    return image if (image.labels or {}).get(HASH_LABEL) == digest else None
+
+
+def apt_mirror(root: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror this machine's own apt sources use for the main suite."""
+    files = [root / "sources.list"] + sorted((root / "sources.list.d").glob("*"))
+    for path in files:
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        if path.suffix == ".sources":
+            for stanza in re.split(r"\n\s*\n", text):
+                fields = dict(re.findall(r"^(\w[\w-]*):\s*(.+)$", stanza, re.M))
+                if SUITE in fields.get("Suites", "").split() and "URIs" in fields:
+                    return fields["URIs"].split()[0]
+        else:
+            for line in text.splitlines():
+                parts = re.sub(r"\[[^]]*\]", "", line).split()
+                if len(parts) >= 3 and parts[0] == "deb" and parts[2] == SUITE:
+                    return parts[1]
+    raise EVCError(
+        f"No Debian {SUITE} mirror found in {root}/sources.list or sources.list.d: the lab "
+        "builds its base image with debootstrap from the machine's own apt mirror."
+    )
+
+
+def content_digest(*parts: str | bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def ensure_base_image(client, log: Log = _quiet) -> tuple[str, bool]:
+    """Debian minbase from debootstrap, imported; returns (tag, built_now)."""
+    mirror = apt_mirror()
+    digest = content_digest("base-v1", SUITE, "minbase", mirror)
+    tag = f"{IMAGE_REPO}/base:{digest}"
+    if image_with_hash(client, tag, digest):
+        return tag, False
+    if not shutil.which("debootstrap"):
+        raise EVCError(
+            "debootstrap is not installed (apt-get install debootstrap; `make` does it)."
+        )
+    log(f"building base image {tag} with debootstrap from {mirror} (about 35 s)")
+    with tempfile.TemporaryDirectory(prefix="evc-rootfs-", dir="/var/tmp") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        proc = subprocess.run(
+            ["debootstrap", "--variant=minbase", SUITE, str(rootfs), mirror],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
+            raise EVCError(f"debootstrap failed (exit {proc.returncode}):\n{tail}")
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        try:
+            client.api.import_image(
+                src=tar.stdout,
+                repository=f"{IMAGE_REPO}/base",
+                tag=digest,
+                changes=[f"LABEL {HASH_LABEL}={digest}"],
+            )
+        finally:
+            tar.stdout.close()
+            tar.wait()
+    return tag, True
+
+
+def ensure_image(client, name: str, base_tag: str, log: Log = _quiet) -> tuple[str, bool]:
+    """Image ``name`` built FROM the base from base_images/<name>; (tag, built_now)."""
+    import docker.errors
+
+    context = IMAGE_DIR / name
+    files = sorted(p for p in context.iterdir() if p.is_file())
+    digest = content_digest(f"{name}-v1", base_tag, *(p.name + p.read_text() for p in files))
+    tag = f"{IMAGE_REPO}/{name}:{digest}"
+    if image_with_hash(client, tag, digest):
+        return tag, False
+    log(f"building image {tag} (apt-get inside, about 40 s)")
+    try:
+        client.images.build(
+            path=str(context),
+            tag=tag,
+            buildargs={"BASE": base_tag},
+            labels={HASH_LABEL: digest},
+            rm=True,
+            forcerm=True,
+        )
+    except docker.errors.BuildError as exc:
+        lines = [c.get("stream", c.get("error", "")) for c in exc.build_log]
+        tail = "".join(lines).strip().splitlines()[-8:]
+        raise EVCError(f"{name} image build failed:\n" + "\n".join(tail)) from None
+    return tag, True

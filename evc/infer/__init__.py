@@ -1,0 +1,1 @@
+"""`evc infer`: inference jobs spread across the nodes that run a model."""

@@ -1,0 +1,99 @@
+"""Job records: the ``jobs``, ``shards``, ``results`` and ``detections`` rows of a job.
+
+A job's items are fixed when it is created and each item gets one ``results`` row,
+'pending' until the one shard that completes it turns it 'ok' or 'error'.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from evc import db as evcdb
+from evc.config import Workspace
+from evc.errors import UsageError
+
+
+@dataclass
+class JobResult:
+    """A finished (or interrupted) job, as ``status`` shows it."""
+
+    job: dict
+    nodes: dict[str, dict]  # node -> items, ok, failed, busy_s, throughput
+    skipped_nodes: dict[str, str]  # node -> why it took no part
+
+    @property
+    def status(self) -> str:
+        """success (every item ok), partial (some errors) or error (none ok)."""
+        if self.job["failed"] == 0 and self.job["state"] == "complete":
+            return "success"
+        return "partial" if self.job["ok"] else "error"
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, **self.job, "nodes": self.nodes,
+                "skipped_nodes": self.skipped_nodes}  # fmt: skip
+
+
+def job_dir(ws: Workspace, job_id: str) -> Path:
+    return ws.ensure_private_dir() / "jobs" / job_id
+
+
+def get(ws: Workspace, job_id: str) -> dict:
+    rows = list(evcdb.workspace_db(ws).query("SELECT * FROM jobs WHERE id = ?", [job_id]))
+    if not rows:
+        raise UsageError(f"No job {job_id!r}; `evc infer list` shows the jobs.")
+    return rows[0]
+
+
+def list_jobs(ws: Workspace, limit: int = 50) -> list[dict]:
+    return list(
+        evcdb.workspace_db(ws).query("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", [limit])
+    )
+
+
+def results(ws: Workspace, job_id: str) -> list[dict]:
+    """Every item's final (or pending) row, with its detections."""
+    get(ws, job_id)
+    db = evcdb.workspace_db(ws)
+    dets: dict[str, list] = {}
+    for d in db.query(
+        "SELECT item, label, class_id, score, x, y, w, h FROM detections WHERE job_id = ? "
+        "ORDER BY id", [job_id],
+    ):  # fmt: skip
+        dets.setdefault(d.pop("item"), []).append(d)
+    rows = db.query("SELECT * FROM results WHERE job_id = ? ORDER BY item", [job_id])
+    return [{**r, "detections": dets.get(r["item"], [])} for r in rows]
+
+
+def status(ws: Workspace, job_id: str) -> JobResult:
+    job = get(ws, job_id)
+    db = evcdb.workspace_db(ws)
+    nodes = {
+        r["node"]: {**r, "throughput": round(r["items"] / r["busy_s"], 3) if r["busy_s"] else None}
+        for r in db.query(
+            # busy_s: first shard taken to last one done (a node's shards overlap)
+            "SELECT node, SUM(items) AS items, ROUND(MAX(finished) - MIN(started), 3) AS busy_s, "
+            "COUNT(*) AS shards FROM shards WHERE job_id = ? AND state = 'done' GROUP BY node",
+            [job_id],
+        )
+    }
+    for r in db.query(
+        "SELECT node, SUM(state = 'ok') AS ok, SUM(state = 'error') AS failed FROM results "
+        "WHERE job_id = ? AND node IS NOT NULL GROUP BY node", [job_id],
+    ):  # fmt: skip
+        nodes.setdefault(r["node"], {"node": r["node"]}).update(ok=r["ok"], failed=r["failed"])
+    return JobResult(job, nodes, json.loads(job["skipped_nodes"] or "{}"))
+
+
+def throughputs(ws: Workspace, model: str, version: str, jobs: int = 5) -> dict[str, float]:
+    """Items/s of model work per node for this model version (items over the time its
+    items took on the node), measured on the last ``jobs`` jobs that ran it."""
+    rows = evcdb.workspace_db(ws).query(
+        "SELECT r.node, COUNT(*) / (SUM(r.latency_ms) / 1000.0) AS tput FROM results r "
+        "WHERE r.job_id IN (SELECT id FROM jobs WHERE model = ? AND version = ? "
+        "ORDER BY created DESC LIMIT ?) AND r.state = 'ok' AND r.latency_ms > 0 "
+        "GROUP BY r.node",
+        [model, version, jobs],
+    )
+    return {r["node"]: r["tput"] for r in rows}

@@ -1,0 +1,1 @@
+"""`evc lab`: a real fleet on one machine (nodes: containers; fleet: what makes them a fleet)."""

@@ -1,0 +1,246 @@
+"""The lab as a fleet: images, network and nodes, then what makes them devices.
+
+``Lab.up`` brings the lab to exactly N nodes (:mod:`evc.lab.nodes`), pins each
+node's SSH host key read from inside its container (not by trusting the
+network), enrols the nodes as ordinary devices through :mod:`evc.devices`, and
+starts the workspace registry at the lab network's gateway with its probe image.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from evc import devices, engine, registry
+from evc.ansible import close_connections, run_playbook
+from evc.config import Workspace
+from evc.errors import UsageError
+from evc.keys import controller_key, pin_host_keys
+from evc.lab.network import check_subnet
+from evc.lab.nodes import DEFAULT_PROFILES, LABEL, PROFILES, LabNode, Nodes, validate_request
+
+
+@dataclass
+class LabUpResult:
+    lab: str
+    network: str
+    subnet: str
+    gateway: str
+    nodes: list[LabNode]
+    registry: str | None = None  # address the nodes pull from
+    created: list[str] = field(default_factory=list)
+    images_built: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    ping: Any = None  # evc.ansible.RunResult
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ping"] = self.ping.to_dict() if self.ping else None
+        return out
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+class Lab:
+    """The lab of one workspace: its node containers plus the devices and registry."""
+
+    def __init__(self, ws: Workspace, client=None):
+        self.ws = ws
+        self.containers = Nodes(ws, client)
+        self.name = self.containers.name
+        self.client = self.containers.client
+
+    def nodes(self) -> list[LabNode]:
+        return self.containers.nodes()
+
+    # ------------------------------------------------------------------ up
+
+    def up(
+        self,
+        nodes: int = 3,
+        profiles: list[str] | None = None,
+        subnet: str | None = None,
+        log=_quiet,
+    ) -> LabUpResult:
+        """Bring the lab to exactly ``nodes`` running nodes; undo what it made on failure."""
+        c = self.containers
+        profiles = list(profiles or DEFAULT_PROFILES)
+        validate_request(nodes, profiles)
+        subnet = subnet or self.ws.lab_subnet
+        net = check_subnet(self.client, subnet, c.network_name, nodes)
+        timings: dict[str, float] = {}
+        t0 = time.monotonic()
+        result = LabUpResult(self.name, c.network_name, str(net), str(net[1]), [])
+        undo: list = []
+        try:
+            base, built = engine.ensure_base_image(self.client, log)
+            result.images_built += [base] if built else []
+            image, built = engine.ensure_image(self.client, "node", base, log)
+            result.images_built += [image] if built else []
+            timings["images_s"] = time.monotonic() - t0
+            _, pubkey = controller_key(self.ws)
+            network = c.network()
+            if network is None:
+                import docker.types
+
+                ipam = docker.types.IPAMConfig(
+                    pool_configs=[docker.types.IPAMPool(subnet=str(net), gateway=str(net[1]))]
+                )
+                network = self.client.networks.create(
+                    c.network_name, driver="bridge", ipam=ipam, labels={LABEL: self.name}
+                )
+                undo.append(network.remove)
+                result.created.append(f"network {c.network_name}")
+            t1 = time.monotonic()
+            wanted = {}
+            for i in range(1, nodes + 1):
+                profile = PROFILES[profiles[(i - 1) % len(profiles)]]
+                wanted[f"node{i}"] = (i, profile, str(net[9 + i]))
+            image_id = self.client.images.get(image).id
+            for container in c.containers():
+                spec = wanted.get(container.labels.get("evc.lab.node"))
+                stale = (
+                    spec is None
+                    or container.labels.get("evc.lab.profile") != spec[1].name
+                    or container.labels.get("evc.lab.ip") != spec[2]
+                    or container.image.id != image_id
+                )
+                if stale:
+                    c.remove(container)
+            existing = {x.labels["evc.lab.node"]: x for x in c.containers()}
+            for node, (index, profile, ip) in wanted.items():
+                container = existing.get(node)
+                if container is None:
+                    container = c.create(node, index, profile, ip, image, pubkey)
+                    undo.append(lambda x=container: c.remove(x))
+                    result.created.append(f"node {node}")
+                if container.status != "running":
+                    container.start()
+            ready = c.wait_ready(list(wanted))
+            timings["nodes_s"] = time.monotonic() - t1
+            pin_host_keys(self.ws, {ip: ready[n] for n, (_, _, ip) in wanted.items()})
+            self.register()
+            t3 = time.monotonic()
+            registry_image, built = engine.ensure_image(self.client, "registry", base, log)
+            result.images_built += [registry_image] if built else []
+            result.registry = self.ensure_registry(str(net[1]), registry_image)
+            timings["registry_s"] = time.monotonic() - t3
+        except BaseException:
+            for action in reversed(undo):
+                try:
+                    action()
+                except Exception:  # best effort: the original error is what matters
+                    pass
+            raise
+        t2 = time.monotonic()
+        result.ping = run_playbook(self.ws, "ping.yml", "lab", progress=False)
+        timings["ping_s"] = time.monotonic() - t2
+        timings["total_s"] = time.monotonic() - t0
+        result.timings = {k: round(v, 2) for k, v in timings.items()}
+        result.nodes = self.nodes()
+        for n in result.nodes:  # dockerd answered in wait_ready; SSH answered the ping
+            hr = result.ping.hosts.get(n.name)
+            n.ssh_ok = hr is not None and hr.state in ("ok", "changed")
+            n.docker_ok = True
+            n.message = hr.message if hr else None
+        return result
+
+    def ensure_registry(self, gateway: str, image: str) -> str:
+        """The workspace registry, reachable by the nodes at the lab gateway, with the probe."""
+        try:
+            settings = registry.load(self.ws)
+        except UsageError:
+            settings = registry.init(self.ws, [gateway], image=image)
+        registry.up(self.ws, image, client=self.client)
+        if registry.PROBE_REPO not in registry.api(self.ws).catalog():
+            registry.push_probe(self.ws, self.client)
+        return settings.address
+
+    def _devices(self) -> list[dict]:
+        """The devices this lab enrolled (labelled lab=<name>)."""
+        return [d for d in devices.list_devices(self.ws) if d["labels"].get("lab") == self.name]
+
+    def register(self, progress: bool = False) -> list:
+        """Make the lab's devices match its nodes, through the device code (facts included).
+
+        Devices of nodes that are gone, or were recreated with another address or
+        profile, are removed; nodes without a device are enrolled.
+        """
+        nodes = {n.name: n for n in self.nodes()}
+        for d in self._devices():
+            n = nodes.get(d["name"])
+            if n is None or d["host"] != n.ip or d["labels"].get("profile") != n.profile:
+                devices.remove(self.ws, d["name"])
+        known = {d["name"] for d in devices.list_devices(self.ws)}
+        new = [
+            devices.Device(
+                name=n.name,
+                host=n.ip,
+                groups=["lab", f"profile_{n.profile}"],
+                labels={"lab": self.name, "profile": n.profile, **PROFILES[n.profile].labels},
+            )
+            for n in nodes.values()
+            if n.name not in known
+        ]
+        return devices.add(self.ws, new, scan_keys=False, progress=progress) if new else []
+
+    # ------------------------------------------------------- status/stop/start/down
+
+    def status(self, progress: bool = True) -> list[LabNode]:
+        """Docker state of each node plus an Ansible check of SSH and its Docker engine."""
+        nodes = self.nodes()
+        if not nodes:
+            return nodes
+        run = run_playbook(self.ws, "lab_status.yml", "lab", progress=progress)
+        for n in nodes:
+            hr = run.hosts.get(n.name)
+            if hr is None:
+                continue
+            n.ssh_ok = hr.state != "unreachable"
+            n.docker_ok = hr.state in ("ok", "changed")
+            n.message = hr.message
+            out = hr.outputs.get("docker version", {})
+            n.docker_version = (out.get("stdout") or "").strip() or None
+        return nodes
+
+    def stop(self, node: str) -> LabNode:
+        stopped = self.containers.stop(node)
+        close_connections(self.ws, stopped.ip)  # the others' keep running
+        return stopped
+
+    def start(self, node: str) -> LabNode:
+        return self.containers.start(node)
+
+    def down(self, purge: bool = False) -> dict[str, list[str]]:
+        c = self.containers
+        removed: dict[str, list[str]] = {"containers": [], "networks": [], "images": []}
+        ips = set()
+        for container in c.containers():
+            ips.add(container.labels.get("evc.lab.ip", ""))
+            removed["containers"].append(container.name)
+            c.remove(container)
+        # Bound to the gateway, so it goes with the network; --purge takes its data too.
+        removed["registry"] = registry.down(self.ws, purge=purge, client=self.client)
+        network = c.network()
+        if network is not None:
+            network.remove()
+            removed["networks"].append(c.network_name)
+        pin_host_keys(self.ws, {}, drop=ips)
+        close_connections(self.ws)
+        for d in self._devices():
+            devices.remove(self.ws, d["name"])
+        if purge:
+            import docker.errors
+
+            removed["kept_in_use"] = []
+            for repo in ("node", "registry", "base"):  # the base last: the others sit on it
+                for image in self.client.images.list(name=f"{engine.IMAGE_REPO}/{repo}"):
+                    try:
+                        self.client.images.remove(image.id, force=True)
+                        removed["images"] += image.tags
+                    except docker.errors.APIError:  # another lab's nodes still use it
+                        removed["kept_in_use"] += image.tags
+        return removed

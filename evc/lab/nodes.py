@@ -1,0 +1,207 @@
+"""Lab nodes as containers: Docker-in-Docker with sshd and their own engine.
+
+Nodes get CPU/memory limits and labels from a hardware profile; this module
+creates, starts, stops and removes their containers and waits until sshd and
+dockerd answer inside. What the nodes are for (devices, registry, keys) is
+composed in :mod:`evc.lab.fleet`.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from evc.config import Workspace
+from evc.engine import docker_client
+from evc.errors import EVCError, UsageError
+
+MAX_NODES = 64
+LABEL = "evc.lab"
+# Flags checked on this kind of machine: --privileged fails ("unable to apply
+# caps"), all caps but SYS_RESOURCE with host cgroupns works.
+NODE_RUN_OPTS: dict[str, Any] = {
+    "cap_add": ["ALL"],
+    "cap_drop": ["SYS_RESOURCE"],
+    "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+    "cgroupns": "host",
+    "tmpfs": {"/run": ""},
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    cpus: float
+    mem_gib: float
+    labels: dict[str, str]
+
+
+PROFILES = {
+    p.name: p
+    for p in (
+        Profile("rpi", 0.5, 1, {"hw": "raspberry-pi-4", "class": "small", "accelerator": "none"}),
+        Profile("nuc", 1.0, 2, {"hw": "intel-nuc", "class": "medium", "accelerator": "none"}),
+        Profile(
+            "orin", 1.5, 4, {"hw": "jetson-orin-nano", "class": "large", "accelerator": "none"}
+        ),
+    )
+}
+DEFAULT_PROFILES = ("rpi", "nuc", "orin")
+
+
+@dataclass
+class LabNode:
+    name: str
+    container: str
+    ip: str
+    profile: str
+    cpus: float
+    mem_bytes: int
+    state: str  # docker state: running, exited, ...
+    ssh_ok: bool | None = None
+    docker_ok: bool | None = None
+    docker_version: str | None = None
+    message: str | None = None
+
+
+def validate_request(nodes: int, profiles: list[str]) -> None:
+    if not 1 <= nodes <= MAX_NODES:
+        raise UsageError(
+            f"--nodes {nodes} is out of range: a lab has 1 to {MAX_NODES} nodes on one machine."
+        )
+    unknown = [p for p in profiles if p not in PROFILES]
+    if unknown:
+        raise UsageError(
+            f"Unknown profile {unknown[0]!r}; known profiles: {', '.join(PROFILES)} "
+            "("
+            + "; ".join(f"{p.name}: {p.cpus} CPU, {p.mem_gib:g} GiB" for p in PROFILES.values())
+            + ")."
+        )
+    cpus = os.cpu_count() or 1
+    too_big = [p for p in profiles if PROFILES[p].cpus > cpus]
+    if too_big:
+        raise UsageError(
+            f"Profile {too_big[0]!r} needs {PROFILES[too_big[0]].cpus} CPUs; "
+            f"this machine has {cpus}."
+        )
+
+
+class Nodes:
+    """The node containers of one workspace's lab: names derive from ``ws.lab_name``."""
+
+    def __init__(self, ws: Workspace, client=None):
+        self.ws = ws
+        self.name = ws.lab_name
+        self.client = client or docker_client()
+        self.network_name = f"evc-{self.name}"
+
+    def container_name(self, node: str) -> str:
+        return f"evc-{self.name}-{node}"
+
+    def volume_name(self, node: str) -> str:
+        return f"evc-{self.name}-{node}-docker"
+
+    def containers(self) -> list:
+        found = self.client.containers.list(all=True, filters={"label": f"{LABEL}={self.name}"})
+        return sorted(found, key=lambda c: int(c.labels.get("evc.lab.index", "0")))
+
+    def network(self):
+        import docker.errors
+
+        try:
+            return self.client.networks.get(self.network_name)
+        except docker.errors.NotFound:
+            return None
+
+    def _node(self, container) -> LabNode:
+        host_cfg = container.attrs["HostConfig"]
+        return LabNode(
+            name=container.labels["evc.lab.node"],
+            container=container.name,
+            ip=container.labels["evc.lab.ip"],
+            profile=container.labels["evc.lab.profile"],
+            cpus=(host_cfg.get("NanoCpus") or 0) / 1e9,
+            mem_bytes=host_cfg.get("Memory") or 0,
+            state=container.status,
+        )
+
+    def nodes(self) -> list[LabNode]:
+        return [self._node(c) for c in self.containers()]
+
+    def get(self, node: str):
+        for c in self.containers():
+            if c.labels.get("evc.lab.node") == node:
+                return c
+        known = ", ".join(n.name for n in self.nodes()) or "none (run `evc lab up`)"
+        raise UsageError(f"No lab node named {node!r} in lab {self.name!r}. Nodes: {known}.")
+
+    def create(self, node: str, index: int, profile: Profile, ip: str, image: str, pubkey: str):
+        api = self.client.api
+        labels = {
+            LABEL: self.name,
+            "evc.lab.node": node,
+            "evc.lab.index": str(index),
+            "evc.lab.profile": profile.name,
+            "evc.lab.ip": ip,
+            **{f"evc.label.{k}": v for k, v in profile.labels.items()},
+        }
+        volume = self.volume_name(node)
+        self.client.volumes.create(volume, labels={LABEL: self.name})
+        return self.client.containers.create(
+            image,
+            name=self.container_name(node),
+            hostname=node,
+            detach=True,
+            labels=labels,
+            environment={"EVC_AUTHORIZED_KEY": pubkey},
+            nano_cpus=int(profile.cpus * 1e9),
+            mem_limit=int(profile.mem_gib * 2**30),
+            volumes={
+                "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+                volume: {"bind": "/var/lib/docker", "mode": "rw"},
+            },
+            network=self.network_name,
+            networking_config={self.network_name: api.create_endpoint_config(ipv4_address=ip)},
+            **NODE_RUN_OPTS,
+        )
+
+    def remove(self, container) -> None:
+        import docker.errors
+
+        node = container.labels.get("evc.lab.node", "")
+        container.remove(force=True)
+        try:
+            self.client.volumes.get(self.volume_name(node)).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+    def wait_ready(self, names: list[str]) -> dict[str, str]:
+        """Wait for sshd + dockerd on each node; return each node's SSH host key."""
+
+        def ready(node: str) -> str:
+            c = self.get(node)
+            code, output = c.exec_run(["/usr/local/sbin/node-ready"])
+            if code != 0:
+                raise EVCError(f"lab node {node} did not come up: {output.decode().strip()}")
+            code, key = c.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"])
+            if code != 0:
+                raise EVCError(f"lab node {node} has no SSH host key: {key.decode().strip()}")
+            return " ".join(key.decode().split()[:2])
+
+        with ThreadPoolExecutor(max_workers=min(len(names), 16) or 1) as pool:
+            return dict(zip(names, pool.map(ready, names), strict=True))
+
+    def stop(self, node: str) -> LabNode:
+        c = self.get(node)
+        c.stop(timeout=2)
+        c.reload()
+        return self._node(c)
+
+    def start(self, node: str) -> LabNode:
+        c = self.get(node)
+        c.start()
+        self.wait_ready([node])
+        c.reload()
+        return self._node(c)

@@ -1,0 +1,1 @@
+"""`evc model`: the catalogue, builds, the registry, and deployments on the nodes."""

@@ -1,0 +1,217 @@
+"""`evc model build`: an image per model version, smoke-tested before it is tagged.
+
+A model image is built from ``model_images/<runtime>/`` (Dockerfile, runtime.py,
+model.yaml) plus the shared ``evc_infer`` package, the weights, and a wheelhouse
+of the runtime's Python packages (:mod:`evc.model.runtimes`), so the build itself
+needs no network. An image counts as built only after ``evc-infer --selftest``
+passed inside it; only then is it tagged ``REGISTRY/evc/NAME:VERSION-ARCH`` and
+written to the catalogue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from evc import db as evcdb
+from evc import engine, registry, resources
+from evc.config import Workspace
+from evc.errors import EVCError, UsageError
+from evc.model.catalogue import ARCHES, Model, check_name, native_arch, repository, save
+from evc.model.runtimes import (
+    Runtime,
+    builtin_weights,
+    cache_dir,
+    check_weights,
+    sha256_file,
+    stage_weights,
+    wheelhouse,
+)
+
+# The base image's interpreter and C library decide which wheels fit it.
+_PROBE = "import sys, platform; print(*sys.version_info[:2], platform.libc_ver()[1])"
+
+
+def check_arch(arch: str, base_image: str | None) -> None:
+    if arch not in ARCHES:
+        raise UsageError(f"unknown arch {arch!r}; expected one of: {', '.join(ARCHES)}")
+    if arch == native_arch():
+        return
+    if not Path(f"/proc/sys/fs/binfmt_misc/qemu-{ARCHES[arch]}").exists():
+        raise UsageError(
+            f"this {native_arch()} builder cannot run {arch} images (no qemu-{ARCHES[arch]} "
+            "emulation registered). Build on an arm64 builder device, or install "
+            "qemu-user-static and binfmt-support here."
+        )
+    if base_image is None:
+        raise UsageError(f"building for {arch} under emulation needs --base-image for {arch}")
+
+
+def _model_base(client, log) -> str:
+    base, _ = engine.ensure_base_image(client, log)
+    tag, _ = engine.ensure_image(client, "model-base", base, log)
+    return tag
+
+
+def _probe_base(client, image: str) -> tuple[str, str]:
+    """(python "X.Y", glibc "2.N") of the base image."""
+    try:
+        out = client.containers.run(
+            image, ["python3", "-c", _PROBE], remove=True, network_disabled=True, entrypoint=[]
+        )
+    except Exception as exc:
+        raise EVCError(f"base image {image} cannot run python3: {exc}") from None
+    major, minor, libc = out.decode().split()
+    return f"{major}.{minor}", libc
+
+
+def _context(rt: Runtime, wheels: Path, root: Path) -> None:
+    """The build context (weights already staged in root/model): model_images/README.md."""
+    common = resources.data_dir("model_images") / "common" / "evc_infer"
+    shutil.copytree(common, root / "evc_infer", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(rt.path / "Dockerfile", root / "Dockerfile")
+    shutil.copy(rt.path / "model.yaml", root / "model.yaml")
+    (root / "runtime").mkdir()
+    shutil.copy(rt.path / "runtime.py", root / "runtime" / "runtime.py")
+    (root / "requirements.txt").write_text("\n".join(rt.requirements) + "\n")
+    (root / "wheels").mkdir()
+    for whl in wheels.glob("*.whl"):
+        os.link(whl, root / "wheels" / whl.name)  # same file system: no copy
+
+
+def _docker_build(client, context: Path, base: str, labels: dict, arch: str, log) -> str:
+    """Build; returns the image id. On failure, the last lines of the build log."""
+    lines: list[str] = []
+    image_id = None
+    stream = client.api.build(
+        path=str(context),
+        buildargs={"BASE": base},
+        labels=labels,
+        rm=True,
+        forcerm=True,
+        decode=True,
+        platform=f"linux/{arch}" if arch != native_arch() else None,
+    )
+    for chunk in stream:
+        if "stream" in chunk:
+            lines.extend(chunk["stream"].rstrip("\n").splitlines())
+            if chunk["stream"].startswith("Step "):
+                log(chunk["stream"].strip())
+        if "aux" in chunk and "ID" in chunk["aux"]:
+            image_id = chunk["aux"]["ID"]
+        if "error" in chunk:
+            lines.append(chunk["error"].strip())
+            tail = "\n".join(lines[-12:])
+            raise EVCError(f"image build failed; last lines of the build log:\n{tail}")
+    if image_id is None:
+        raise EVCError("image build ended without an image id:\n" + "\n".join(lines[-12:]))
+    return image_id
+
+
+def _selftest(client, image_id: str) -> dict:
+    """``evc-infer --selftest`` in a throwaway container without network; its JSON line."""
+    container = client.containers.run(image_id, ["--selftest"], detach=True, network_disabled=True)
+    try:
+        code = container.wait(timeout=300)["StatusCode"]
+        output = container.logs().decode(errors="replace").strip()
+    finally:
+        container.remove(force=True)
+    last = output.splitlines()[-1] if output else ""
+    try:
+        report = json.loads(last)
+    except json.JSONDecodeError:
+        report = {"selftest": "failed", "reason": last or "no output"}
+    if code != 0 or report.get("selftest") != "ok":
+        tail = "\n".join(output.splitlines()[-10:])
+        raise EVCError(f"the image's selftest failed (exit {code}); nothing was tagged:\n{tail}")
+    return report
+
+
+def build(
+    ws: Workspace,
+    name: str,
+    runtime: str,
+    version: str,
+    weights: Path | None = None,
+    arch: str | None = None,
+    owner: str | None = None,
+    task: str | None = None,
+    base_image: str | None = None,
+    force: bool = False,
+    log=print,
+) -> Model:
+    """Build, smoke-test, tag and catalogue one model image."""
+    started = time.monotonic()
+    check_name(name, version)
+    rt = Runtime.load(runtime)
+    arch = arch or native_arch()
+    check_arch(arch, base_image)
+    if task and task != rt.task:
+        raise UsageError(f"runtime {rt.name} does {rt.task!r}, not {task!r}")
+    weights = Path(weights) if weights else None
+    weights = builtin_weights(weights) if weights else None
+    check_weights(rt, weights)
+    existing = list(
+        evcdb.workspace_db(ws).query(
+            "SELECT 1 FROM models WHERE name = ? AND version = ?", [name, version]
+        )
+    )
+    if existing and not force:
+        raise UsageError(
+            f"{name}:{version} is already in the catalogue; choose a new version or pass --force"
+        )
+    address = registry.load(ws).address
+    ref = f"{address}/{repository(name)}:{version}-{arch}"
+    digest = sha256_file(weights) if weights else None
+    labels = {
+        "org.opencontainers.image.title": name,
+        "org.opencontainers.image.version": version,
+        "org.opencontainers.image.created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "evc.model.name": name,
+        "evc.model.version": version,
+        "evc.model.runtime": rt.name,
+        "evc.model.task": rt.task,
+        "evc.model.arch": arch,
+        "evc.model.weights.digest": digest or "builtin",
+        **({"evc.model.owner": owner, "org.opencontainers.image.authors": owner} if owner else {}),
+    }
+    cache_dir().mkdir(parents=True, exist_ok=True)  # the context hard-links cached wheels
+    with tempfile.TemporaryDirectory(prefix="evc-build-", dir=cache_dir()) as tmp:
+        stage_weights(rt, weights, Path(tmp) / "model", log)  # may export: input errors first
+        client = engine.docker_client()
+        base = base_image or _model_base(client, log)
+        python, libc = _probe_base(client, base)
+        _context(rt, wheelhouse(rt.requirements, arch, python, libc, log), Path(tmp))
+        image_id = _docker_build(client, Path(tmp), base, labels, arch, log)
+    try:
+        log("running evc-infer --selftest in the image")
+        report = _selftest(client, image_id)
+    except EVCError:
+        client.images.remove(image_id, force=True, noprune=False)
+        raise
+    image = client.images.get(image_id)
+    repo, _, tag = ref.rpartition(":")
+    image.tag(repo, tag)
+    model = Model(
+        name=name,
+        version=version,
+        runtime=rt.name,
+        task=rt.task,
+        arch=arch,
+        owner=owner,
+        image=ref,
+        image_id=image_id,
+        size_bytes=image.attrs.get("Size"),
+        weights_source=weights.name if weights else None,
+        weights_digest=digest,
+        built_at=time.time(),
+        build_s=round(time.monotonic() - started, 2),
+        selftest=report,
+    )
+    save(ws, model)
+    return model

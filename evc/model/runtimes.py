@@ -1,0 +1,225 @@
+"""Model runtimes (folders of model_images/), their Python packages and their weights.
+
+The wheelhouse is downloaded on the controller for the target platform and cached,
+so an image build needs no network; YOLO ``.pt``/``.yaml`` weights are exported to
+ONNX on the controller with ultralytics (the ``export`` extra).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evc import resources
+from evc.errors import EVCError, UsageError
+from evc.model.catalogue import ARCHES
+
+# Runs in a subprocess on the controller: ultralytics is slow to import and writes settings.
+_EXPORT = """
+import shutil, sys
+from ultralytics import YOLO
+src, dest, imgsz = sys.argv[1], sys.argv[2], int(sys.argv[3])
+try:
+    model = YOLO(src)
+except Exception as exc:
+    print("not a YOLO model: " + " ".join(str(exc).split())[:300], file=sys.stderr)
+    sys.exit(3)
+if model.task != "detect":
+    print(f"a {model.task} model, not a detection model", file=sys.stderr)
+    sys.exit(3)
+shutil.move(model.export(format="onnx", imgsz=imgsz), dest)
+"""
+
+
+@dataclass
+class Runtime:
+    """One folder of model_images/: what the runtime needs and defaults to."""
+
+    name: str
+    path: Path
+    task: str
+    weights: dict[str, Any]
+    defaults: dict[str, Any]
+    requirements: list[str]
+
+    @classmethod
+    def load(cls, name: str) -> Runtime:
+        root = resources.data_dir("model_images")
+        if name not in available_runtimes():
+            raise UsageError(
+                f"unknown runtime {name!r}; expected one of: {', '.join(available_runtimes())}"
+            )
+        spec = yaml.safe_load((root / name / "model.yaml").read_text())
+        return cls(
+            name=name,
+            path=root / name,
+            task=spec.get("task", "detect"),
+            weights=spec.get("weights") or {"required": False, "formats": []},
+            defaults=spec.get("defaults") or {},
+            requirements=list(spec.get("requirements") or []),
+        )
+
+
+def available_runtimes() -> list[str]:
+    root = resources.data_dir("model_images")
+    return sorted(p.parent.name for p in root.glob("*/model.yaml"))
+
+
+def cache_dir() -> Path:
+    """Per-user cache shared by workspaces (EVC_CACHE_DIR, else ~/.cache/evc)."""
+    base = (
+        os.environ.get("EVC_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "evc"
+    )
+    return Path(base)
+
+
+def _platform_args(arch: str, libc: str) -> list[str]:
+    major, minor = (int(x) for x in (libc or "2.17").split(".")[:2])
+    tags = [f"manylinux_{major}_{m}_{ARCHES[arch]}" for m in range(17, minor + 1)]
+    tags.append(f"manylinux2014_{ARCHES[arch]}")
+    return [a for tag in tags for a in ("--platform", tag)]
+
+
+def wheelhouse(requirements: list[str], arch: str, python: str, libc: str, log=print) -> Path:
+    """Wheels for ``requirements`` (and pip) for the target; downloaded once, then cached."""
+    key = hashlib.sha256(json.dumps([requirements, arch, python, libc]).encode()).hexdigest()[:16]
+    dest = cache_dir() / "wheels" / key
+    if (dest / ".complete").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    log(f"downloading wheels for {arch} / Python {python}: {', '.join(requirements)}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=dest.parent))
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+        "--dest", str(tmp), "--only-binary=:all:", *_platform_args(arch, libc),
+        "--python-version", python, "--implementation", "cp", "pip", *requirements,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tail = [ln for ln in proc.stderr.splitlines() if not ln.startswith("WARNING")][-5:]
+        raise EVCError(
+            f"downloading the image's Python packages failed ({', '.join(requirements)}); "
+            "the builder needs a package index or a filled cache at "
+            f"{cache_dir() / 'wheels'}:\n" + "\n".join(tail)
+        )
+    (tmp / ".complete").write_text("\n".join(requirements) + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def check_weights(rt: Runtime, weights: Path | None) -> None:
+    formats = rt.weights.get("formats") or []
+    if weights is None:
+        if rt.weights.get("required"):
+            raise UsageError(
+                f"runtime {rt.name} needs --weights ({', '.join(formats)}); none was given"
+            )
+        return
+    if not formats:
+        raise UsageError(f"runtime {rt.name} takes no --weights (its model ships with it)")
+    if not weights.is_file():
+        raise UsageError(
+            f"weights file {weights} does not exist (nor is it the name of a model config "
+            "that ultralytics ships, such as yolov8n.yaml)"
+        )
+    if weights.suffix.lower() not in formats:
+        raise UsageError(
+            f"weights file {weights} is a {weights.suffix or 'file without extension'}; "
+            f"runtime {rt.name} takes {', '.join(formats)}"
+        )
+    if weights.suffix.lower() == ".onnx" and importlib.util.find_spec("onnx"):
+        import onnx
+
+        try:
+            graph = onnx.load(str(weights), load_external_data=False).graph
+        except Exception as exc:
+            raise UsageError(f"weights file {weights} is not an ONNX model: {exc}") from None
+        if not graph.input or not graph.output:
+            raise UsageError(f"weights file {weights} is an ONNX file with no inputs or outputs")
+
+
+def builtin_config(weights: Path) -> Path | None:
+    """The model config that ultralytics ships for a bare ``yolov8n.yaml``-style name that
+    is no file here (the scale letter picks the size, as in ultralytics). None when
+    ``weights`` is a path, an existing file, or no such config."""
+    if weights.is_file() or str(weights) != weights.name or weights.suffix != ".yaml":
+        return None
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    unified = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", weights.stem) + ".yaml"
+    models = Path(spec.submodule_search_locations[0]) / "cfg" / "models"
+    return next(iter(sorted(models.rglob(unified))), None)
+
+
+def builtin_weights(weights: Path) -> Path:
+    """``weights``, or its built-in config copied to the cache under the name asked for
+    (the name carries the scale letter the export reads)."""
+    source = builtin_config(weights)
+    if source is None:
+        return weights
+    dest = cache_dir() / "ultralytics-cfg" / weights.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source, dest)
+    return dest
+
+
+def _export_onnx(weights: Path, dest: Path, imgsz: int, log=print) -> None:
+    """YOLO .pt/.yaml -> ONNX with ultralytics on the controller (offline)."""
+    if not importlib.util.find_spec("ultralytics"):
+        raise UsageError(
+            f"exporting {weights.name} to ONNX needs ultralytics on the controller: install "
+            "the export extra (pip install torch==2.13.0 'evc[export]'), or pass an .onnx"
+        )
+    log(f"exporting {weights.name} to ONNX (imgsz {imgsz})")
+    with tempfile.TemporaryDirectory(prefix="evc-export-") as tmp:
+        src = Path(tmp) / weights.name  # ultralytics writes next to its input
+        shutil.copy(weights, src)
+        proc = subprocess.run(
+            [sys.executable, "-c", _EXPORT, str(src), str(dest), str(imgsz)],
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+            env={**os.environ, "YOLO_OFFLINE": "1"},
+        )
+    if proc.returncode == 3:
+        raise UsageError(f"weights file {weights}: {proc.stderr.strip().splitlines()[-1]}")
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise EVCError(f"exporting {weights} to ONNX failed:\n{tail}")
+
+
+def stage_weights(rt: Runtime, weights: Path | None, model_dir: Path, log) -> None:
+    model_dir.mkdir()
+    if weights is None:
+        return
+    dest = model_dir / rt.weights.get("file", weights.name)
+    if dest.suffix == weights.suffix.lower():
+        shutil.copy(weights, dest)
+    elif dest.suffix == ".onnx":
+        _export_onnx(weights, dest, int(rt.defaults.get("imgsz", 640)), log)
+    else:
+        raise UsageError(f"runtime {rt.name} cannot use {weights.suffix} weights")
