@@ -59,7 +59,7 @@ def main() -> int:
                 run(EVC + ["model", "deploy", "bfaces:1", node, "--cpus", str(cpus)], env)
             alone = {}
             for node in CPUS:
-                job = _job(env, subsets[node], "--target", node, "--strategy", "round-robin")
+                job = _job(env, subsets[node], node, "--strategy", "round-robin")
                 alone[node] = ALONE[node] / job["makespan_s"]
             ideal = ITEMS / sum(alone.values())
             jobs = {s: _job(env, folder, "--strategy", s) for s in STRATEGIES}

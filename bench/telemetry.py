@@ -54,7 +54,7 @@ def main() -> int:
     from evc.config import Workspace
     from evc.engine import docker_client
     from evc.lab.network import free_subnet
-    from evc.logs import collect
+    from evc.logs import CollectOptions, collect
 
     with tempfile.TemporaryDirectory() as tmp:
         rate = ingest_rate(Path(tmp))
@@ -62,12 +62,12 @@ def main() -> int:
         with lab_fleet(Path(tmp) / "ws", "evctelbench", subnet) as env:
             os.environ.update(env)
             ws = Workspace.find()
-            collect(ws, "lab", progress=False)  # warm: state files on the nodes, SSH masters
+            collect(ws, CollectOptions(target="lab"))  # warm: state files on the nodes, SSH masters
             one, all_ = [], []
             for _ in range(ROUNDS):  # interleaved
                 for target, into in (("node1", one), ("lab", all_)):
                     start = time.perf_counter()
-                    result = collect(ws, target, progress=False)
+                    result = collect(ws, CollectOptions(target=target))
                     into.append(time.perf_counter() - start)
                     if not result.ok:
                         sys.exit(f"telemetry round on {target} failed: {result.to_dict()}")

@@ -1,4 +1,4 @@
-"""The one place that runs Ansible: ansible-runner, a live progress line, a typed result.
+"""The one place that runs Ansible: ansible-runner, live progress, a typed result.
 
 Every fleet operation calls :func:`run_playbook` and gets a :class:`RunResult` that
 says, per host, ok / changed / failed / unreachable / skipped, with the failing
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from evc.config import Workspace
-from evc.console import progress_line
 from evc.db import record_run, workspace_db
-from evc.errors import EVCError, UsageError
+from evc.errors import EVCError, Result, UsageError
+from evc.progress import SILENT, Progress
 from evc.resources import playbook as bundled_playbook
 
 MAX_FORKS = 100
@@ -44,7 +44,7 @@ class HostResult:
 
 
 @dataclass
-class RunResult:
+class RunResult(Result):
     playbook: str
     target: str
     ident: str
@@ -190,9 +190,9 @@ def scrub_command_file(artifact_dir: Path) -> None:
 
 
 class _Collector:
-    """Turns ansible-runner events into per-host results and a progress line."""
+    """Turns ansible-runner events into per-host results and a progress status."""
 
-    def __init__(self, hosts: list[str], progress, artifact_dir: Path):
+    def __init__(self, hosts: list[str], progress: Progress, artifact_dir: Path):
         self.hosts = {h: HostResult(host=h) for h in hosts}
         self.task = ""
         self.progress = progress
@@ -201,15 +201,14 @@ class _Collector:
         self.scrubbed = False
 
     def _update(self) -> None:
-        if self.progress is not None:
-            counts = {s: 0 for s in ("failed", "unreachable")}
-            for r in self.hosts.values():
-                if r.state in counts:
-                    counts[r.state] += 1
-            self.progress.update(
-                f"[bold]{self.task}[/] {len(self.done)}/{len(self.hosts)} hosts"
-                f"  failed {counts['failed']}  unreachable {counts['unreachable']}"
-            )
+        counts = {s: 0 for s in ("failed", "unreachable")}
+        for r in self.hosts.values():
+            if r.state in counts:
+                counts[r.state] += 1
+        self.progress.status(
+            f"{self.task}: {len(self.done)}/{len(self.hosts)} hosts"
+            f"  failed {counts['failed']}  unreachable {counts['unreachable']}"
+        )
 
     def __call__(self, event: dict) -> bool:
         if not self.scrubbed:  # the command file is written just before the first event
@@ -279,7 +278,7 @@ def run_playbook(
     env: dict[str, str] | None = None,
     inventory: Path | None = None,
     task_timeout: int = 300,
-    progress: bool = True,
+    progress: Progress = SILENT,
 ) -> RunResult:
     """Run a bundled playbook (or a path) against ``target`` and return per-host results.
 
@@ -295,7 +294,7 @@ def run_playbook(
     ws.artifacts_dir.mkdir(parents=True, exist_ok=True)
     ident = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     started = time.time()
-    with progress_line(f"{path.name} on {target}", enabled=progress) as line:
+    with progress.task(f"{path.name} on {target}") as line:
         collector = _Collector(hosts, line, ws.artifacts_dir / "artifacts" / ident)
         runner = ansible_runner.run(
             private_data_dir=str(ws.artifacts_dir),

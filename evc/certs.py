@@ -12,14 +12,17 @@ import datetime as dt
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from evc import pki, registry, registry_api
 from evc.ansible import RunResult, resolve_hosts, run_playbook
 from evc.config import Workspace
-from evc.errors import EVCError
+from evc.errors import EVCError, Result
 from evc.keys import write_private
+from evc.names import Target
+from evc.options import TARGET_HELP, Options, arg, opt
+from evc.progress import SILENT, Progress
 
 PASSWORD_ENV = "EVC_REGISTRY_PASSWORD"
 
@@ -44,7 +47,26 @@ def _vars(ws: Workspace) -> dict:
     }
 
 
-def _push(ws: Workspace, target: str, extravars: dict, progress: bool) -> RunResult:
+class PushOptions(Options):
+    """Put the CA in Docker's certs.d, log in (no_log), verify by a pull; per host, why not."""
+
+    target: Target = arg("all", help=TARGET_HELP)
+    system_trust: bool = opt(False, help="Also add the CA to the system trust store.")
+
+
+class RevokeOptions(Options):
+    """Remove the CA and the login; succeeds only where a pull then fails."""
+
+    target: Target = arg(help=TARGET_HELP)
+
+
+class CheckOptions(Options):
+    """Per node: trusts the current CA? Registry verified over TLS (else why)? Cert days left."""
+
+    target: Target = arg("all", help=TARGET_HELP)
+
+
+def _push(ws: Workspace, target: str, extravars: dict, progress: Progress) -> RunResult:
     password = registry.files(ws).password.read_text()
     run = run_playbook(
         ws,
@@ -57,15 +79,18 @@ def _push(ws: Workspace, target: str, extravars: dict, progress: bool) -> RunRes
     return explain(run, extravars["registry_address"])
 
 
-def push(ws: Workspace, target: str, system_trust: bool = False, progress=True) -> RunResult:
+def push(ws: Workspace, options: PushOptions, progress: Progress = SILENT) -> RunResult:
     """CA to certs.d (and the system store if asked or already there), Docker login, verified
     by a pull; a failure says why, per host."""
-    return _push(ws, target, {**_vars(ws), "registry_system_trust": system_trust}, progress)
+    extravars = {**_vars(ws), "registry_system_trust": options.system_trust}
+    return _push(ws, options.target, extravars, progress)
 
 
-def revoke(ws: Workspace, target: str, progress=True) -> RunResult:
+def revoke(ws: Workspace, options: RevokeOptions, progress: Progress = SILENT) -> RunResult:
     """Logout, remove the CA and the probe image; succeeds only if a pull then fails."""
-    run = run_playbook(ws, "cert_revoke.yml", target, extravars=_vars(ws), progress=progress)
+    run = run_playbook(
+        ws, "cert_revoke.yml", options.target, extravars=_vars(ws), progress=progress
+    )
     return explain(run, registry.load(ws).address)
 
 
@@ -78,9 +103,22 @@ class CertCheck:
     message: str | None = None
 
 
-def check(ws: Workspace, target: str, progress=True) -> list[CertCheck]:
+@dataclass
+class CheckResult(Result):
+    checks: list[CertCheck]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.state == "ok" and c.trusts_current_ca for c in self.checks)
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [asdict(c) for c in self.checks]
+
+
+def check(ws: Workspace, options: CheckOptions, progress: Progress = SILENT) -> CheckResult:
     """Per node: does it hold the current CA; does the registry answer it over verified
     TLS; how long the server certificate has left."""
+    target = options.target
     f = registry.files(ws)
     want = hashlib.sha256(f.ca_cert.read_bytes()).hexdigest()
     days = pki.certificate_info(f.server_cert)["days_left"]
@@ -99,7 +137,7 @@ def check(ws: Workspace, target: str, progress=True) -> list[CertCheck]:
                 else "no registry CA: run `evc cert push`"
             )
         out.append(CertCheck(host, r.state, trusts, days, message))
-    return out
+    return CheckResult(out)
 
 
 # ------------------------------------------------------------------ plain reasons
@@ -210,7 +248,7 @@ class PhaseResult:
 
 
 @dataclass
-class RotationResult:
+class RotationResult(Result):
     status: str  # complete, stopped
     resumed: bool  # an unfinished rotation was picked up
     stopped_at: str | None  # the phase that stopped it
@@ -230,8 +268,9 @@ class RotationResult:
 
 def rotate_ca(
     ws: Workspace,
+    *,
     days: int = 825,
-    progress: bool = True,
+    progress: Progress = SILENT,
     after_phase: Callable[[PhaseResult], None] | None = None,
     client=None,
 ) -> RotationResult:
@@ -285,7 +324,7 @@ def rotate_ca(
 class _Rotation:
     """The phases of one rotate_ca run on the nodes that still answer."""
 
-    def __init__(self, ws: Workspace, result: RotationResult, progress: bool, after_phase):
+    def __init__(self, ws: Workspace, result: RotationResult, progress: Progress, after_phase):
         self.ws = ws
         self.result = result
         self.progress = progress
@@ -338,7 +377,7 @@ def _switch_server(ws: Workspace, rotation: _Rotation, base: dict, days: int, cl
     backup = {p: p.read_bytes() for p in (f.server_cert, f.server_key)}
     try:
         pki.make_server_cert(nxt, registry.load(ws).hosts, days)
-        registry.restart(ws, client)
+        registry.restart(ws, client=client)
         go_on = rotation.phase("switch-server", extravars)
     except EVCError:
         _restore(ws, backup, client)
@@ -357,7 +396,7 @@ def _ca(path) -> dict[str, Any]:
 def _restore(ws: Workspace, backup: dict, client) -> None:
     for path, data in backup.items():
         write_private(path, data)
-    registry.restart(ws, client)
+    registry.restart(ws, client=client)
 
 
 def _finish(ws: Workspace, result: RotationResult) -> RotationResult:

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
+if TYPE_CHECKING:  # imported where a database is opened: `evc --help` stays fast
+    import sqlite_utils
 
 BUSY_TIMEOUT_MS = 30000
 _JSON_FIELDS = ("groups", "labels")
@@ -344,20 +347,49 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     return applied
 
 
-def connect(path: Path) -> sqlite_utils.Database:
-    """Open (creating) the database: WAL, busy timeout, foreign keys on, migrated."""
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it: SQLite gives its -wal and
+    -shm files the database file's permissions, so none of them is world-readable."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
+def connect(path: Path, *, migrated: bool = False) -> sqlite_utils.Database:
+    """Open (creating) the database: WAL, busy timeout, foreign keys on, migrated
+    (unless ``migrated`` says this process has done it already)."""
+    import sqlite_utils
+
+    _create_private(path)
     db = sqlite_utils.Database(path)
     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # first: switching to WAL may wait
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA foreign_keys = ON")
     db.execute("PRAGMA synchronous = NORMAL")
-    migrate(db)
+    if not migrated:
+        migrate(db)
     return db
 
 
+_handles = threading.local()  # path -> Database, per thread (a connection is not shared)
+_migrated: set[Path] = set()
+_migrated_lock = threading.Lock()
+
+
 def workspace_db(ws) -> sqlite_utils.Database:
-    return connect(ws.root / "db" / "evc.db")
+    """This thread's handle on the workspace database, opened (and migrated) once per
+    process rather than on every call."""
+    path = (ws.root / "db" / "evc.db").resolve()
+    cache = _handles.__dict__.setdefault("by_path", {})
+    db = cache.get(path)
+    if db is None or not path.exists():  # a deleted workspace starts over
+        with _migrated_lock:
+            db = connect(path, migrated=path in _migrated and path.exists())
+            _migrated.add(path)
+        cache[path] = db
+    return db
 
 
 def _upsert(

@@ -10,30 +10,68 @@ import ipaddress
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from evc import db as evcdb
-from evc import inventory
+from evc import inventory, names
 from evc.ansible import run_playbook
 from evc.config import Workspace
-from evc.errors import EVCError, UsageError
+from evc.errors import EVCError, Result, UsageError
 from evc.keys import check_host_key, controller_key, copy_key, pin_host, scan_host_keys
+from evc.options import TARGET_HELP, Options, arg, opt
+from evc.progress import SILENT, Progress
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-LABEL_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
 FACT_FIELDS = (
     "arch", "os", "kernel", "cpu_count", "mem_bytes", "disk_bytes", "accelerator",
     "docker_version",
 )  # fmt: skip
 RESERVED_GROUPS = {"all", "ungrouped", "builders", "workers"}
+ROLES = ("builder", "worker")
+
+
+def _host(v: str) -> str:
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9.]+", v) or not HOSTNAME_RE.match(v):
+        raise ValueError(f"{v[:80]!r} is not an IPv4/IPv6 address or a DNS host name")
+    return v.lower()
+
+
+def _group(v: str) -> str:
+    names.GROUP(v)
+    if v in RESERVED_GROUPS:
+        raise ValueError(f"group {v!r} is reserved ({', '.join(sorted(RESERVED_GROUPS))})")
+    return v
+
+
+def _role(v: str) -> str:
+    if v not in ROLES:
+        raise ValueError(f"{v!r} is not a role: expected 'builder' or 'worker'")
+    return v
+
+
+Host = Annotated[str, AfterValidator(_host)]
+Group = Annotated[str, AfterValidator(_group)]
+Role = Annotated[str, AfterValidator(_role)]
+DeviceName = Annotated[str, AfterValidator(names.DEVICE_NAME)]
+User = Annotated[str, AfterValidator(names.USER)]
+LabelKey = Annotated[str, AfterValidator(names.LABEL_KEY)]
 
 
 class Device(BaseModel):
@@ -41,69 +79,20 @@ class Device(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    host: str
+    name: DeviceName
+    host: Host
     port: int = Field(22, ge=1, le=65535)
-    user: str = "root"
-    role: str = "worker"
-    groups: list[str] = Field(default_factory=list)
-    labels: dict[str, str] = Field(default_factory=dict)
+    user: User = "root"
+    role: Role = "worker"
+    groups: list[Group] = Field(default_factory=list)
+    labels: dict[LabelKey, names.LabelValue] = Field(default_factory=dict)
     lat: float | None = Field(None, ge=-90, le=90)
     lon: float | None = Field(None, ge=-180, le=180)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(
-                "use letters, digits, '.', '_' or '-' (no spaces or shell characters), "
-                "starting with a letter or digit, at most 63 characters"
-            )
-        return v
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, v: str) -> str:
-        try:
-            return str(ipaddress.ip_address(v))
-        except ValueError:
-            pass
-        if re.fullmatch(r"[0-9.]+", v) or not HOSTNAME_RE.match(v):
-            raise ValueError("expected an IPv4/IPv6 address or a DNS host name")
-        return v.lower()
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: str) -> str:
-        if not USER_RE.match(v):
-            raise ValueError("expected a POSIX user name (lower-case letters, digits, _ or -)")
-        return v
-
-    @field_validator("role")
-    @classmethod
-    def _role(cls, v: str) -> str:
-        if v not in ("builder", "worker"):
-            raise ValueError("expected 'builder' or 'worker'")
-        return v
 
     @field_validator("groups")
     @classmethod
     def _groups(cls, v: list[str]) -> list[str]:
-        for g in v:
-            if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", g) or g in RESERVED_GROUPS:
-                raise ValueError(
-                    f"group {g!r}: use lower-case letters, digits and '_' (Ansible group names), "
-                    f"not one of {sorted(RESERVED_GROUPS)}"
-                )
         return sorted(set(v))
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            if not LABEL_KEY_RE.match(k):
-                raise ValueError(f"label key {k!r}: use letters, digits, '.', '_' or '-'")
-        return v
 
 
 def parse_device(data: dict[str, Any], where: str = "") -> Device:
@@ -118,15 +107,58 @@ def parse_device(data: dict[str, Any], where: str = "") -> Device:
         raise UsageError(f"{where}invalid device: {problems}.") from None
 
 
-def from_options(name: str, host: str, port: int = 22, user: str = "root",
-                 group: list[str] | None = None, role: str = "worker",
-                 label: list[str] | None = None, lat: float | None = None,
-                 lon: float | None = None) -> Device:  # fmt: skip
-    """A Device from the options of `evc device add` (repeated --group, --label K=V)."""
-    return parse_device(
-        dict(name=name, host=host, port=port, user=user, role=role, groups=group or [],
-             labels=parse_labels(label or []), lat=lat, lon=lon)
-    )  # fmt: skip
+class AddOptions(Options):
+    """Register a device: pin its SSH host key, gather its facts, add it to the inventory."""
+
+    name: DeviceName = arg(help="Device name (letters, digits, . _ -).")
+    host: Host = opt(..., help="IP address or DNS name.")
+    port: int = opt(22, help="SSH port.", ge=1, le=65535)
+    user: User = opt("root", help="SSH user.")
+    group: list[Group] = opt([], help="Group (repeatable).", short="g")
+    role: Role = opt("worker", help="builder or worker.")
+    label: list[str] = opt([], help="KEY=VALUE (repeatable).", short="l")
+    lat: float | None = opt(None, help="Latitude, for the fleet map.", ge=-90, le=90)
+    lon: float | None = opt(None, help="Longitude, for the fleet map.", ge=-180, le=180)
+
+    @field_validator("label")
+    @classmethod
+    def _labels_parse(cls, v: list[str]) -> list[str]:
+        try:
+            parse_labels(v)
+        except UsageError as exc:
+            raise ValueError(str(exc).removeprefix("--label ").rstrip(".")) from None
+        return v
+
+    def device(self) -> Device:
+        return parse_device(
+            dict(name=self.name, host=self.host, port=self.port, user=self.user, role=self.role,
+                 groups=list(self.group), labels=parse_labels(self.label), lat=self.lat,
+                 lon=self.lon)
+        )  # fmt: skip
+
+
+class ImportOptions(Options):
+    """Register many devices at once; their facts are gathered in one parallel run."""
+
+    file: Path = arg(help="YAML list of devices, or CSV with a header row.")
+
+
+class RemoveOptions(Options):
+    """Remove a device from the database and the inventory."""
+
+    name: DeviceName = arg(help="Device name.")
+
+
+class FactsOptions(Options):
+    """Gather facts again (arch, OS, CPUs, memory, disk, Docker, accelerator)."""
+
+    target: names.Target = arg("all", help=TARGET_HELP)
+
+
+class PingOptions(Options):
+    """Reach every targeted device in one parallel run; update last_seen and status."""
+
+    target: names.Target = arg("all", help=TARGET_HELP)
 
 
 def parse_labels(items: list[str]) -> dict[str, str]:
@@ -233,6 +265,25 @@ class DeviceResult:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class DevicesResult(Result):
+    """An add, facts or ping over several devices: one DeviceResult each."""
+
+    action: str
+    devices: list[DeviceResult]
+
+    @property
+    def failed(self) -> list[DeviceResult]:
+        return [d for d in self.devices if d.state in ("failed", "unreachable")]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [asdict(d) for d in self.devices]
+
+
 def get(db, name: str) -> dict:
     rows = list(db["devices"].rows_where("name = ?", [name]))
     if not rows:
@@ -243,7 +294,7 @@ def get(db, name: str) -> dict:
 
 
 def add(ws: Workspace, devices: list[Device], *, scan_keys: bool = True,
-        password: str | None = None, progress: bool = True) -> list[DeviceResult]:  # fmt: skip
+        password: str | None = None, progress: Progress = SILENT) -> DevicesResult:  # fmt: skip
     """Register devices and gather their facts in one parallel run.
 
     Validation, duplicate names and changed host keys refuse the whole batch
@@ -283,7 +334,8 @@ def add(ws: Workspace, devices: list[Device], *, scan_keys: bool = True,
         if scanned.get(d.name):
             pin_host(ws, d.host, d.port, scanned[d.name])
     regenerate_inventory(ws, db)
-    return gather_facts(ws, ",".join(names), progress=progress)
+    result = gather_facts(ws, ",".join(names), progress=progress)
+    return DevicesResult("add", result.devices)
 
 
 def remove(ws: Workspace, name: str) -> dict:
@@ -351,7 +403,7 @@ def record_liveness(db, run, offline_after: int, now: float | None = None) -> li
     return events
 
 
-def gather_facts(ws: Workspace, target: str = "all", progress: bool = True) -> list[DeviceResult]:
+def gather_facts(ws: Workspace, target: str = "all", progress: Progress = SILENT) -> DevicesResult:
     """Run the facts playbook on ``target`` and store what each host reports."""
     db = evcdb.workspace_db(ws)
     run = run_playbook(ws, "facts.yml", target, progress=progress)
@@ -371,12 +423,14 @@ def gather_facts(ws: Workspace, target: str = "all", progress: bool = True) -> l
             results.append(DeviceResult(host, r.state, r.message, facts))
     record_liveness(db, run, ws.offline_after)
     regenerate_inventory(ws, db)  # arch/accelerator groups follow the facts
-    return results
+    return DevicesResult("facts", results)
 
 
-def ping(ws: Workspace, target: str = "all", progress: bool = True) -> list[DeviceResult]:
+def ping(ws: Workspace, target: str = "all", progress: Progress = SILENT) -> DevicesResult:
     """Reach every targeted host in one parallel run; update last_seen and status."""
     db = evcdb.workspace_db(ws)
     run = run_playbook(ws, "ping.yml", target, progress=progress)
     record_liveness(db, run, ws.offline_after)
-    return [DeviceResult(h, r.state, r.message) for h, r in sorted(run.hosts.items())]
+    return DevicesResult(
+        "ping", [DeviceResult(h, r.state, r.message) for h, r in sorted(run.hosts.items())]
+    )

@@ -17,3 +17,16 @@ class Interrupted(EVCError):
     """Ctrl-C during long work (an inference job): what was pending stays pending."""
 
     exit_code = 130
+
+
+class Result:
+    """Mixin of every fleet operation's result: ``ok`` decides ``exit_code`` (0, else 1),
+    so the CLI and run-configs decide success in one place."""
+
+    @property
+    def ok(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1

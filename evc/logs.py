@@ -28,7 +28,10 @@ from evc import db as evcdb
 from evc import devices
 from evc.ansible import RunResult, run_playbook
 from evc.config import Workspace
-from evc.errors import UsageError
+from evc.errors import Result, UsageError
+from evc.names import Target
+from evc.options import TARGET_HELP, Options, arg, opt
+from evc.progress import SILENT, Progress
 
 PLAYBOOK = "telemetry.yml"
 TASK = "telemetry"
@@ -121,7 +124,7 @@ def _decoded(sample: dict | None) -> dict | None:
 
 
 @dataclass
-class CollectResult:
+class CollectResult(Result):
     """One telemetry round: the playbook run, what was stored, liveness changes."""
 
     run: RunResult
@@ -133,11 +136,6 @@ class CollectResult:
     @property
     def ok(self) -> bool:
         return self.run.ok
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every targeted node answered with a sample, else 1."""
-        return 0 if self.ok else 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -161,9 +159,19 @@ class CollectResult:
         }
 
 
-def collect(
-    ws: Workspace, target: str = "all", progress: bool = True, *, offline_after: int | None = None
-) -> CollectResult:
+class CollectOptions(Options):
+    """One telemetry round: sample every targeted node, store it, update liveness."""
+
+    target: Target = arg("all", help=TARGET_HELP)
+    offline_after: int | None = opt(
+        None,
+        help="Missed rounds in a row that make a node offline (default: evc.yaml "
+        "telemetry.offline_after, 3).",
+        ge=1,
+    )
+
+
+def collect(ws: Workspace, options: CollectOptions, progress: Progress = SILENT) -> CollectResult:
     """One round on ``target``: sample every node in one playbook run, store, update liveness.
 
     A node that fails or vanishes mid-round is recorded as such (a miss when
@@ -171,6 +179,7 @@ def collect(
     workspace's ``telemetry.offline_after``) is K, the misses in a row that make
     a node offline.
     """
+    target, offline_after = options.target, options.offline_after
     run = run_playbook(ws, PLAYBOOK, target, progress=progress, task_timeout=TASK_TIMEOUT_S)
     at = time.time()
     samples = {}

@@ -110,14 +110,15 @@ def run(
     ws: Workspace,
     interval: float,
     target: str = "all",
-    rounds: int | None = None,
     *,
+    rounds: int | None = None,
     offline_after: int | None = None,
     on_round: Callable[[RoundReport], None] = lambda _r: None,
     on_signal: Callable[[str, bool], None] = lambda _name, _again: None,
     stop: threading.Event | None = None,
 ) -> MonitorSummary:
     """Collect telemetry every ``interval`` seconds until a signal, ``stop``, or ``rounds``."""
+    options = logs.CollectOptions.of(target=target, offline_after=offline_after)
     resolve_hosts(ws.inventory, target)  # a bad target is an error now, not every round
     stop = stop or threading.Event()
     summary = MonitorSummary()
@@ -127,9 +128,7 @@ def run(
             started, t0 = time.time(), time.monotonic()
             report = RoundReport(summary.rounds + 1, started, 0.0, 0)
             try:
-                report.result = _in_thread(
-                    lambda: logs.collect(ws, target, progress=False, offline_after=offline_after)
-                )
+                report.result = _in_thread(lambda: logs.collect(ws, options))
             except Exception as exc:  # the monitor outlives any one round
                 report.error = f"{type(exc).__name__}: {exc}"
                 summary.failed_rounds += 1
@@ -157,7 +156,7 @@ def systemd_unit(
     ws: Workspace, interval: float, target: str = "all", offline_after: int | None = None
 ) -> str:
     """A systemd service unit that runs this monitor for this workspace."""
-    args = [*evc_command(), "monitor", "--interval", f"{interval:g}", "--target", target]
+    args = [*evc_command(), "monitor", target, "--interval", f"{interval:g}"]
     if offline_after:
         args += ["--offline-after", str(offline_after)]
     return f"""\

@@ -77,4 +77,6 @@ def pydantic_problems(
             hint = ""
             if e["type"] == "string_type" and isinstance(e["input"], int | float):
                 hint = "; put it in quotes to keep it as written (unquoted, 1.10 is 1.1)"
-            problems.add(where, f"{msg} (got {repr(e['input'])[:60]}){hint}.")
+            got = repr(e["input"])[:60]
+            shown = "" if got in msg else f" (got {got})"  # our own messages quote the value
+            problems.add(where, f"{msg}{shown}{hint}.")

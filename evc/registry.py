@@ -20,6 +20,7 @@ from evc import pki
 from evc.config import Workspace
 from evc.engine import docker_client
 from evc.errors import EVCError, UsageError
+from evc.options import Options, opt
 from evc.registry_api import RegistryClient
 
 DEFAULT_IMAGE = "registry:2"
@@ -83,6 +84,7 @@ def save(ws: Workspace, settings: RegistrySettings) -> None:
 def init(
     ws: Workspace,
     hosts: list[str],
+    *,
     days: int = 825,
     password: str | None = None,
     port: int = DEFAULT_PORT,
@@ -183,7 +185,13 @@ def trust_on_controller(ws: Workspace, settings: RegistrySettings) -> Path:
     return target
 
 
-def up(ws: Workspace, image: str | None = None, client=None) -> RegistryStatus:
+class UpOptions(Options):
+    """Run the registry container (TLS, auth, deletes, persistent storage)."""
+
+    image: str | None = opt(None, help="Registry image (default: the one from init).")
+
+
+def up(ws: Workspace, image: str | None = None, *, client=None) -> RegistryStatus:
     """Start (or keep) the registry container and wait until it answers over TLS."""
     import docker.errors
 
@@ -238,10 +246,10 @@ def up(ws: Workspace, image: str | None = None, client=None) -> RegistryStatus:
         container.start()
     trust_on_controller(ws, settings)
     _wait_answering(api(ws))
-    return status(ws, client)
+    return status(ws, client=client)
 
 
-def restart(ws: Workspace, client=None) -> RegistryStatus:
+def restart(ws: Workspace, *, client=None) -> RegistryStatus:
     """Restart a running registry so that it reads its certificate, key and htpasswd
     again (a second or two: Docker resolves the file mounts at each start), and wait
     for a verified answer. A stopped one reads them when it starts.
@@ -252,14 +260,14 @@ def restart(ws: Workspace, client=None) -> RegistryStatus:
     try:
         container = client.containers.get(container_name(ws))
     except docker.errors.NotFound:
-        return status(ws, client)
+        return status(ws, client=client)
     if container.status == "running":
         container.restart(timeout=5)
         _wait_answering(api(ws))
-    return status(ws, client)
+    return status(ws, client=client)
 
 
-def rotate(ws: Workspace, days: int = 825, client=None) -> RegistryStatus:
+def rotate(ws: Workspace, *, days: int = 825, client=None) -> RegistryStatus:
     """A new server certificate from the same CA; nodes keep trusting the registry.
 
     Not while a rotation to a new CA is under way: that one finishes first.
@@ -270,7 +278,7 @@ def rotate(ws: Workspace, days: int = 825, client=None) -> RegistryStatus:
             "it with `evc registry rotate --new-ca` first."
         )
     pki.make_server_cert(files(ws), load(ws).hosts, days)
-    return restart(ws, client)
+    return restart(ws, client=client)
 
 
 def _is_ip(host: str) -> bool:
@@ -295,7 +303,7 @@ def _wait_answering(http: RegistryClient, seconds: float = 30) -> None:
             time.sleep(0.3)
 
 
-def down(ws: Workspace, purge: bool = False, client=None) -> list[str]:
+def down(ws: Workspace, *, purge: bool = False, client=None) -> list[str]:
     """Stop and remove the registry container.
 
     With ``purge`` also its stored images, the controller's local images tagged
@@ -335,7 +343,7 @@ def down(ws: Workspace, purge: bool = False, client=None) -> list[str]:
     return removed
 
 
-def status(ws: Workspace, client=None) -> RegistryStatus:
+def status(ws: Workspace, *, client=None) -> RegistryStatus:
     import docker.errors
 
     settings = load(ws)
@@ -362,7 +370,7 @@ def status(ws: Workspace, client=None) -> RegistryStatus:
     return result
 
 
-def garbage_collect(ws: Workspace, client=None) -> str:
+def garbage_collect(ws: Workspace, *, client=None) -> str:
     """Run the registry's garbage collector (after deleting tags) inside its container."""
     client = client or docker_client()
     container = client.containers.get(container_name(ws))
@@ -374,7 +382,7 @@ def garbage_collect(ws: Workspace, client=None) -> str:
     return out.decode(errors="replace")
 
 
-def push_probe(ws: Workspace, client=None) -> str:
+def push_probe(ws: Workspace, *, client=None) -> str:
     """Build the tiny busybox probe image on the controller and push it; returns its ref."""
     import shutil
 

@@ -2,48 +2,37 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+from rich.markup import escape
 
 from evc.cli.context import workspace
+from evc.cli.options import JSON, command
+from evc.cli.progress import progress
+from evc.devices import AddOptions, FactsOptions, ImportOptions, PingOptions, RemoveOptions
 
 app = typer.Typer(
     help="Register devices, gather their facts, check they answer.", no_args_is_help=True
 )
 
-JSON = typer.Option(False, "--json", help="Print the result as JSON.")
-TARGET = typer.Argument("all", help="Ansible pattern: host, group, or 'group:&other'.")
 
-
-def _print_results(results, json: bool, title: str) -> None:
-    from dataclasses import asdict
-
+def _print_results(result, json: bool, title: str) -> None:
     from evc.console import STATE_STYLE, print_json, print_table
 
     if json:
-        print_json([asdict(r) for r in results])
+        print_json(result.to_dict())
     else:
         rows = [
-            [r.name, f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]", r.message or ""]
-            for r in results
-        ]
+            [escape(r.name), f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]",
+             escape(r.message or "")]
+            for r in result.devices
+        ]  # fmt: skip
         print_table(title, ["device", "state", "message"], rows)
-    if any(r.state in ("failed", "unreachable") for r in results):
-        raise typer.Exit(1)
+    raise typer.Exit(result.exit_code)
 
 
-@app.command()
+@command(app, AddOptions)
 def add(
-    name: str = typer.Argument(..., help="Device name (letters, digits, . _ -)."),
-    host: str = typer.Option(..., "--host", help="IP address or DNS name."),
-    port: int = typer.Option(22, help="SSH port."),
-    user: str = typer.Option("root", help="SSH user."),
-    group: list[str] = typer.Option(None, "--group", "-g", help="Group (repeatable)."),
-    role: str = typer.Option("worker", help="builder or worker."),
-    label: list[str] = typer.Option(None, "--label", "-l", help="KEY=VALUE (repeatable)."),
-    lat: float = typer.Option(None, help="Latitude, for the fleet map."),
-    lon: float = typer.Option(None, help="Longitude, for the fleet map."),
+    options: AddOptions,
     copy_key: bool = typer.Option(
         False,
         "--copy-key",
@@ -60,27 +49,27 @@ def add(
 
     from evc import devices
 
+    device = options.device()
     password = None
     if copy_key:
         if password_stdin:
             password = sys.stdin.readline().rstrip("\n")
         else:
-            password = typer.prompt(f"SSH password for {user}@{host}", hide_input=True)
-    device = devices.from_options(name, host, port, user, group, role, label, lat, lon)
-    results = devices.add(workspace(), [device], password=password, progress=not json)
-    _print_results(results, json, f"device add {name}")
+            password = typer.prompt(
+                f"SSH password for {device.user}@{device.host}", hide_input=True
+            )
+    result = devices.add(workspace(), [device], password=password, progress=progress(json))
+    _print_results(result, json, f"device add {device.name}")
 
 
-@app.command("import")
-def import_(
-    file: Path = typer.Argument(..., help="YAML list of devices, or CSV with a header row."),
-    json: bool = JSON,
-) -> None:
+@command(app, ImportOptions, "import")
+def import_(options: ImportOptions, json: bool = JSON) -> None:
     """Register many devices at once; their facts are gathered in one parallel run."""
     from evc import devices
 
-    batch = devices.load_file(file)
-    _print_results(devices.add(workspace(), batch, progress=not json), json, f"import {file.name}")
+    batch = devices.load_file(options.file)
+    result = devices.add(workspace(), batch, progress=progress(json))
+    _print_results(result, json, f"import {options.file.name}")
 
 
 @app.command("list")
@@ -136,26 +125,27 @@ def show(name: str, json: bool = JSON) -> None:
             out.print(f"[bold]{key:>15}[/] {value}", highlight=False)
 
 
-@app.command()
-def remove(name: str) -> None:
+@command(app, RemoveOptions)
+def remove(options: RemoveOptions) -> None:
     """Remove a device from the database and the inventory."""
     from evc import devices
 
-    devices.remove(workspace(), name)
-    typer.echo(f"removed {name}")
+    devices.remove(workspace(), options.name)
+    typer.echo(f"removed {options.name}")
 
 
-@app.command()
-def facts(target: str = TARGET, json: bool = JSON) -> None:
+@command(app, FactsOptions)
+def facts(options: FactsOptions, json: bool = JSON) -> None:
     """Gather facts again (arch, OS, CPUs, memory, disk, Docker, accelerator)."""
     from evc import devices
 
-    _print_results(devices.gather_facts(workspace(), target, progress=not json), json, "facts")
+    result = devices.gather_facts(workspace(), options.target, progress=progress(json))
+    _print_results(result, json, "facts")
 
 
-@app.command()
-def ping(target: str = TARGET, json: bool = JSON) -> None:
+@command(app, PingOptions)
+def ping(options: PingOptions, json: bool = JSON) -> None:
     """Reach every targeted device in one parallel run; update last_seen and status."""
     from evc import devices
 
-    _print_results(devices.ping(workspace(), target, progress=not json), json, "ping")
+    _print_results(devices.ping(workspace(), options.target, progress=progress(json)), json, "ping")

@@ -3,38 +3,33 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import typer
 
 from evc.cli.context import workspace
+from evc.cli.options import JSON, command
+from evc.cli.progress import progress
+from evc.grafana.provision import BuildOptions
 
 app = typer.Typer(
     help="Grafana dashboards over the EVC database: build the files, run a Grafana, push.",
     no_args_is_help=True,
 )
 
-JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
-
-@app.command()
-def build(
-    out: Path = typer.Option(
-        None, "--out", help="Folder to write into (default: WORKSPACE/grafana)."
-    ),
-    json: bool = JSON,
-) -> None:
+@command(app, BuildOptions)
+def build(options: BuildOptions, json: bool = JSON) -> None:
     """Write the datasource and dashboard provisioning files and the dashboard JSON."""
     from evc import grafana
     from evc.console import out as console
     from evc.console import print_json
 
-    paths = grafana.build(workspace(), out)
+    paths = grafana.build(workspace(), options.out)
     if json:
         print_json([str(p) for p in paths])
         return
     for path in paths:
-        console.print(f"wrote {path}", highlight=False)
+        console.print(f"wrote {path}", highlight=False, markup=False)
 
 
 @app.command()
@@ -50,12 +45,12 @@ def up(
     json: bool = JSON,
 ) -> None:
     """Run Grafana in a container with the EVC dashboards and this workspace's database."""
-    from evc.console import err, out, print_json
+    from evc.console import out, print_json
     from evc.grafana import server
 
     result = server.up(
         workspace(), image or server.DEFAULT_IMAGE, port, bind, install_plugin,
-        log=(lambda _m: None) if json else (lambda m: err.print(m, highlight=False)),
+        progress=progress(json),
     )  # fmt: skip
     if json:
         print_json(result.to_dict())

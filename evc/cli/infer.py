@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
+from evc import names
 from evc.cli.context import workspace
+from evc.cli.options import JSON, command
+from evc.cli.progress import progress
+from evc.infer.runner import RunOptions
 
 app = typer.Typer(help="Inference jobs across the fleet: run, resume, list, status, results.",
                   no_args_is_help=True)  # fmt: skip
 
-JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+# `--target T` is how 0.1 spelled the positional TARGET: hidden, kept for a release.
+TARGET_ALIAS = typer.Option(None, "--target", hidden=True)
 JOB = typer.Argument(..., help="Job id (see `evc infer list`).")
 
 
@@ -40,46 +43,34 @@ def _report(result, json: bool, check: bool = True) -> None:
             f"state {j['state']}, makespan {j['makespan_s'] or '-'} s",
             highlight=False,
         )
-    if check and result.status != "success":
-        raise typer.Exit(1)
+    if check:
+        raise typer.Exit(result.exit_code)
 
 
-@app.command()
-def run(
-    model: str = typer.Argument(..., help="NAME:VERSION, or NAME for the version deployed."),
-    data: Path = typer.Option(..., help="A folder of images, a .zip of images, or a video."),
-    target: str = typer.Option("all", help="Ansible pattern of the nodes to use."),
-    strategy: str = typer.Option(
-        "dynamic", help="round-robin | load | proportional | dynamic (work stealing)."
-    ),
-    retries: int = typer.Option(2, help="Re-runs of a failed shard, each on another node."),
-    conf: float = typer.Option(None, help="Minimum score (default: the model's)."),
-    iou: float = typer.Option(None, help="NMS IoU threshold (default: the model's)."),
-    imgsz: int = typer.Option(None, help="Inference size (default: the model's)."),
-    fps: float = typer.Option(1.0, help="Frames per second taken from a video."),
-    shard_size: int = typer.Option(None, help="Items per shard for dynamic (default: auto)."),
-    json: bool = JSON,
-) -> None:
+@command(app, RunOptions)
+def run(options: RunOptions, json: bool = JSON, target_option: str = TARGET_ALIAS) -> None:
     """Run MODEL over a data set spread across the nodes; every item ends ok or with an error."""
     from evc.infer import runner
 
-    result = runner.run(
-        workspace(), model, data, target, strategy, retries, conf, iou, imgsz, fps, shard_size,
-        progress=not json,
-    )  # fmt: skip
-    _report(result, json)
+    if target_option is not None:
+        options = RunOptions.of(**{**options.model_dump(), "target": target_option})
+    _report(runner.run(workspace(), options, progress(json)), json)
 
 
 @app.command()
 def resume(
     job: str = JOB,
-    target: str = typer.Option(None, help="Nodes to use (default: the job's target)."),
+    target: str = typer.Argument(None, help="Nodes to use (default: the job's target)."),
     json: bool = JSON,
+    target_option: str = TARGET_ALIAS,
 ) -> None:
     """Run the pending items of an interrupted job."""
     from evc.infer import runner
 
-    _report(runner.resume(workspace(), job, target, progress=not json), json)
+    target = target_option or target
+    if target is not None:
+        names.check_target(target)
+    _report(runner.resume(workspace(), job, target=target, progress=progress(json)), json)
 
 
 @app.command("list")

@@ -59,22 +59,24 @@ def up(
     json: bool = JSON,
 ) -> None:
     """Build the images if needed and bring the lab to exactly N running nodes."""
+    from evc.cli.progress import progress
     from evc.console import err, print_json
     from evc.lab.nodes import DEFAULT_PROFILES, validate_request
 
-    from .output import exit_for, print_run
+    from .output import print_run
 
     validate_request(nodes, list(profile or DEFAULT_PROFILES))  # before touching Docker
     lab = _lab()
-    with err.status("bringing the lab up") if err.is_terminal else _null():
-        result = lab.up(nodes, profile or None, subnet, log=lambda m: err.print(m, highlight=False))
+    shown = progress(json)
+    with shown.task("bringing the lab up"):
+        result = lab.up(nodes=nodes, profiles=profile or None, subnet=subnet, progress=shown)
     if json:
         print_json(result.to_dict())
     else:
         _node_table(result.nodes, f"lab {result.lab}: {result.network} {result.subnet}")
         print_run(result.ping)
         err.print(f"timings: {result.timings}", highlight=False)
-    exit_for(result.ping)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -82,10 +84,11 @@ def status(json: bool = JSON) -> None:
     """Each node: IP, SSH and Docker reachable (an Ansible run), CPU, memory, profile."""
     from dataclasses import asdict
 
+    from evc.cli.progress import progress
     from evc.console import out, print_json
 
     lab = _lab()
-    nodes = lab.status(progress=not json)
+    nodes = lab.status(progress=progress(json))
     if json:
         print_json([asdict(n) for n in nodes])
     elif not nodes:
@@ -118,17 +121,9 @@ def down(
     """Remove the lab's nodes, their volumes and its network."""
     from evc.console import print_json
 
-    removed = _lab().down(purge)
+    removed = _lab().down(purge=purge)
     if json:
         print_json(removed)
     else:
         for kind, names in removed.items():
             typer.echo(f"removed {len(names)} {kind}" + (f": {', '.join(names)}" if names else ""))
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

@@ -7,13 +7,15 @@ from pathlib import Path
 import typer
 
 from evc.cli.context import workspace
+from evc.cli.options import JSON, command
+from evc.cli.progress import progress
+from evc.logs import CollectOptions
 
 app = typer.Typer(
     help="Node telemetry: collect a sample round, show latest values, export.",
     no_args_is_help=True,
 )
 
-JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 NODE = typer.Option(None, "--node", "-n", help="Only this node.")
 OFFLINE_AFTER = typer.Option(
     None, "--offline-after", min=1,
@@ -53,17 +55,13 @@ def print_collect(result) -> None:
     )
 
 
-@app.command()
-def collect(
-    target: str = typer.Argument("all", help="Ansible pattern: host, group, or 'group:&other'."),
-    offline_after: int = OFFLINE_AFTER,
-    json: bool = JSON,
-) -> None:
+@command(app, CollectOptions)
+def collect(options: CollectOptions, json: bool = JSON) -> None:
     """One telemetry round: sample every targeted node, store it, update liveness."""
     from evc import logs
     from evc.console import print_json
 
-    result = logs.collect(workspace(), target, progress=not json, offline_after=offline_after)
+    result = logs.collect(workspace(), options, progress(json))
     if json:
         print_json(result.to_dict())
     else:

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+from rich.markup import escape
 
 from evc.cli.context import workspace
+from evc.cli.options import JSON, command
+from evc.cli.progress import progress
+from evc.model.build import BuildOptions
+from evc.model.deploy import DeployOptions, RollbackOptions, UndeployOptions
+from evc.model.publish import PushOptions
 
 app = typer.Typer(
     help="Model images and the catalogue: build, push, list, show, delete.",
     no_args_is_help=True,
 )
 
-JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 REF = typer.Argument(..., help="NAME:VERSION")
-
-
-def _log(json: bool):
-    from evc.console import err
-
-    return (lambda _msg: None) if json else (lambda msg: err.print(msg, highlight=False))
+VERBOSE = typer.Option(False, "--verbose", "-V", help="Show the whole build log.")
 
 
 def _size(n: int | None) -> str:
@@ -50,35 +48,20 @@ def _print_model(m, json: bool) -> None:
         out.print(f"  {key:22} {value}", highlight=False)
 
 
-@app.command()
-def build(
-    name: str = typer.Argument(..., help="Model name (lower case), e.g. faces."),
-    runtime: str = typer.Option(..., "--runtime", "-r", help="A folder of model_images/."),
-    version: str = typer.Option(..., "--version", "-v", help="Version, e.g. 1.0."),
-    weights: Path = typer.Option(None, help="Weights: .onnx, or YOLO .pt/.yaml to export."),
-    arch: str = typer.Option(None, help="amd64 or arm64 (default: this builder's)."),
-    owner: str = typer.Option(None, help="Owner recorded in the catalogue and labels."),
-    task: str = typer.Option(None, help="Task; must match the runtime's (detect)."),
-    base_image: str = typer.Option(None, help="Base image with python3 (default: built here)."),
-    force: bool = typer.Option(False, help="Rebuild a version already in the catalogue."),
-    json: bool = JSON,
-) -> None:
+@command(app, BuildOptions)
+def build(options: BuildOptions, json: bool = JSON, verbose: bool = VERBOSE) -> None:
     """Build a model image, run its selftest, tag it REGISTRY/evc/NAME:VERSION-ARCH."""
     from evc.model import build as b
 
-    model = b.build(
-        workspace(), name, runtime, version, weights, arch, owner, task, base_image, force,
-        log=_log(json),
-    )  # fmt: skip
-    _print_model(model, json)
+    _print_model(b.build(workspace(), options, progress(json, verbose)), json)
 
 
-@app.command()
-def push(ref: str = REF, json: bool = JSON) -> None:
+@command(app, PushOptions)
+def push(options: PushOptions, json: bool = JSON) -> None:
     """Push a built model to the registry; records its digest and size."""
     from evc.model import publish
 
-    _print_model(publish.push(workspace(), ref, log=_log(json)), json)
+    _print_model(publish.push(workspace(), options, progress(json)), json)
 
 
 @app.command("list")
@@ -138,73 +121,48 @@ def delete(
     from evc.console import print_json
     from evc.model import publish
 
-    model = publish.delete(workspace(), ref, force, log=_log(json))
+    model = publish.delete(workspace(), ref, force=force, progress=progress(json))
     if json:
         print_json({"deleted": model.ref, "image": model.image})
     else:
         typer.echo(f"deleted {model.ref} ({model.image})")
 
 
-TARGET = typer.Argument(..., help="Ansible pattern: host, group, or 'group:&other'.")
-
-
 def _report(result, json: bool) -> None:
     from evc.console import out, print_json
 
-    from .output import exit_for, print_run
+    from .output import print_run
 
     if json:
         print_json(result.to_dict())
     else:
         print_run(result.run)
         if result.rollback:
-            out.print("[yellow]rolled back[/] " + ", ".join(
-                f"{h} to {v}" for h, v in sorted(result.rolled_back.items())
-            ), highlight=False)  # fmt: skip
+            back = ", ".join(f"{h} to {v}" for h, v in sorted(result.rolled_back.items()))
+            out.print(f"[yellow]rolled back[/] {escape(back)}", highlight=False)
             print_run(result.rollback)
-    exit_for(result.run)
+    raise typer.Exit(result.exit_code)
 
 
-@app.command()
-def deploy(
-    ref: str = REF,
-    target: str = TARGET,
-    serial: str = typer.Option(None, help="Roll out in batches: a count (2) or a share (25%)."),
-    max_fail_percent: int = typer.Option(
-        100, help="Stop the rollout when more than this share of a batch fails."
-    ),
-    rollback_on_failure: bool = typer.Option(
-        False, help="If the rollout fails, put the nodes it touched back on their old version."
-    ),
-    cpus: float = typer.Option(None, help="CPU limit of the model container."),
-    memory: str = typer.Option(None, help="Memory limit of the model container, e.g. 512m."),
-    json: bool = JSON,
-) -> None:
+@command(app, DeployOptions)
+def deploy(options: DeployOptions, json: bool = JSON) -> None:
     """Pull NAME:VERSION and run its container on the nodes; health-checked, idempotent."""
     from evc.model import deploy as d
 
-    result = d.deploy(
-        workspace(), ref, target, serial, max_fail_percent, rollback_on_failure, cpus, memory,
-        progress=not json,
-    )  # fmt: skip
-    _report(result, json)
+    _report(d.deploy(workspace(), options, progress(json)), json)
 
 
-@app.command()
-def undeploy(
-    name: str = typer.Argument(..., help="Model name."), target: str = TARGET, json: bool = JSON
-) -> None:
+@command(app, UndeployOptions)
+def undeploy(options: UndeployOptions, json: bool = JSON) -> None:
     """Remove the model's container from the nodes (the image stays for rollback)."""
     from evc.model import deploy as d
 
-    _report(d.undeploy(workspace(), name, target, progress=not json), json)
+    _report(d.undeploy(workspace(), options, progress(json)), json)
 
 
-@app.command()
-def rollback(
-    name: str = typer.Argument(..., help="Model name."), target: str = TARGET, json: bool = JSON
-) -> None:
+@command(app, RollbackOptions)
+def rollback(options: RollbackOptions, json: bool = JSON) -> None:
     """Put each node back on the version it ran before its current one."""
     from evc.model import deploy as d
 
-    _report(d.rollback(workspace(), name, target, progress=not json), json)
+    _report(d.rollback(workspace(), options, progress(json)), json)

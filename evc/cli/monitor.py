@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import typer
 
+from evc import names
 from evc.cli.logs import OFFLINE_AFTER
+from evc.options import TARGET_HELP
 
 
 def monitor(
     interval: float = typer.Option(
         30.0, "--interval", "-i", min=0.1, help="Seconds between rounds."
     ),
-    target: str = typer.Option("all", "--target", "-t", help="Ansible pattern of the nodes."),
+    target: str = typer.Argument("all", help=TARGET_HELP),
     rounds: int = typer.Option(None, "--rounds", min=1, help="Stop after this many rounds."),
     offline_after: int = OFFLINE_AFTER,
     systemd_unit: bool = typer.Option(
         False, "--systemd-unit", help="Print a systemd unit that runs this monitor, and exit."
     ),
     json: bool = typer.Option(False, "--json", help="One JSON object per round (JSON lines)."),
+    target_option: str = typer.Option(None, "--target", "-t", hidden=True),  # 0.1's spelling
 ) -> None:
     """Collect telemetry every INTERVAL seconds until Ctrl-C or SIGTERM (then exit 0).
 
@@ -30,6 +33,7 @@ def monitor(
     from evc.config import Workspace
     from evc.console import err, out
 
+    target = names.check_target(target_option or target)
     ws = Workspace.find()
     if systemd_unit:
         typer.echo(core.systemd_unit(ws, interval, target, offline_after), nl=False)
@@ -57,7 +61,7 @@ def monitor(
 
     if not json:
         err.print(f"monitoring {target} every {interval:g} s; Ctrl-C stops", highlight=False)
-    summary = core.run(ws, interval, target, rounds, offline_after=offline_after,
+    summary = core.run(ws, interval, target, rounds=rounds, offline_after=offline_after,
                        on_round=on_round, on_signal=on_signal)  # fmt: skip
     if not json:
         err.print(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import typer
 
 from evc.cli.context import workspace
+from evc.cli.options import JSON, command
+from evc.cli.progress import progress
+from evc.registry import UpOptions
 
 app = typer.Typer(
     help="The private registry: certificates, credentials, container, API.", no_args_is_help=True
 )
-
-JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
 def _print_status(st, json: bool) -> None:
@@ -62,22 +63,21 @@ def init(
     from evc import registry
 
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
-    settings = registry.init(workspace(), host, days, password, port, image)
+    settings = registry.init(
+        workspace(), host, days=days, password=password, port=port, image=image
+    )
     typer.echo(
         f"registry initialised for https://{settings.address}; "
         f"credentials in .evc/registry/ (user {settings.user})"
     )
 
 
-@app.command()
-def up(
-    image: str = typer.Option(None, help="Registry image (default: the one from init)."),
-    json: bool = JSON,
-) -> None:
+@command(app, UpOptions)
+def up(options: UpOptions, json: bool = JSON) -> None:
     """Run the registry container (TLS, auth, deletes, persistent storage)."""
     from evc import registry
 
-    _print_status(registry.up(workspace(), image), json)
+    _print_status(registry.up(workspace(), options.image), json)
 
 
 @app.command()
@@ -91,7 +91,7 @@ def down(
     from evc import registry
     from evc.console import print_json
 
-    removed = registry.down(workspace(), purge)
+    removed = registry.down(workspace(), purge=purge)
     print_json(removed) if json else typer.echo(f"removed: {', '.join(removed) or 'nothing'}")
 
 
@@ -122,14 +122,13 @@ def rotate(
     if not new_ca:
         from evc import registry
 
-        _print_status(registry.rotate(workspace(), days), json)
+        _print_status(registry.rotate(workspace(), days=days), json)
         return
     from evc import certs
 
-    result = certs.rotate_ca(workspace(), days, progress=not json)
+    result = certs.rotate_ca(workspace(), days=days, progress=progress(json))
     _print_rotation(result, json)
-    if not result.ok:
-        raise typer.Exit(1)
+    raise typer.Exit(result.exit_code)
 
 
 def _print_rotation(result, json: bool) -> None:

@@ -70,6 +70,7 @@ def start(
     json: bool = JSON,
 ) -> None:
     """Run a run-config (the default: `evc run FILE`): checked whole first, then step by step."""
+    from evc.cli.progress import progress
     from evc.console import print_json
     from evc.run import config as sc
     from evc.run import execute as scenario_runs
@@ -90,7 +91,7 @@ def start(
         selected,
         start=start,
         only=only,
-        progress=not json,
+        progress=progress(json),
         on_step=None if json else _Live(len(selected)),
     )
     if json:

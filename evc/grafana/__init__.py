@@ -8,8 +8,18 @@ Grafana expands ``$EVC_GRAFANA_DB`` (the database file) and
 ``$EVC_GRAFANA_DASHBOARDS`` (the dashboard folder) from its own environment.
 """
 
-from evc.grafana.provision import build, datasource, files
+from evc.grafana.provision import BuildOptions, build, datasource, files
 from evc.grafana.push import PushResult, push
 from evc.grafana.server import UpResult, down, up
 
-__all__ = ["PushResult", "UpResult", "build", "datasource", "down", "files", "push", "up"]
+__all__ = [
+    "BuildOptions",
+    "PushResult",
+    "UpResult",
+    "build",
+    "datasource",
+    "down",
+    "files",
+    "push",
+    "up",
+]

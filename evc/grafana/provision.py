@@ -11,6 +11,7 @@ import yaml
 from evc.config import Workspace
 from evc.grafana.builder import DATASOURCE_UID, PLUGIN
 from evc.grafana.dashboards import all_dashboards
+from evc.options import Options, opt
 
 DB_ENV = "EVC_GRAFANA_DB"
 DASHBOARDS_ENV = "EVC_GRAFANA_DASHBOARDS"
@@ -57,6 +58,14 @@ def files() -> dict[str, str]:
     for dash in all_dashboards():
         out[f"dashboards/{dash['uid']}.json"] = json.dumps(dash, indent=2) + "\n"
     return out
+
+
+class BuildOptions(Options):
+    """Write the datasource and dashboard provisioning files and the dashboard JSON."""
+
+    out: Path | None = opt(
+        None, help="Folder to write into (default: WORKSPACE/grafana).", output=True
+    )
 
 
 def build(ws: Workspace, out: Path | None = None) -> list[Path]:

@@ -18,6 +18,7 @@ from evc.engine import docker_client
 from evc.errors import EVCError, UsageError
 from evc.grafana.builder import PLUGIN
 from evc.grafana.provision import DASHBOARDS_ENV, DB_ENV, build
+from evc.progress import SILENT, Progress
 
 DEFAULT_IMAGE = "grafana/grafana-oss:11.6.0"
 DB_DIR = "/var/lib/evc/db"  # the workspace's db/ folder, inside the container
@@ -39,7 +40,7 @@ def container_name(ws: Workspace) -> str:
     return f"evc-grafana-{ws.name}"
 
 
-def _image(client, image: str, log) -> None:
+def _image(client, image: str, progress: Progress) -> None:
     """The image, pulled when it is not here; a plain error when it cannot be had."""
     import docker.errors
 
@@ -48,7 +49,7 @@ def _image(client, image: str, log) -> None:
         return
     except docker.errors.ImageNotFound:
         pass
-    log(f"pulling {image} ...")
+    progress.log(f"pulling {image} ...")
     try:
         client.images.pull(image)
     except docker.errors.DockerException as exc:
@@ -100,7 +101,7 @@ def up(
     bind: str = "127.0.0.1",
     install_plugin: bool = True,
     wait_s: float = WAIT_S,
-    log=print,
+    progress: Progress = SILENT,
 ) -> UpResult:
     """(Re)start this workspace's Grafana container and wait until it answers."""
     import docker.errors
@@ -110,7 +111,7 @@ def up(
     build(ws)
     evcdb.workspace_db(ws)  # the database exists, migrated, before Grafana opens it
     client = docker_client()
-    _image(client, image, log)
+    _image(client, image, progress)
     name = container_name(ws)
     down(ws)
     env = {

@@ -12,16 +12,20 @@ from pathlib import Path
 
 from evc import db as evcdb
 from evc.config import Workspace
-from evc.errors import UsageError
+from evc.errors import Result, UsageError
 
 
 @dataclass
-class JobResult:
+class JobResult(Result):
     """A finished (or interrupted) job, as ``status`` shows it."""
 
     job: dict
     nodes: dict[str, dict]  # node -> items, ok, failed, busy_s, throughput
     skipped_nodes: dict[str, str]  # node -> why it took no part
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
 
     @property
     def status(self) -> str:
@@ -31,7 +35,7 @@ class JobResult:
         return "partial" if self.job["ok"] else "error"
 
     def to_dict(self) -> dict:
-        return {"status": self.status, **self.job, "nodes": self.nodes,
+        return {"status": self.status, "ok": self.ok, **self.job, "nodes": self.nodes,
                 "skipped_nodes": self.skipped_nodes}  # fmt: skip
 
 

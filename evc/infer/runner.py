@@ -18,17 +18,22 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from evc import db as evcdb
 from evc import schedule
 from evc.ansible import resolve_hosts, run_playbook
 from evc.config import Workspace
-from evc.console import progress_line
 from evc.errors import Interrupted, UsageError
 from evc.infer.data import stage_items
 from evc.infer.jobs import JobResult, get, job_dir, status, throughputs
 from evc.model import catalogue
 from evc.model.deployments import JOBS_DIR, current, deployed_on
+from evc.names import ModelOrRef, Target
+from evc.options import TARGET_HELP, Options, arg, opt
+from evc.progress import SILENT, Progress
 
 BROKEN_AFTER = 2  # a node whose shards fail this many times in a row is dropped
 SHARD_TIMEOUT_S = 300  # base per-shard task timeout; plus 2 s per item
@@ -48,37 +53,49 @@ def _model_for(ws: Workspace, ref: str, hosts: list[str]) -> catalogue.Model:
     return catalogue.get(ws, f"{ref}:{versions.pop()}")
 
 
-def run(
-    ws: Workspace,
-    ref: str,
-    data: Path,
-    target: str,
-    strategy: str = "dynamic",
-    retries: int = 2,
-    conf: float | None = None,
-    iou: float | None = None,
-    imgsz: int | None = None,
-    fps: float = 1.0,
-    shard_size: int | None = None,
-    progress: bool = True,
-) -> JobResult:
+def _strategy(value: str) -> str:
+    if value not in schedule.STRATEGIES:
+        raise ValueError(
+            f"{value!r} is not a strategy: choose one of {', '.join(schedule.STRATEGIES)}"
+        )
+    return value
+
+
+class RunOptions(Options):
+    """Run MODEL over a data set spread across the nodes; every item ends ok or with an error."""
+
+    model: ModelOrRef = arg(help="NAME:VERSION, or NAME for the version deployed.")
+    target: Target = arg("all", help=TARGET_HELP)
+    data: Path = opt(..., help="A folder of images, a .zip of images, or a video.")
+    strategy: Annotated[str, AfterValidator(_strategy)] = opt(
+        "dynamic", help="round-robin | load | proportional | dynamic (work stealing)."
+    )
+    retries: int = opt(2, help="Re-runs of a failed shard, each on another node.", ge=0, le=20)
+    conf: float | None = opt(None, help="Minimum score (default: the model's).", ge=0, le=1)
+    iou: float | None = opt(None, help="NMS IoU threshold (default: the model's).", ge=0, le=1)
+    imgsz: int | None = opt(None, help="Inference size (default: the model's).", ge=32, le=4096)
+    fps: float = opt(1.0, help="Frames per second taken from a video.", ge=0.01, le=240)
+    shard_size: int | None = opt(
+        None, help="Items per shard for dynamic (default: auto).", ge=1, le=100_000
+    )
+
+
+def run(ws: Workspace, options: RunOptions, progress: Progress = SILENT) -> JobResult:
     """Create a job over ``data`` on the nodes of ``target`` that run the model, and run it."""
-    if strategy not in schedule.STRATEGIES:
-        allowed = ", ".join(schedule.STRATEGIES)
-        raise UsageError(f"--strategy {strategy!r}: choose one of {allowed}.")
-    if retries < 0:
-        raise UsageError(f"--retries {retries} must be 0 or more.")
+    o = options
+    data, target = o.data, o.target
     hosts = resolve_hosts(ws.inventory, target)
-    model = _model_for(ws, ref, hosts)
+    model = _model_for(ws, o.model, hosts)
     _nodes(ws, model.name, model.version, hosts)  # refuse before creating anything
     job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
     folder = job_dir(ws, job_id)
     try:
-        root, items = stage_items(data, folder, fps)
+        root, items = stage_items(data, folder, o.fps)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    params = {"conf": conf, "iou": iou, "imgsz": imgsz, "shard_size": shard_size, "fps": fps}
+    params = {"conf": o.conf, "iou": o.iou, "imgsz": o.imgsz, "shard_size": o.shard_size,
+              "fps": o.fps}  # fmt: skip
     db = evcdb.workspace_db(ws)
     with evcdb.transaction(db):
         db["jobs"].insert(
@@ -88,8 +105,8 @@ def run(
                 "version": model.version,
                 "image": model.image,
                 "target": target,
-                "strategy": strategy,
-                "retries": retries,
+                "strategy": o.strategy,
+                "retries": o.retries,
                 "params": json.dumps(params),
                 "source": str(data),
                 "data_dir": str(root),
@@ -107,7 +124,9 @@ def run(
     return _execute(ws, job_id, hosts, progress)
 
 
-def resume(ws: Workspace, job_id: str, target: str | None = None, progress: bool = True):
+def resume(
+    ws: Workspace, job_id: str, *, target: str | None = None, progress: Progress = SILENT
+) -> JobResult:
     """Run a job's pending items again (after Ctrl-C, or to retry on other nodes)."""
     job = get(ws, job_id)
     if job["state"] == "complete":
@@ -127,7 +146,7 @@ def _nodes(ws, model: str, version: str, hosts: list[str]) -> tuple[list[str], d
     return nodes, {h: f"{model}:{version} is not deployed here" for h in hosts if h not in running}
 
 
-def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: bool) -> JobResult:
+def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: Progress) -> JobResult:
     job = get(ws, job_id)
     db = evcdb.workspace_db(ws)
     nodes, skipped = _nodes(ws, job["model"], job["version"], hosts)
@@ -150,11 +169,11 @@ def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: bool) -> Jo
         for n in nodes for _ in range(RUNNERS_PER_NODE)
     ]  # fmt: skip
     try:  # from the first thread's start: a Ctrl-C while the others start is caught too
-        with progress_line(f"job {job_id}", enabled=progress) as line:
+        with progress.task(f"job {job_id}") as line:
             for t in threads:
                 t.start()
             while any(t.is_alive() for t in threads):
-                line.update(runner.progress(len(pending)))
+                line.status(runner.progress(len(pending)))
                 for t in threads:
                     t.join(timeout=0.5)
     except KeyboardInterrupt:
@@ -264,7 +283,7 @@ class _Runner:
         try:
             self._archive(shard, archive)
             run = run_playbook(
-                self.ws, "infer_shard.yml", node, progress=False,
+                self.ws, "infer_shard.yml", node,
                 task_timeout=SHARD_TIMEOUT_S + 2 * len(shard.items) + 30,
                 extravars={
                     "evc_model": self.job["model"], "evc_shard": name,

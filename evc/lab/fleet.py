@@ -15,14 +15,15 @@ from typing import Any
 from evc import devices, engine, registry
 from evc.ansible import close_connections, run_playbook
 from evc.config import Workspace
-from evc.errors import UsageError
+from evc.errors import Result, UsageError
 from evc.keys import controller_key, pin_host_keys
 from evc.lab.network import check_subnet
 from evc.lab.nodes import DEFAULT_PROFILES, LABEL, PROFILES, LabNode, Nodes, validate_request
+from evc.progress import SILENT, Progress
 
 
 @dataclass
-class LabUpResult:
+class LabUpResult(Result):
     lab: str
     network: str
     subnet: str
@@ -34,14 +35,14 @@ class LabUpResult:
     timings: dict[str, float] = field(default_factory=dict)
     ping: Any = None  # evc.ansible.RunResult
 
+    @property
+    def ok(self) -> bool:
+        return self.ping is not None and self.ping.ok
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["ping"] = self.ping.to_dict() if self.ping else None
         return out
-
-
-def _quiet(_msg: str) -> None:
-    pass
 
 
 class Lab:
@@ -60,10 +61,11 @@ class Lab:
 
     def up(
         self,
+        *,
         nodes: int = 3,
         profiles: list[str] | None = None,
         subnet: str | None = None,
-        log=_quiet,
+        progress: Progress = SILENT,
     ) -> LabUpResult:
         """Bring the lab to exactly ``nodes`` running nodes; undo what it made on failure."""
         c = self.containers
@@ -76,9 +78,9 @@ class Lab:
         result = LabUpResult(self.name, c.network_name, str(net), str(net[1]), [])
         undo: list = []
         try:
-            base, built = engine.ensure_base_image(self.client, log)
+            base, built = engine.ensure_base_image(self.client, progress.log)
             result.images_built += [base] if built else []
-            image, built = engine.ensure_image(self.client, "node", base, log)
+            image, built = engine.ensure_image(self.client, "node", base, progress.log)
             result.images_built += [image] if built else []
             timings["images_s"] = time.monotonic() - t0
             _, pubkey = controller_key(self.ws)
@@ -124,7 +126,7 @@ class Lab:
             pin_host_keys(self.ws, {ip: ready[n] for n, (_, _, ip) in wanted.items()})
             self.register()
             t3 = time.monotonic()
-            registry_image, built = engine.ensure_image(self.client, "registry", base, log)
+            registry_image, built = engine.ensure_image(self.client, "registry", base, progress.log)
             result.images_built += [registry_image] if built else []
             result.registry = self.ensure_registry(str(net[1]), registry_image)
             timings["registry_s"] = time.monotonic() - t3
@@ -136,7 +138,7 @@ class Lab:
                     pass
             raise
         t2 = time.monotonic()
-        result.ping = run_playbook(self.ws, "ping.yml", "lab", progress=False)
+        result.ping = run_playbook(self.ws, "ping.yml", "lab")
         timings["ping_s"] = time.monotonic() - t2
         timings["total_s"] = time.monotonic() - t0
         result.timings = {k: round(v, 2) for k, v in timings.items()}
@@ -156,14 +158,14 @@ class Lab:
             settings = registry.init(self.ws, [gateway], image=image)
         registry.up(self.ws, image, client=self.client)
         if registry.PROBE_REPO not in registry.api(self.ws).catalog():
-            registry.push_probe(self.ws, self.client)
+            registry.push_probe(self.ws, client=self.client)
         return settings.address
 
     def _devices(self) -> list[dict]:
         """The devices this lab enrolled (labelled lab=<name>)."""
         return [d for d in devices.list_devices(self.ws) if d["labels"].get("lab") == self.name]
 
-    def register(self, progress: bool = False) -> list:
+    def register(self, progress: Progress = SILENT) -> devices.DevicesResult | None:
         """Make the lab's devices match its nodes, through the device code (facts included).
 
         Devices of nodes that are gone, or were recreated with another address or
@@ -185,11 +187,11 @@ class Lab:
             for n in nodes.values()
             if n.name not in known
         ]
-        return devices.add(self.ws, new, scan_keys=False, progress=progress) if new else []
+        return devices.add(self.ws, new, scan_keys=False, progress=progress) if new else None
 
     # ------------------------------------------------------- status/stop/start/down
 
-    def status(self, progress: bool = True) -> list[LabNode]:
+    def status(self, progress: Progress = SILENT) -> list[LabNode]:
         """Docker state of each node plus an Ansible check of SSH and its Docker engine."""
         nodes = self.nodes()
         if not nodes:
@@ -214,7 +216,7 @@ class Lab:
     def start(self, node: str) -> LabNode:
         return self.containers.start(node)
 
-    def down(self, purge: bool = False) -> dict[str, list[str]]:
+    def down(self, *, purge: bool = False) -> dict[str, list[str]]:
         c = self.containers
         removed: dict[str, list[str]] = {"containers": [], "networks": [], "images": []}
         ips = set()

@@ -22,7 +22,7 @@ from evc import db as evcdb
 from evc import engine, registry, resources
 from evc.config import Workspace
 from evc.errors import EVCError, UsageError
-from evc.model.catalogue import ARCHES, Model, check_name, native_arch, repository, save
+from evc.model.catalogue import ARCHES, Model, native_arch, repository, save
 from evc.model.runtimes import (
     Runtime,
     builtin_weights,
@@ -32,6 +32,9 @@ from evc.model.runtimes import (
     stage_weights,
     wheelhouse,
 )
+from evc.names import ModelName, Owner, Version
+from evc.options import Options, arg, opt
+from evc.progress import SILENT, Progress
 
 # The base image's interpreter and C library decide which wheels fit it.
 _PROBE = "import sys, platform; print(*sys.version_info[:2], platform.libc_ver()[1])"
@@ -52,9 +55,9 @@ def check_arch(arch: str, base_image: str | None) -> None:
         raise UsageError(f"building for {arch} under emulation needs --base-image for {arch}")
 
 
-def _model_base(client, log) -> str:
-    base, _ = engine.ensure_base_image(client, log)
-    tag, _ = engine.ensure_image(client, "model-base", base, log)
+def _model_base(client, progress: Progress) -> str:
+    base, _ = engine.ensure_base_image(client, progress.log)
+    tag, _ = engine.ensure_image(client, "model-base", base, progress.log)
     return tag
 
 
@@ -84,8 +87,11 @@ def _context(rt: Runtime, wheels: Path, root: Path) -> None:
         os.link(whl, root / "wheels" / whl.name)  # same file system: no copy
 
 
-def _docker_build(client, context: Path, base: str, labels: dict, arch: str, log) -> str:
-    """Build; returns the image id. On failure, the last lines of the build log."""
+def _docker_build(
+    client, context: Path, base: str, labels: dict, arch: str, progress: Progress
+) -> str:
+    """Build; returns the image id. Each step is a status, the log a detail; on failure,
+    the last lines of the build log."""
     lines: list[str] = []
     image_id = None
     stream = client.api.build(
@@ -100,8 +106,10 @@ def _docker_build(client, context: Path, base: str, labels: dict, arch: str, log
     for chunk in stream:
         if "stream" in chunk:
             lines.extend(chunk["stream"].rstrip("\n").splitlines())
+            for line in chunk["stream"].rstrip("\n").splitlines():
+                progress.detail(line)
             if chunk["stream"].startswith("Step "):
-                log(chunk["stream"].strip())
+                progress.status(chunk["stream"].strip().split(" : ")[0])
         if "aux" in chunk and "ID" in chunk["aux"]:
             image_id = chunk["aux"]["ID"]
         if "error" in chunk:
@@ -132,23 +140,27 @@ def _selftest(client, image_id: str) -> dict:
     return report
 
 
-def build(
-    ws: Workspace,
-    name: str,
-    runtime: str,
-    version: str,
-    weights: Path | None = None,
-    arch: str | None = None,
-    owner: str | None = None,
-    task: str | None = None,
-    base_image: str | None = None,
-    force: bool = False,
-    log=print,
-) -> Model:
+class BuildOptions(Options):
+    """Build a model image, run its selftest, tag it REGISTRY/evc/NAME:VERSION-ARCH."""
+
+    name: ModelName = arg(help="Model name (lower case), e.g. faces.")
+    runtime: str = opt(..., help="A folder of model_images/.", short="r")
+    version: Version = opt(..., help="Version, e.g. 1.0.", short="v")
+    weights: Path | None = opt(None, help="Weights: .onnx, or YOLO .pt/.yaml to export.")
+    arch: str | None = opt(None, help="amd64 or arm64 (default: this builder's).")
+    owner: Owner | None = opt(None, help="Owner recorded in the catalogue and labels.")
+    task: str | None = opt(None, help="Task; must match the runtime's (detect).")
+    base_image: str | None = opt(None, help="Base image with python3 (default: built here).")
+    force: bool = opt(False, help="Rebuild a version already in the catalogue.")
+
+
+def build(ws: Workspace, options: BuildOptions, progress: Progress = SILENT) -> Model:
     """Build, smoke-test, tag and catalogue one model image."""
     started = time.monotonic()
-    check_name(name, version)
-    rt = Runtime.load(runtime)
+    o = options
+    name, version, owner, base_image = o.name, o.version, o.owner, o.base_image
+    rt = Runtime.load(o.runtime)
+    arch, task, weights = o.arch, o.task, o.weights
     arch = arch or native_arch()
     check_arch(arch, base_image)
     if task and task != rt.task:
@@ -161,7 +173,7 @@ def build(
             "SELECT 1 FROM models WHERE name = ? AND version = ?", [name, version]
         )
     )
-    if existing and not force:
+    if existing and not o.force:
         raise UsageError(
             f"{name}:{version} is already in the catalogue; choose a new version or pass --force"
         )
@@ -182,14 +194,14 @@ def build(
     }
     cache_dir().mkdir(parents=True, exist_ok=True)  # the context hard-links cached wheels
     with tempfile.TemporaryDirectory(prefix="evc-build-", dir=cache_dir()) as tmp:
-        stage_weights(rt, weights, Path(tmp) / "model", log)  # may export: input errors first
+        stage_weights(rt, weights, Path(tmp) / "model", progress)  # may export: input errors first
         client = engine.docker_client()
-        base = base_image or _model_base(client, log)
+        base = base_image or _model_base(client, progress)
         python, libc = _probe_base(client, base)
-        _context(rt, wheelhouse(rt.requirements, arch, python, libc, log), Path(tmp))
-        image_id = _docker_build(client, Path(tmp), base, labels, arch, log)
+        _context(rt, wheelhouse(rt.requirements, arch, python, libc, progress), Path(tmp))
+        image_id = _docker_build(client, Path(tmp), base, labels, arch, progress)
     try:
-        log("running evc-infer --selftest in the image")
+        progress.log("running evc-infer --selftest in the image")
         report = _selftest(client, image_id)
     except EVCError:
         client.images.remove(image_id, force=True, noprune=False)

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 from dataclasses import asdict, dataclass
 
 from evc import db as evcdb
-from evc import registry
+from evc import names, registry
 from evc.config import Workspace
 from evc.errors import EVCError, UsageError
 from evc.model.deployments import current, deployed_on
@@ -19,8 +18,6 @@ from evc.model.deployments import current, deployed_on
 REPO_PREFIX = "evc/"
 ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
 _MACHINE_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def repository(name: str) -> str:
@@ -29,19 +26,9 @@ def repository(name: str) -> str:
 
 def parse_ref(ref: str) -> tuple[str, str]:
     """``NAME:VERSION`` -> (name, version), or a usage error saying what is expected."""
-    name, sep, version = ref.partition(":")
-    if not sep or not _NAME_RE.match(name) or not _VERSION_RE.match(version):
-        raise UsageError(f"bad model reference {ref!r}; expected NAME:VERSION, e.g. faces:1.0")
+    names.check(names.MODEL_REF, ref, "model reference")
+    name, _, version = ref.partition(":")
     return name, version
-
-
-def check_name(name: str, version: str) -> None:
-    if not _NAME_RE.match(name):
-        raise UsageError(
-            f"bad model name {name!r}; expected lower-case letters, digits, '.', '_' or '-'"
-        )
-    if not _VERSION_RE.match(version):
-        raise UsageError(f"bad version {version!r}; expected letters, digits, '.', '_' or '-'")
 
 
 def native_arch() -> str:

@@ -7,20 +7,50 @@ shards (``evc-infer --serve``). Every action records one row per targeted node
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from evc.ansible import RunResult, resolve_hosts, run_playbook
 from evc.config import Workspace
-from evc.errors import UsageError
+from evc.errors import Result, UsageError
 from evc.model.catalogue import get
 from evc.model.deployments import JOBS_DIR, current, previous, record, spec
+from evc.names import Memory, ModelName, ModelRef, Serial, Target
+from evc.options import TARGET_HELP, Options, arg, opt
+from evc.progress import SILENT, Progress
 
-_SERIAL_RE = re.compile(r"^[1-9][0-9]*%?$")
+
+class DeployOptions(Options):
+    """Pull NAME:VERSION and run its container on the nodes; health-checked, idempotent."""
+
+    ref: ModelRef = arg(help="NAME:VERSION")
+    target: Target = arg(help=TARGET_HELP)
+    serial: Serial | None = opt(None, help="Roll out in batches: a count (2) or a share (25%).")
+    max_fail_percent: int = opt(
+        100, help="Stop the rollout when more than this share of a batch fails.", ge=0, le=100
+    )
+    rollback_on_failure: bool = opt(
+        False, help="If the rollout fails, put the nodes it touched back on their old version."
+    )
+    cpus: float | None = opt(None, help="CPU limit of the model container.", ge=0.01, le=1024)
+    memory: Memory | None = opt(None, help="Memory limit of the model container, e.g. 512m.")
+
+
+class UndeployOptions(Options):
+    """Remove the model's container from the nodes (the image stays for rollback)."""
+
+    name: ModelName = arg(help="Model name.")
+    target: Target = arg(help=TARGET_HELP)
+
+
+class RollbackOptions(Options):
+    """Put each node back on the version it ran before its current one."""
+
+    name: ModelName = arg(help="Model name.")
+    target: Target = arg(help=TARGET_HELP)
 
 
 @dataclass
-class DeployResult:
+class DeployResult(Result):
     action: str
     model: str
     run: RunResult
@@ -28,10 +58,15 @@ class DeployResult:
     rollback: RunResult | None = None
     rolled_back: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def ok(self) -> bool:
+        return self.run.ok
+
     def to_dict(self) -> dict:
         return {
             "action": self.action,
             "model": self.model,
+            "ok": self.ok,
             "versions": self.versions,
             "run": self.run.to_dict(),
             "rollback": self.rollback.to_dict() if self.rollback else None,
@@ -39,14 +74,17 @@ class DeployResult:
         }
 
 
-def _check_serial(serial: str | None) -> None:
-    if serial is not None and not _SERIAL_RE.match(serial):
-        raise UsageError(
-            f"bad --serial {serial!r}; expected a count like 2 or a percentage like 25%"
-        )
-
-
-def _run(ws, action, model, target, sent, serial=None, max_fail_percent=100, progress=True):
+def _run(
+    ws: Workspace,
+    action: str,
+    model: str,
+    target: str,
+    sent: dict,
+    progress: Progress,
+    *,
+    serial: str | None = None,
+    max_fail_percent: int = 100,
+) -> RunResult:
     extravars = {
         "evc_model": model,
         "evc_targets": sent,
@@ -59,31 +97,22 @@ def _run(ws, action, model, target, sent, serial=None, max_fail_percent=100, pro
     return run
 
 
-def deploy(
-    ws: Workspace,
-    ref: str,
-    target: str,
-    serial: str | None = None,
-    max_fail_percent: int = 100,
-    rollback_on_failure: bool = False,
-    cpus: float | None = None,
-    memory: str | None = None,
-    progress: bool = True,
-) -> DeployResult:
+def deploy(ws: Workspace, options: DeployOptions, progress: Progress = SILENT) -> DeployResult:
     """Pull and run NAME:VERSION on every targeted node, in batches if asked."""
-    _check_serial(serial)
-    if not 0 <= max_fail_percent <= 100:
-        raise UsageError(f"--max-fail-percent {max_fail_percent} is out of range 0..100")
-    m = get(ws, ref)
+    o = options
+    m = get(ws, o.ref)
     if not m.registry_digest:
-        raise UsageError(f"{ref} is not in the registry yet: run `evc model push {ref}` first")
-    hosts = resolve_hosts(ws.inventory, target)
+        raise UsageError(f"{o.ref} is not in the registry yet: run `evc model push {o.ref}` first")
+    hosts = resolve_hosts(ws.inventory, o.target)
     before = {row["node"]: row for row in current(ws, m.name)}
-    wanted = {"version": m.version, "image": m.image, "cpus": cpus, "memory": memory}
+    wanted = {"version": m.version, "image": m.image, "cpus": o.cpus, "memory": o.memory}
     sent = {h: wanted for h in hosts}
-    run = _run(ws, "deploy", m.name, target, sent, serial, max_fail_percent, progress)
+    run = _run(
+        ws, "deploy", m.name, o.target, sent, progress,
+        serial=o.serial, max_fail_percent=o.max_fail_percent,
+    )  # fmt: skip
     result = DeployResult("deploy", m.name, run, {h: m.version for h in hosts})
-    if rollback_on_failure and not run.ok:
+    if o.rollback_on_failure and not run.ok:
         # Nodes this rollout touched go back to what they ran before; new ones are left alone.
         back = {
             h: spec(before[h])
@@ -91,16 +120,15 @@ def deploy(
             if r.state != "skipped" and h in before and before[h]["version"] != m.version
         }
         if back:
-            result.rollback = _run(
-                ws, "rollback", m.name, ",".join(sorted(back)), back, progress=progress
-            )
+            result.rollback = _run(ws, "rollback", m.name, ",".join(sorted(back)), back, progress)
             result.rolled_back = {h: s["version"] for h, s in back.items()}
     return result
 
 
-def rollback(ws: Workspace, name: str, target: str, progress: bool = True) -> DeployResult:
+def rollback(ws: Workspace, options: RollbackOptions, progress: Progress = SILENT) -> DeployResult:
     """Each targeted node goes back to the version it ran before its current one."""
-    hosts = resolve_hosts(ws.inventory, target)
+    name = options.name
+    hosts = resolve_hosts(ws.inventory, options.target)
     now = {row["node"]: row for row in current(ws, name)}
     sent, missing = {}, []
     for host in hosts:
@@ -113,17 +141,18 @@ def rollback(ws: Workspace, name: str, target: str, progress: bool = True) -> De
         raise UsageError(
             f"no earlier version of {name} to roll back to on: {', '.join(sorted(missing))}"
         )
-    run = _run(ws, "rollback", name, ",".join(sorted(sent)), sent, progress=progress)
+    run = _run(ws, "rollback", name, ",".join(sorted(sent)), sent, progress)
     return DeployResult("rollback", name, run, {h: s["version"] for h, s in sent.items()})
 
 
-def undeploy(ws: Workspace, name: str, target: str, progress: bool = True) -> DeployResult:
+def undeploy(ws: Workspace, options: UndeployOptions, progress: Progress = SILENT) -> DeployResult:
     """Remove the model's container from every targeted node."""
-    hosts = resolve_hosts(ws.inventory, target)
+    name = options.name
+    hosts = resolve_hosts(ws.inventory, options.target)
     now = {row["node"]: row for row in current(ws, name)}
     sent = {h: spec(now.get(h, {"version": "-", "image": "-"})) for h in hosts}
     run = run_playbook(
-        ws, "model_undeploy.yml", target, extravars={"evc_model": name}, progress=progress
+        ws, "model_undeploy.yml", options.target, extravars={"evc_model": name}, progress=progress
     )
     record(ws, "undeploy", name, run, sent)
     return DeployResult("undeploy", name, run, {h: s["version"] for h, s in sent.items()})

@@ -10,12 +10,22 @@ from evc.config import Workspace
 from evc.errors import EVCError, UsageError
 from evc.model.catalogue import Model, get, repository, save
 from evc.model.deployments import deployed_on
+from evc.names import ModelRef
+from evc.options import Options, arg
+from evc.progress import SILENT, Progress
 
 
-def push(ws: Workspace, ref: str, log=print) -> Model:
+class PushOptions(Options):
+    """Push a built model to the registry; records its digest and size."""
+
+    ref: ModelRef = arg(help="NAME:VERSION")
+
+
+def push(ws: Workspace, options: PushOptions, progress: Progress = SILENT) -> Model:
     """Push a built model; records the registry digest and size. Nothing changes on failure."""
     import docker.errors
 
+    ref = options.ref
     model = get(ws, ref)
     client = engine.docker_client()
     try:
@@ -30,7 +40,7 @@ def push(ws: Workspace, ref: str, log=print) -> Model:
     api.ping()  # a clear "does not answer" / TLS / credentials error before pushing
     registry.login(ws, client)
     repo, _, tag = model.image.rpartition(":")
-    log(f"pushing {model.image}")
+    progress.log(f"pushing {model.image}")
     for line in client.images.push(repo, tag=tag, stream=True, decode=True):
         if "error" in line:
             raise EVCError(f"pushing {model.image} failed: {line['error']} (catalogue unchanged)")
@@ -45,7 +55,7 @@ def push(ws: Workspace, ref: str, log=print) -> Model:
     return model
 
 
-def delete(ws: Workspace, ref: str, force: bool = False, log=print) -> Model:
+def delete(ws: Workspace, ref: str, *, force: bool = False, progress: Progress = SILENT) -> Model:
     """Delete the tag in the registry, collect garbage, drop the local tag and the row.
 
     Refused while the version is deployed, unless ``force``.
@@ -63,8 +73,8 @@ def delete(ws: Workspace, ref: str, force: bool = False, log=print) -> Model:
     if model.registry_digest:
         api = registry.api(ws)
         if api.delete(repository(model.name), model.tag):
-            log(f"deleted {model.image} in the registry; collecting garbage")
-            registry.garbage_collect(ws, client)
+            progress.log(f"deleted {model.image} in the registry; collecting garbage")
+            registry.garbage_collect(ws, client=client)
     try:
         client.images.remove(model.image)
     except docker.errors.ImageNotFound:

@@ -25,6 +25,7 @@ import yaml
 from evc import resources
 from evc.errors import EVCError, UsageError
 from evc.model.catalogue import ARCHES
+from evc.progress import SILENT, Progress
 
 # Runs in a subprocess on the controller: ultralytics is slow to import and writes settings.
 _EXPORT = """
@@ -93,14 +94,16 @@ def _platform_args(arch: str, libc: str) -> list[str]:
     return [a for tag in tags for a in ("--platform", tag)]
 
 
-def wheelhouse(requirements: list[str], arch: str, python: str, libc: str, log=print) -> Path:
+def wheelhouse(
+    requirements: list[str], arch: str, python: str, libc: str, progress: Progress = SILENT
+) -> Path:
     """Wheels for ``requirements`` (and pip) for the target; downloaded once, then cached."""
     key = hashlib.sha256(json.dumps([requirements, arch, python, libc]).encode()).hexdigest()[:16]
     dest = cache_dir() / "wheels" / key
     if (dest / ".complete").is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    log(f"downloading wheels for {arch} / Python {python}: {', '.join(requirements)}")
+    progress.log(f"downloading wheels for {arch} / Python {python}: {', '.join(requirements)}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=dest.parent))
     cmd = [
         sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
@@ -187,14 +190,14 @@ def builtin_weights(weights: Path) -> Path:
     return dest
 
 
-def _export_onnx(weights: Path, dest: Path, imgsz: int, log=print) -> None:
+def _export_onnx(weights: Path, dest: Path, imgsz: int, progress: Progress) -> None:
     """YOLO .pt/.yaml -> ONNX with ultralytics on the controller (offline)."""
     if not importlib.util.find_spec("ultralytics"):
         raise UsageError(
             f"exporting {weights.name} to ONNX needs ultralytics on the controller: install "
             "the export extra (pip install torch==2.13.0 'evc[export]'), or pass an .onnx"
         )
-    log(f"exporting {weights.name} to ONNX (imgsz {imgsz})")
+    progress.log(f"exporting {weights.name} to ONNX (imgsz {imgsz})")
     with tempfile.TemporaryDirectory(prefix="evc-export-") as tmp:
         src = Path(tmp) / weights.name  # ultralytics writes next to its input
         shutil.copy(weights, src)
@@ -212,7 +215,7 @@ def _export_onnx(weights: Path, dest: Path, imgsz: int, log=print) -> None:
         raise EVCError(f"exporting {weights} to ONNX failed:\n{tail}")
 
 
-def stage_weights(rt: Runtime, weights: Path | None, model_dir: Path, log) -> None:
+def stage_weights(rt: Runtime, weights: Path | None, model_dir: Path, progress: Progress) -> None:
     model_dir.mkdir()
     if weights is None:
         return
@@ -220,6 +223,6 @@ def stage_weights(rt: Runtime, weights: Path | None, model_dir: Path, log) -> No
     if dest.suffix == weights.suffix.lower():
         shutil.copy(weights, dest)
     elif dest.suffix == ".onnx":
-        _export_onnx(weights, dest, int(rt.defaults.get("imgsz", 640)), log)
+        _export_onnx(weights, dest, int(rt.defaults.get("imgsz", 640)), progress)
     else:
         raise UsageError(f"runtime {rt.name} cannot use {weights.suffix} weights")

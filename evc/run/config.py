@@ -17,12 +17,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evc import db, devices, inventory, yamlpos
+from evc import db, devices, inventory, names, yamlpos
 from evc.ansible import resolve_hosts
 from evc.config import Workspace
 from evc.devices import Device
 from evc.errors import UsageError
 from evc.model.runtimes import builtin_config
+from evc.options import TARGET, Options
 from evc.problems import Problems, pydantic_problems, suggest
 from evc.run import capabilities
 from evc.run.variables import VAR_RE, Vars, evaluate_when
@@ -57,7 +58,7 @@ class Step:
     index: int  # 1-based position in the file (0: the ``devices:`` enrolment)
     name: str
     kind: str
-    options: dict[str, Any]  # validated, the target included when the kind takes one
+    options: Options | None  # validated, the target included when the kind takes one
     target: str | None
     run: bool  # what ``when`` said
     continue_on_error: bool = False
@@ -67,14 +68,13 @@ class Step:
     def what(self) -> str:
         if self.kind == ENROL:
             return "Register the devices of the devices: list (those not enrolled yet)."
-        return capabilities.describe(self.kind)
+        return capabilities.CAPABILITIES[self.kind].what
 
     @property
     def command(self) -> str:
         if self.kind == ENROL:
             return "evc device import (the devices: list)"
-        options = {k: v for k, v in self.options.items() if k != capabilities.TARGET}
-        return capabilities.command_line(self.kind, options, self.target)
+        return capabilities.CAPABILITIES[self.kind].command_line(self.options)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,7 +85,7 @@ class Step:
             "hosts": self.hosts,
             "run": self.run,
             "continue_on_error": self.continue_on_error,
-            "options": {k: str(v) if isinstance(v, Path) else v for k, v in self.options.items()},
+            "options": self.options.model_dump(mode="json") if self.options else {},
             "what": self.what,
             "command": self.command,
         }
@@ -227,7 +227,7 @@ def _step(i: int, raw: Any, base: Path, variables: dict, problems: Problems) -> 
     except ValidationError as exc:
         pydantic_problems(problems, exc, where, lambda loc: fields)
         return None
-    kinds = list(capabilities.COMMANDS)
+    kinds = list(capabilities.CAPABILITIES)
     if spec.do not in kinds:
         problems.add(
             (*where, "do"),
@@ -235,39 +235,41 @@ def _step(i: int, raw: Any, base: Path, variables: dict, problems: Problems) -> 
             f"Known kinds: {', '.join(kinds)}.",
         )
         return None
-    model = capabilities.option_model(spec.do)
-    keys = list(model.model_fields)
-    if capabilities.TARGET in spec.with_:
+    model = capabilities.CAPABILITIES[spec.do].options
+    keys = [k for k in model.model_fields if k != TARGET]
+    if TARGET in spec.with_:
         problems.add(
-            (*where, "with", capabilities.TARGET),
+            (*where, "with", TARGET),
             "the target is a key of the step itself (target: PATTERN), not of with:.",
         )
         return None
+    target = _target(spec, where, problems)
+    if target is False:
+        return None
     try:
-        options = model.model_validate(spec.with_).model_dump()
+        options = model.model_validate({**spec.with_, **({TARGET: target} if target else {})})
     except ValidationError as exc:
         pydantic_problems(
             problems, exc, (*where, "with"), lambda loc: keys, "option", f" of {spec.do}"
         )
         return None
-    ok = _paths(spec.do, options, base, (*where, "with"), problems)
-    target = _target(spec, where, problems)
+    options = _paths(spec.do, options, base, (*where, "with"), problems)
     try:
         run = evaluate_when(spec.when, variables)
     except ValueError as exc:
         problems.add((*where, "when"), f"{exc}.")
         return None
-    if not ok or target is False:
+    if options is None:
         return None
-    if target is not None:
-        options[capabilities.TARGET] = target
+    target = getattr(options, TARGET, None)
     return Step(i + 1, spec.name or spec.do, spec.do, options, target, run, spec.continue_on_error)
 
 
 def _target(spec: StepFile, where: tuple, problems: Problems) -> str | None | bool:
-    """The step's target (its command's default when not given); False on a problem."""
-    param = capabilities.target_param(spec.do)
-    if param is None:
+    """The step's target as given (None: the command's default); False on a problem."""
+    model = capabilities.CAPABILITIES[spec.do].options
+    field = model.model_fields.get(TARGET)
+    if field is None:
         if spec.target is not None:
             problems.add(
                 (*where, "target"), f"{spec.do} runs on the controller and takes no target."
@@ -275,34 +277,42 @@ def _target(spec: StepFile, where: tuple, problems: Problems) -> str | None | bo
             return False
         return None
     if spec.target is not None:
-        return spec.target
-    if param.required:
+        try:
+            return names.check_target(spec.target)
+        except UsageError as exc:
+            problems.add((*where, "target"), str(exc))
+            return False
+    if field.is_required():
         problems.add(
             where,
             f"{spec.do} needs target: an Ansible pattern (all, a group, a "
             "host, or 'group:&other').",
         )
         return False
-    return param.default
+    return None
 
 
-def _paths(kind: str, options: dict, base: Path, where: tuple, problems: Problems) -> bool:
+def _paths(
+    kind: str, options: Options, base: Path, where: tuple, problems: Problems
+) -> Options | None:
     """Relative input paths are looked up next to the run-config first, then in the
     current folder; each must exist (weights may name a model config that ultralytics
-    ships). Output paths (steps.OUTPUT_PATHS) are left as given."""
-    ok = True
-    for key, value in options.items():
-        if not isinstance(value, Path) or key in capabilities.OUTPUT_PATHS:
+    ships). Output paths are left as given. None when one is missing."""
+    ok, found = True, {}
+    outputs = capabilities.output_paths(kind)
+    for key in type(options).model_fields:
+        value = getattr(options, key)
+        if not isinstance(value, Path) or key in outputs:
             continue
         near = base / value
         if not value.is_absolute() and near.exists():
-            options[key] = near
+            found[key] = near
         elif not value.exists() and not (key == "weights" and builtin_config(value)):
             problems.add(
                 (*where, key), f"{value} does not exist (looked in {base} and in {Path.cwd()})."
             )
             ok = False
-    return ok
+    return options.model_copy(update=found) if ok else None
 
 
 def _unique_names(plan: list[Step], problems: Problems) -> None:
@@ -354,9 +364,9 @@ def _planned_devices(scenario: Scenario, problems: Problems) -> list[Device]:
         o = step.options
         try:
             if step.kind == "device.add":
-                out.append(devices.from_options(**{k: o[k] for k in o if k != "target"}))
+                out.append(o.device())
             elif step.kind == "device.import":
-                out.extend(devices.load_file(o["file"]))
+                out.extend(devices.load_file(o.file))
         except UsageError as exc:
             problems.add(where, str(exc))
     return out

@@ -16,6 +16,7 @@ from typing import Any
 from evc import db as evcdb
 from evc.config import Workspace
 from evc.errors import EVCError, UsageError
+from evc.progress import SILENT, Progress
 from evc.run import capabilities
 from evc.run.config import ENROL, Scenario, Step
 
@@ -36,7 +37,7 @@ def execute(
     *,
     start: str | None = None,
     only: list[str] | None = None,
-    progress: bool = True,
+    progress: Progress = SILENT,
     on_step: Listener | None = None,
 ) -> dict[str, Any]:
     """Run ``selected`` (steps of ``scenario``) and return the run as ``get_run`` does."""
@@ -110,7 +111,13 @@ def execute(
 
 
 def _run_step(
-    ws, db, run_id: str, scenario: Scenario, step: Step, progress: bool, on_step: Listener | None
+    ws,
+    db,
+    run_id: str,
+    scenario: Scenario,
+    step: Step,
+    progress: Progress,
+    on_step: Listener | None,
 ) -> capabilities.Outcome:
     started = time.time()
     _update(db, run_id, step, {"state": "running", "started": started})
@@ -118,9 +125,9 @@ def _run_step(
         on_step("start", step, None)
     try:
         if step.kind == ENROL:
-            outcome = capabilities.enrol(ws, scenario.devices, progress=progress)
+            outcome = capabilities.enrol(ws, scenario.devices, progress)
         else:
-            outcome = capabilities.run(step.kind, ws, step.options, progress=progress)
+            outcome = capabilities.run(step.kind, ws, step.options, progress)
     except EVCError as exc:
         if exc.exit_code == 130:  # an inference job stopped by Ctrl-C
             raise

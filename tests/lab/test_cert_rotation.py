@@ -47,7 +47,7 @@ def rotating(trusted):
     f.next_ca().ca_cert.unlink(missing_ok=True)
     registry.rotate(ws)
     registry.trust_on_controller(ws, registry.load(ws))
-    assert certs.push(ws, "lab", progress=False).ok
+    assert certs.push(ws, certs.PushOptions(target="lab")).ok
 
 
 def _node_certs(ws) -> dict[str, dict[str, str]]:
@@ -65,7 +65,7 @@ def _node_certs(ws) -> dict[str, dict[str, str]]:
 def _pulls(ws) -> dict[str, str]:
     settings = registry.load(ws)
     ref = f"{settings.address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}"
-    run = run_playbook(ws, PULL, "lab", extravars={"probe_ref": ref}, progress=False)
+    run = run_playbook(ws, PULL, "lab", extravars={"probe_ref": ref})
     return {h: r.message or r.state for h, r in sorted(run.hosts.items())}
 
 
@@ -82,7 +82,7 @@ def test_every_node_pulls_after_every_phase_and_the_old_ca_is_gone(rotating):
         served = registry_api.served_certificate(settings.address)
         seen.append((phase.name, phase.status, _pulls(ws), _node_certs(ws), served["issuer"]))
 
-    result = certs.rotate_ca(ws, progress=False, after_phase=after)
+    result = certs.rotate_ca(ws, after_phase=after)
     assert result.ok and result.status == "complete" and not result.resumed
     assert result.targets == NODES
     new = _sha(f.ca_cert)
@@ -117,7 +117,7 @@ def test_every_node_pulls_after_every_phase_and_the_old_ca_is_gone(rotating):
     assert sorted(p.name for p in controller.iterdir()) == ["ca.crt"]
     assert _sha(controller / "ca.crt") == new
     assert result.server_cert["sans"] == settings.hosts and result.server_cert["days_left"] >= 824
-    checked = certs.check(ws, "lab", progress=False)
+    checked = certs.check(ws, certs.CheckOptions(target="lab")).checks
     assert all(c.state == "ok" and c.trusts_current_ca for c in checked)
 
 
@@ -136,7 +136,7 @@ def test_failed_phase_stops_rolls_back_and_a_rerun_finishes(rotating, lab_env):
         if phase.name == "trust-both":
             Nodes(ws).get("node2").exec_run(["rm", f"/etc/docker/certs.d/{addr}/ca-next.crt"])
 
-    first = certs.rotate_ca(ws, progress=False, after_phase=sabotage)
+    first = certs.rotate_ca(ws, after_phase=sabotage)
     assert first.status == "stopped" and first.stopped_at == "switch-server" and not first.ok
     assert first.failed == {"node2": "the node lacks the registry CA file: run `evc cert push`"}
     switch = first.phases[-1]
@@ -197,5 +197,5 @@ def test_unreachable_node_is_named_and_catches_up_with_cert_push(rotating, lab_e
     new = _sha(registry.files(ws).ca_cert)
     assert nodes["node1"] == nodes["node2"] == {"ca.crt": new} and nodes["node3"]["ca.crt"] != new
     assert "certificate signed by unknown authority" in _pulls(ws)["node3"]
-    assert certs.push(ws, "node3", progress=False).ok  # verified by a real pull
+    assert certs.push(ws, certs.PushOptions(target="node3")).ok  # verified by a real pull
     assert _node_certs(ws)["node3"] == {"ca.crt": new}

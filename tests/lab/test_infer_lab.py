@@ -106,8 +106,8 @@ def _wait_for_shard(ws, job_node=None, timeout=120):
 
 def _start_job(env, dataset, *extra):
     return subprocess.Popen(
-        [sys.executable, "-m", "evc", "infer", "run", MODEL, "--data", str(dataset),
-         "--target", "node1,node2", "--json", *extra],
+        [sys.executable, "-m", "evc", "infer", "run", MODEL, "node1,node2", "--data",
+         str(dataset), "--json", *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

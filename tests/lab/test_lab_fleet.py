@@ -28,14 +28,14 @@ def test_up_reports_every_node_and_pins_distinct_host_keys(lab_session):
 
 
 def test_ping_every_node_through_ansible_runner(lab_ws):
-    run = run_playbook(lab_ws, "ping.yml", "lab", progress=False)
+    run = run_playbook(lab_ws, "ping.yml", "lab")
     assert run.ok and sorted(run.hosts) == NODES
     assert all(r.state == "ok" and r.outputs["ping"]["ping"] == "pong" for r in run.hosts.values())
     assert Path(run.artifacts_dir, "job_events").is_dir()
 
 
 def test_container_runs_on_each_nodes_own_engine_within_node_limits(lab_ws):
-    run = run_playbook(lab_ws, PROBE, "lab", progress=False)
+    run = run_playbook(lab_ws, PROBE, "lab")
     assert run.ok, {h: r.message for h, r in run.hosts.items()}
     lab = Lab(lab_ws)
     for node in lab.nodes():
@@ -69,7 +69,7 @@ def test_changed_host_key_is_refused(lab_ws):
     lab_ws.known_hosts.write_text("\n".join(forged) + "\n")
     close_connections(lab_ws)  # a live ControlPersist master would skip the key check
     try:
-        run = run_playbook(lab_ws, "ping.yml", "lab", progress=False)
+        run = run_playbook(lab_ws, "ping.yml", "lab")
     finally:
         lab_ws.known_hosts.write_text(original)
     bad = [r for r in run.hosts.values() if r.state == "unreachable"]
@@ -80,7 +80,7 @@ def test_changed_host_key_is_refused(lab_ws):
 def test_stopped_node_is_unreachable_then_recovers(lab_ws, lab_env):
     evc("lab", "stop", "node2", env=lab_env, check=0)
     try:
-        run = run_playbook(lab_ws, "ping.yml", "lab", progress=False)
+        run = run_playbook(lab_ws, "ping.yml", "lab")
         assert run.hosts["node2"].state == "unreachable"
         assert run.hosts["node1"].state == run.hosts["node3"].state == "ok"
         proc = evc("lab", "status", "--json", env=lab_env, check=1)
@@ -89,7 +89,7 @@ def test_stopped_node_is_unreachable_then_recovers(lab_ws, lab_env):
         assert status["node1"]["ssh_ok"] and status["node1"]["docker_ok"]
     finally:
         evc("lab", "start", "node2", env=lab_env, check=0)
-    assert run_playbook(lab_ws, "ping.yml", "lab", progress=False).ok
+    assert run_playbook(lab_ws, "ping.yml", "lab").ok
     proc = evc("lab", "status", "--json", env=lab_env, check=0)
     status = {n["name"]: n for n in json.loads(proc.stdout)}
     assert status["node2"]["docker_ok"] and status["node2"]["docker_version"]
@@ -99,12 +99,12 @@ def test_unknown_node_and_unknown_target(lab_ws, lab_env):
     proc = evc("lab", "stop", "node9", env=lab_env, check=2)
     assert "No lab node named 'node9'" in proc.stderr and "node1" in proc.stderr
     with pytest.raises(UsageError, match=r"matches no host.*Known groups: .*lab"):
-        run_playbook(lab_ws, "ping.yml", "nosuchgroup", progress=False)
+        run_playbook(lab_ws, "ping.yml", "nosuchgroup")
 
 
 def test_no_environment_secret_lands_in_run_artifacts(lab_ws, monkeypatch):
     monkeypatch.setenv("EVC_TEST_CLOUD_TOKEN", "tok-9f8e7d6c5b4a")
-    run = run_playbook(lab_ws, "ping.yml", "lab", progress=False)
+    run = run_playbook(lab_ws, "ping.yml", "lab")
     assert run.ok
     leaked = [
         p

@@ -52,7 +52,7 @@ def test_anonymous_and_wrong_password_are_refused(reg):
 def test_node_without_the_ca_cannot_pull(lab_ws, reg):
     settings, _, _ = reg
     ref = f"{settings.address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}"
-    run = run_playbook(lab_ws, PULL, "node1", extravars={"probe_ref": ref}, progress=False)
+    run = run_playbook(lab_ws, PULL, "node1", extravars={"probe_ref": ref})
     assert run.hosts["node1"].state == "failed"
     assert "certificate signed by unknown authority" in run.hosts["node1"].message
 
@@ -104,7 +104,7 @@ def test_cert_push_then_revoke_on_every_node(lab_ws, lab_env, reg):
 
     pushed = json.loads(evc("cert", "push", "lab", "--json", env=lab_env, check=0).stdout)
     assert pushed["status"] == "success" and sorted(pushed["hosts"]) == ["node1", "node2", "node3"]
-    run = run_playbook(lab_ws, PULL, "lab", extravars={"probe_ref": ref}, progress=False)
+    run = run_playbook(lab_ws, PULL, "lab", extravars={"probe_ref": ref})
     assert run.ok, {h: r.message for h, r in run.hosts.items()}
 
     again = json.loads(evc("cert", "push", "lab", "--json", env=lab_env, check=0).stdout)
@@ -117,7 +117,7 @@ def test_cert_push_then_revoke_on_every_node(lab_ws, lab_env, reg):
 
     revoked = json.loads(evc("cert", "revoke", "node2", "--json", env=lab_env, check=0).stdout)
     assert revoked["hosts"]["node2"]["state"] in ("ok", "changed")
-    run = run_playbook(lab_ws, PULL, "lab", extravars={"probe_ref": ref}, progress=False)
+    run = run_playbook(lab_ws, PULL, "lab", extravars={"probe_ref": ref})
     assert run.hosts["node2"].state == "failed"
     assert "certificate signed by unknown authority" in run.hosts["node2"].message
     assert run.hosts["node1"].state == run.hosts["node3"].state == "ok"
@@ -134,7 +134,7 @@ def test_cert_push_then_revoke_on_every_node(lab_ws, lab_env, reg):
                              check=0).stdout)  # fmt: skip
     assert rotated["state"] == "running" and 88 <= rotated["cert"]["days_left"] <= 90
     assert pki.certificate_info(files.server_cert)["not_before"] >= before["not_before"]
-    run = run_playbook(lab_ws, PULL, "lab", extravars={"probe_ref": ref}, progress=False)
+    run = run_playbook(lab_ws, PULL, "lab", extravars={"probe_ref": ref})
     assert run.ok, {h: r.message for h, r in run.hosts.items()}
     checked = json.loads(evc("cert", "check", "lab", "--json", env=lab_env, check=0).stdout)
     assert all(c["trusts_current_ca"] and c["server_cert_days_left"] <= 90 for c in checked)

@@ -117,7 +117,7 @@ def pictures(tmp_path):
 @pytest.mark.usefixtures("deployed")
 def test_monitor_and_an_inference_job_share_the_database(lab_ws, lab_env, pictures):
     monitor = subprocess.Popen(
-        [*EVC, "monitor", "--interval", "1", "--target", "lab", "--json"],
+        [*EVC, "monitor", "lab", "--interval", "1", "--json"],
         env={**os.environ, **lab_env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -125,7 +125,7 @@ def test_monitor_and_an_inference_job_share_the_database(lab_ws, lab_env, pictur
     )
     try:
         time.sleep(3)
-        job = evc("infer", "run", MODEL, "--data", pictures, "--target", "node1,node2", "--json",
+        job = evc("infer", "run", MODEL, "node1,node2", "--data", pictures, "--json",
                   env=lab_env)  # fmt: skip
         # A third writer: a large ingest holds the write lock for a while; the monitor waits.
         db = evcdb.workspace_db(lab_ws)

@@ -102,7 +102,7 @@ class FakeFleet:
     def __init__(self, down=(), flaky=()):
         self.down, self.flaky = set(down), set(flaky)
 
-    def __call__(self, ws, name, target="all", *, extravars=None, progress=True, **_):
+    def __call__(self, ws, name, target="all", *, extravars=None, **_):
         hosts = resolve_hosts(ws.inventory, target)
         started = time.time()
         results = {}
@@ -221,14 +221,18 @@ def populate(ws, monkeypatch, data: Path) -> float:
     fleet(ws, "facts.yml", "all")
     _model(ws, "1.0", now)
     _model(ws, "1.1", now)
-    deploy.deploy(ws, "faces:1.0", "all", progress=False)  # node3 unreachable: failed row
+    deploy.deploy(
+        ws, deploy.DeployOptions(ref="faces:1.0", target="all")
+    )  # node3 unreachable: failed row
     data.mkdir()
     for i in range(12):
         (data / f"img{i:02d}.jpg").write_bytes(b"\xff\xd8 not decoded by the fake fleet")
     (data / "corrupt.jpg").write_bytes(b"")
-    jobs.run(ws, "faces:1.0", data, "all", retries=2, shard_size=2, progress=False)
-    deploy.deploy(ws, "faces:1.1", "node1", progress=False)
-    jobs.run(ws, "faces:1.1", data, "node1", strategy="round-robin", progress=False)
+    jobs.run(ws, jobs.RunOptions(model="faces:1.0", data=data, retries=2, shard_size=2))
+    deploy.deploy(ws, deploy.DeployOptions(ref="faces:1.1", target="node1"))
+    jobs.run(
+        ws, jobs.RunOptions(model="faces:1.1", data=data, target="node1", strategy="round-robin")
+    )
     evcdb.audit(db, "model deploy", ["model", "deploy", "faces:1.0", "all"], 1, 2.5)
     evcdb.audit(db, "infer run", ["infer", "run", "faces:1.0", "--data", "imgs"], 1, 4.0)
     evcdb.audit(db, "grafana build", ["grafana", "build"], 0, 0.2)

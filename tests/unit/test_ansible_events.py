@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from evc.ansible import RunResult, _Collector, scrub_command_file
+from evc.progress import SILENT
 
 
 def _ev(kind, host=None, **data):
@@ -11,7 +12,7 @@ def _ev(kind, host=None, **data):
 
 
 def _run(events, hosts=("a", "b", "c", "d")):
-    c = _Collector(list(hosts), None, Path("/nonexistent"))
+    c = _Collector(list(hosts), SILENT, Path("/nonexistent"))
     for e in events:
         c(e)
     return RunResult("p.yml", "all", "id", "/x", 0.0, 1.0, 2, c.hosts)

@@ -78,3 +78,21 @@ def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, monkeypatch, capsys):
         main()
     assert exc.value.code == 130
     assert capsys.readouterr().err.strip() == "error: interrupted"
+
+
+def test_targets_are_positional_and_never_a_template_or_a_file(workspace):
+    """Every fleet command takes TARGET as an argument (the old --target still parses);
+    a pattern with braces or a leading '@' (Ansible's --limit @FILE) is refused with exit 2
+    before anything runs."""
+    for args in (
+        ["device", "ping", "{{ lookup('pipe', 'id') }}"],
+        ["cert", "check", "@/etc/passwd"],
+        ["logs", "collect", "node1{%raw%}"],
+        ["model", "deploy", "m:1", "@hosts.txt"],
+        ["infer", "run", "m:1", "--target", "{{x}}", "--data", "."],
+        ["infer", "resume", "20260101-000000-abcd", "@f"],
+        ["monitor", "--target", "{{x}}", "--rounds", "1"],
+    ):
+        proc = evc(*args, check=2)
+        assert "is not an Ansible host pattern" in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr

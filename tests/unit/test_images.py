@@ -19,7 +19,7 @@ def test_parse_ref(ref, expected):
 
 @pytest.mark.parametrize("ref", ["faces", "Faces:1", "faces:", ":1", "faces:1:2", "a b:1"])
 def test_parse_ref_rejects(ref):
-    with pytest.raises(UsageError, match="expected NAME:VERSION"):
+    with pytest.raises(UsageError, match=r"model reference: .* is not"):
         catalogue.parse_ref(ref)
 
 
@@ -89,7 +89,9 @@ def test_builtin_runtime_takes_no_weights(workspace, tmp_path):
 
 
 def test_bad_name_and_task_and_arch(workspace):
-    assert "bad model name" in _build("Bad/Name", "--runtime", "face-haar", "--version", "1")
+    assert "'Bad/Name' is not a model name" in _build(
+        "Bad/Name", "--runtime", "face-haar", "--version", "1"
+    )
     err = _build("m", "--runtime", "face-haar", "--version", "1", "--task", "classify")
     assert "does 'detect', not 'classify'" in err
     err = _build("m", "--runtime", "face-haar", "--version", "1", "--arch", "s390")
@@ -104,7 +106,7 @@ def test_unknown_model(workspace):
     for cmd in ("push", "show", "delete"):
         proc = evc("model", cmd, "ghost:1", check=2)
         assert "no model ghost:1 in the catalogue" in proc.stderr
-    assert "expected NAME:VERSION" in evc("model", "push", "ghost", check=2).stderr
+    assert "REF: 'ghost' is not NAME:VERSION" in evc("model", "push", "ghost", check=2).stderr
 
 
 def test_a_bare_yolo_config_name_is_the_one_ultralytics_ships(tmp_path, monkeypatch):

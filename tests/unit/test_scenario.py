@@ -1,16 +1,16 @@
 """Run-configs: schema, variables, anchors, did-you-mean, the plan, and steps == CLI."""
 
-import inspect
 import json
 import time
 from pathlib import Path
 
 import pytest
-import typer.models
 
 from evc import db as evcdb
-from evc import devices
+from evc import devices, grafana
 from evc.errors import UsageError
+from evc.options import flag_of
+from evc.progress import SILENT
 from evc.resources import data_dir
 from evc.run import capabilities as steps
 from evc.run import config as scenario
@@ -43,7 +43,7 @@ def lab_like(ws):
 def test_every_bundled_run_config_validates(path):
     s = scenario.load(path)
     assert s.steps and all(
-        step.kind in steps.COMMANDS or step.kind == "devices" for step in s.steps
+        step.kind in steps.CAPABILITIES or step.kind == "devices" for step in s.steps
     )
 
 
@@ -61,9 +61,9 @@ def test_demo_does_what_the_issue_asks():
     for kind in ("registry.up", "cert.push", "model.build", "model.push", "model.deploy",
                  "infer.run", "logs.collect", "grafana.build"):  # fmt: skip
         assert kind in kinds
-    built = {st.options["name"] for st in s.steps if st.kind == "model.build"}
+    built = {st.options.name for st in s.steps if st.kind == "model.build"}
     assert built == {"face-haar", "yolo-onnx"}
-    (data,) = {st.options["data"] for st in s.steps if st.kind == "infer.run"}
+    (data,) = {st.options.data for st in s.steps if st.kind == "infer.run"}
     assert data == RUN_CFG / "samples" and len(list(data.glob("*.jpg"))) >= 5
 
 
@@ -74,7 +74,7 @@ def test_real_fleet_example_documents_every_field():
     fields += [f for f in scenario.StepFile.model_fields if f != "with_"]
     for field in fields:
         assert f"{field}" in comments, field
-    for kind in steps.COMMANDS:
+    for kind in steps.CAPABILITIES:
         assert kind in comments
     s = scenario.load(RUN_CFG / "fleet.yaml")
     assert {"jetson", "rpi"} <= {g for d in s.devices for g in d.groups}
@@ -83,37 +83,42 @@ def test_real_fleet_example_documents_every_field():
 # --------------------------------------------------------------------- steps == CLI
 
 
-@pytest.mark.parametrize("kind", sorted(steps.COMMANDS))
-def test_step_options_are_the_cli_options_and_the_runner_takes_them(kind):
-    runner = inspect.signature(steps.RUNNERS[kind]).parameters
-    taken = set(runner) - {"ws", "progress"}
-    assert taken == {p.name for p in steps.params(kind)}, kind
-    command = steps._command(kind)
-    if command is None:  # no CLI command in this checkout yet: the runner's own parameters
-        return
-    cli = {
-        name: p.default
-        for name, p in inspect.signature(command).parameters.items()
-        if name not in steps.NOT_OPTIONS
-    }
-    assert set(cli) == {p.name for p in steps.params(kind)}
-    for p in steps.params(kind):
-        info = cli[p.name]
-        default = info.default if isinstance(info, typer.models.ParameterInfo) else info
-        if default is not inspect.Parameter.empty:
-            assert p.default == default, (kind, p.name)
-    fields = set(steps.option_model(kind).model_fields)
-    assert fields == {p.name for p in steps.params(kind)} - {"target"}
+def _click_command(words: str):
+    import typer.main
+
+    from evc.cli import app
+
+    command = typer.main.get_command(app)
+    for word in words.split():
+        command = command.commands[word]
+    return command
 
 
-def test_required_options_and_types_come_from_the_cli(tmp_path):
-    model = steps.option_model("model.deploy")
+@pytest.mark.parametrize("kind", sorted(steps.CAPABILITIES))
+def test_step_options_are_the_cli_options(kind):
+    """A step's with: and its command's flags come from one declaration (evc.options)."""
+    cap = steps.CAPABILITIES[kind]
+    params = {p.name: p for p in _click_command(cap.command).params}
+    for name, field in cap.options.model_fields.items():
+        assert name in params, (kind, name)
+        flag = flag_of(cap.options, name)
+        if flag.startswith("--"):
+            assert any(o.startswith(flag) for o in params[name].opts), (kind, flag)
+        if not field.is_required():
+            default = field.get_default(call_default_factory=True)
+            assert params[name].default in (default, None if default == [] else default)
+        assert params[name].required == field.is_required(), (kind, name)
+
+
+def test_required_options_and_types_come_from_the_options_model():
+    model = steps.CAPABILITIES["model.deploy"].options
     assert model.model_fields["ref"].is_required()
     assert not model.model_fields["serial"].is_required()
-    assert model.model_validate({"ref": "a:1", "serial": 2}).serial == "2"  # like --serial 2
-    assert steps.target_param("model.deploy").required
-    assert steps.target_param("cert.push").default == "all"
-    assert steps.target_param("model.build") is None
+    deploy = model.model_validate({"ref": "a:1", "target": "lab", "serial": 2})
+    assert deploy.serial == "2"  # like --serial 2
+    assert model.model_fields["target"].is_required()
+    assert steps.CAPABILITIES["cert.push"].options.model_fields["target"].default == "all"
+    assert not steps.takes_target("model.build")
 
 
 def test_plan_shows_the_equivalent_cli_command(tmp_path):
@@ -124,7 +129,8 @@ def test_plan_shows_the_equivalent_cli_command(tmp_path):
     assert commands["build-yolo"] == (
         "evc model build yolo-onnx --runtime yolo-onnx --version 1.0 --weights yolov8n.yaml --force"
     )
-    assert commands["infer-faces"].endswith("--target lab --shard-size 1")
+    assert commands["infer-faces"].startswith("evc infer run face-haar:1.0 lab --data ")
+    assert commands["infer-faces"].endswith("--shard-size 1")
 
 
 # --------------------------------------------------------------------- variables, anchors
@@ -147,17 +153,15 @@ def test_interpolation_keeps_types_and_nests(tmp_path, monkeypatch):
     s = scenario.load(write(tmp_path, BASE + """\
   - do: model.deploy
     target: ${group}:&profile_rpi
-    with: {ref: "${ref}", serial: "${n}", max_fail_percent: "${n}", memory: "$${literal}"}
-  - do: model.push
-    name: p
-    with: {ref: "x:${home}"}
+    with: {ref: "${ref}", serial: "${n}", max_fail_percent: "${n}"}
+  - do: model.build
+    with: {name: m, runtime: face-haar, version: "1", owner: "$${literal} in ${home}"}
 """))  # fmt: skip
     deploy, push = s.steps
     assert deploy.target == "lab:&profile_rpi"
-    assert deploy.options["ref"] == "face:1.0"
-    assert deploy.options["serial"] == "2" and deploy.options["max_fail_percent"] == 2
-    assert deploy.options["memory"] == "${literal}"
-    assert push.options["ref"] == "x:/srv"
+    assert deploy.options.ref == "face:1.0"
+    assert deploy.options.serial == "2" and deploy.options.max_fail_percent == 2
+    assert push.options.owner == "${literal} in /srv"
     assert s.vars["ref"] == "face:1.0"
 
 
@@ -165,7 +169,7 @@ def test_var_overrides_from_the_command_line(tmp_path, monkeypatch):
     monkeypatch.setenv("EVC_TEST_HOME", "/srv")
     path = write(tmp_path, BASE + "  - {do: model.push, with: {ref: '${ref}'}}\n")
     s = scenario.load(path, parse_vars(["ver=2.5", "n=3"]))
-    assert s.steps[0].options["ref"] == "face:2.5" and s.vars["n"] == 3
+    assert s.steps[0].options.ref == "face:2.5" and s.vars["n"] == 3
     with pytest.raises(UsageError, match=r"--var vre: .* no such variable \(did you mean 'ver'"):
         scenario.load(path, {"vre": "1"})
     with pytest.raises(UsageError, match="expected NAME=VALUE"):
@@ -194,8 +198,8 @@ steps:
 """))  # fmt: skip
     a, b = s.steps
     assert a.target == b.target == "lab" and a.continue_on_error
-    assert a.options["cpus"] == 0.5 and a.options["memory"] == "256m"
-    assert b.options["cpus"] == 1.5 and b.options["ref"] == "m:2"
+    assert a.options.cpus == 0.5 and a.options.memory == "256m"
+    assert b.options.cpus == 1.5 and b.options.ref == "m:2"
 
 
 def test_unknown_keys_suggest_the_near_one_with_file_line_column(tmp_path):
@@ -264,8 +268,8 @@ version: 1
 steps:
   - {do: infer.run, with: {model: "m:1", data: imgs}}
 """))  # fmt: skip
-    assert s.steps[0].options["data"] == tmp_path / "cfg" / "imgs"
-    assert s.steps[0].options["target"] == "all"  # the command's default
+    assert s.steps[0].options.data == tmp_path / "cfg" / "imgs"
+    assert s.steps[0].options.target == "all"  # the command's default
 
 
 # --------------------------------------------------------------------- through the CLI
@@ -327,11 +331,11 @@ steps:
 
 def test_grafana_build_step_writes_the_dashboards(workspace, tmp_path):
     """The step writes what `evc grafana build [--out DIR]` writes and reports where."""
-    outcome = steps.run("grafana.build", workspace, {"out": None}, progress=False)
+    outcome = steps.run("grafana.build", workspace, grafana.BuildOptions(), SILENT)
     assert outcome.ok and outcome.detail and all(Path(p).is_file() for p in outcome.detail)
     assert all(Path(p).suffix in (".json", ".yaml", ".yml") for p in outcome.detail)
     out = tmp_path / "g"
-    outcome = steps.run("grafana.build", workspace, {"out": out}, progress=False)
+    outcome = steps.run("grafana.build", workspace, grafana.BuildOptions(out=out), SILENT)
     assert outcome.ok and str(out) in outcome.summary
     assert any(p.endswith("fleet.json") for p in outcome.detail)
     assert all(Path(p).is_relative_to(out) and Path(p).is_file() for p in outcome.detail)

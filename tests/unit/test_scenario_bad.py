@@ -17,11 +17,11 @@ BAD = Path(__file__).parent / "scenario_bad"
 # file: (line, fragment of the message)
 EXPECTED = {
     "bad-anchor.yaml": (5, "found undefined alias 'commn'"),
-    "bad-device.yaml": (4, "devices[1].name: use letters, digits"),
+    "bad-device.yaml": (4, "devices[1].name: 'bad name' is not a device name: letters, digits"),
     "bad-var-name.yaml": (3, "variable name '2fast'"),
     "bad-when.yaml": (5, "steps[0].when: 'n >' is not an expression"),
     "bad-yaml.yaml": (5, "not valid YAML: while parsing a flow sequence"),
-    "device-add-bad-host.yaml": (4, "invalid device: host: expected an IPv4/IPv6 address"),
+    "device-add-bad-host.yaml": (4, "with.host: '999.1.1.1' is not an IPv4/IPv6 address"),
     "duplicate-default-names.yaml": (5, "two steps are named 'cert.push'"),
     "duplicate-key.yaml": (5, "key 'name' appears twice (first on line 3)"),
     "duplicate-names.yaml": (5, "two steps are named 'trust'"),

@@ -362,7 +362,7 @@ def test_systemd_unit_runs_this_evc_for_this_workspace(workspace):
     unit = monitor.systemd_unit(workspace, 15, "lab", offline_after=2)
     exec_start = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
     assert exec_start.split("=", 1)[1].startswith("/")
-    assert exec_start.endswith("monitor --interval 15 --target lab --offline-after 2")
+    assert exec_start.endswith("monitor lab --interval 15 --offline-after 2")
     assert f"Environment=EVC_HOME={workspace.root}" in unit
     assert "[Install]" in unit and "WantedBy=multi-user.target" in unit
 
@@ -401,11 +401,9 @@ def test_monitor_outlives_a_failing_round_and_stops_on_sigterm(workspace, monkey
     import signal
     import threading
 
-    from evc import ansible
-
     calls = []
 
-    def collect(ws, target, progress, offline_after):
+    def collect(ws, options):
         calls.append(time.monotonic())
         time.sleep(0.05)
         if len(calls) == 2:
@@ -413,7 +411,7 @@ def test_monitor_outlives_a_failing_round_and_stops_on_sigterm(workspace, monkey
         return None
 
     monkeypatch.setattr(telemetry, "collect", collect)
-    monkeypatch.setattr(ansible, "resolve_hosts", lambda inventory, target: ["n1"])
+    monkeypatch.setattr(monitor, "resolve_hosts", lambda inventory, target: ["n1"])
     reports = []
     summary = monitor.run(workspace, 0.01, rounds=4, on_round=reports.append)
     assert (summary.rounds, summary.failed_rounds, summary.stopped_by) == (4, 1, None)
