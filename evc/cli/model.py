@@ -19,6 +19,12 @@ app = typer.Typer(
 
 REF = typer.Argument(..., help="NAME:VERSION")
 VERBOSE = typer.Option(False, "--verbose", "-V", help="Show the whole build log.")
+TRUST_WEIGHTS = typer.Option(
+    False,
+    "--trust-weights",
+    help="Export pickled .pt weights even when they are not your own file (loading a .pt "
+    "runs code inside it).",
+)
 
 
 def _size(n: int | None) -> str:
@@ -49,11 +55,22 @@ def _print_model(m, json: bool) -> None:
 
 
 @command(app, BuildOptions)
-def build(options: BuildOptions, json: bool = JSON, verbose: bool = VERBOSE) -> None:
-    """Build a model image, run its selftest, tag it REGISTRY/evc/NAME:VERSION-ARCH."""
+def build(
+    options: BuildOptions,
+    trust_weights: bool = TRUST_WEIGHTS,
+    json: bool = JSON,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Build a model image, run its selftest, tag it REGISTRY/evc/NAME:VERSION-ARCH.
+
+    .pt weights are exported to ONNX here with ultralytics, which unpickles them: that runs
+    any code inside the file. A .pt that is not your own file is refused unless
+    --trust-weights.
+    """
     from evc.model import build as b
 
-    _print_model(b.build(workspace(), options, progress(json, verbose)), json)
+    model = b.build(workspace(), options, progress(json, verbose), trust_weights=trust_weights)
+    _print_model(model, json)
 
 
 @command(app, PushOptions)

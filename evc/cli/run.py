@@ -67,6 +67,12 @@ def start(
     start: str = typer.Option(None, "--from", help="Start at this step (resume a failed run)."),
     only: list[str] = typer.Option(None, "--only", help="Run only this step (repeatable)."),
     var: list[str] = VAR,
+    trust_weights: bool = typer.Option(
+        False,
+        "--trust-weights",
+        help="Let model.build steps export pickled .pt weights that are not your own file "
+        "(loading a .pt runs code inside it).",
+    ),
     json: bool = JSON,
 ) -> None:
     """Run a run-config (the default: `evc run FILE`): checked whole first, then step by step."""
@@ -93,6 +99,7 @@ def start(
         only=only,
         progress=progress(json),
         on_step=None if json else _Live(len(selected)),
+        trust_weights=trust_weights,
     )
     if json:
         print_json(run)

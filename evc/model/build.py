@@ -154,8 +154,18 @@ class BuildOptions(Options):
     force: bool = opt(False, help="Rebuild a version already in the catalogue.")
 
 
-def build(ws: Workspace, options: BuildOptions, progress: Progress = SILENT) -> Model:
-    """Build, smoke-test, tag and catalogue one model image."""
+def build(
+    ws: Workspace,
+    options: BuildOptions,
+    progress: Progress = SILENT,
+    *,
+    trust_weights: bool = False,
+) -> Model:
+    """Build, smoke-test, tag and catalogue one model image.
+
+    ``trust_weights`` allows exporting pickled weights (.pt) that are not the user's own
+    file (see runtimes.check_weights): it is the operator's word, never a run-config's.
+    """
     started = time.monotonic()
     o = options
     name, version, owner, base_image = o.name, o.version, o.owner, o.base_image
@@ -167,7 +177,7 @@ def build(ws: Workspace, options: BuildOptions, progress: Progress = SILENT) -> 
         raise UsageError(f"runtime {rt.name} does {rt.task!r}, not {task!r}")
     weights = Path(weights) if weights else None
     weights = builtin_weights(weights) if weights else None
-    check_weights(rt, weights)
+    check_weights(rt, weights, trust_pickle=trust_weights)
     existing = list(
         evcdb.workspace_db(ws).query(
             "SELECT 1 FROM models WHERE name = ? AND version = ?", [name, version]

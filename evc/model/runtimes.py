@@ -133,7 +133,25 @@ def sha256_file(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def check_weights(rt: Runtime, weights: Path | None) -> None:
+PICKLED = (".pt", ".pth")  # torch checkpoints: loading one runs the code pickled in it
+
+
+def not_own_file(path: Path) -> str | None:
+    """Why ``path`` is not the user's own file (None when it is): owned by another user, or
+    writable by others, or in a folder others can write to, so someone else could have put
+    or swapped it there."""
+    st, parent = path.stat(), path.resolve().parent.stat()
+    uid = os.getuid()
+    if st.st_uid != uid:
+        return f"it belongs to uid {st.st_uid}, not to you (uid {uid})"
+    if st.st_mode & 0o022:
+        return "others can write to it"
+    if parent.st_mode & 0o002 and not parent.st_mode & 0o1000:
+        return f"anyone can write to its folder {path.resolve().parent}"
+    return None
+
+
+def check_weights(rt: Runtime, weights: Path | None, *, trust_pickle: bool = False) -> None:
     formats = rt.weights.get("formats") or []
     if weights is None:
         if rt.weights.get("required"):
@@ -152,6 +170,14 @@ def check_weights(rt: Runtime, weights: Path | None) -> None:
         raise UsageError(
             f"weights file {weights} is a {weights.suffix or 'file without extension'}; "
             f"runtime {rt.name} takes {', '.join(formats)}"
+        )
+    exported = weights.suffix.lower() != Path(rt.weights.get("file", weights.name)).suffix
+    why = not_own_file(weights) if weights.suffix.lower() in PICKLED and exported else None
+    if why and not trust_pickle:
+        raise UsageError(
+            f"weights file {weights} is a pickle: exporting it to ONNX on this controller runs "
+            f"any code inside it, and {why}. Use your own copy of a file you trust, or pass "
+            "--trust-weights if you trust this one."
         )
     if weights.suffix.lower() == ".onnx" and importlib.util.find_spec("onnx"):
         import onnx

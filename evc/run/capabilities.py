@@ -136,10 +136,8 @@ def _registry_up(ws, o: registry.UpOptions, _progress) -> Outcome:
 
 def _cert_check(ws, o: certs.CheckOptions, progress) -> Outcome:
     result = certs.check(ws, o, progress)
-    n, bad = (
-        len(result.checks),
-        sum(not (c.state == "ok" and c.trusts_current_ca) for c in result.checks),
-    )
+    n = len(result.checks)
+    bad = sum(not (c.state == "ok" and c.trusts_current_ca) for c in result.checks)
     return Outcome(
         ok=result.ok,
         summary=f"cert check: {n - bad} of {n} hosts trust the CA",
@@ -148,8 +146,8 @@ def _cert_check(ws, o: certs.CheckOptions, progress) -> Outcome:
     )
 
 
-def _model_build(ws, o: build.BuildOptions, progress) -> Outcome:
-    m = build.build(ws, o, progress)
+def _model_build(ws, o: build.BuildOptions, progress, *, trust_weights: bool = False) -> Outcome:
+    m = build.build(ws, o, progress, trust_weights=trust_weights)
     return Outcome(True, f"built {m.ref} ({m.image}) in {m.build_s} s", detail=m.to_dict())
 
 
@@ -232,6 +230,11 @@ def takes_target(kind: str) -> bool:
     return TARGET in CAPABILITIES[kind].options.model_fields
 
 
-def run(kind: str, ws: Workspace, options: Options, progress: Progress) -> Outcome:
-    """Carry out one step with its validated options."""
+def run(
+    kind: str, ws: Workspace, options: Options, progress: Progress, *, trust_weights: bool = False
+) -> Outcome:
+    """Carry out one step with its validated options. ``trust_weights`` is the operator's
+    `evc run --trust-weights` (a run-config cannot say it for itself)."""
+    if kind == "model.build":
+        return _model_build(ws, options, progress, trust_weights=trust_weights)
     return CAPABILITIES[kind].run(ws, options, progress)

@@ -39,8 +39,12 @@ def execute(
     only: list[str] | None = None,
     progress: Progress = SILENT,
     on_step: Listener | None = None,
+    trust_weights: bool = False,
 ) -> dict[str, Any]:
-    """Run ``selected`` (steps of ``scenario``) and return the run as ``get_run`` does."""
+    """Run ``selected`` (steps of ``scenario``) and return the run as ``get_run`` does.
+
+    ``trust_weights`` is the operator's permission to export pickled weights that are not
+    their own file (`evc run --trust-weights`)."""
     db = evcdb.workspace_db(ws)
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
     chosen = {s.index for s in selected}
@@ -81,7 +85,7 @@ def execute(
             if stopped_at:
                 _update(db, run_id, step, {"state": "not_run"})
                 continue
-            outcome = _run_step(ws, db, run_id, scenario, step, progress, on_step)
+            outcome = _run_step(ws, db, run_id, scenario, step, progress, on_step, trust_weights)
             ok += outcome.ok
             failed += not outcome.ok
             if not outcome.ok and not step.continue_on_error:
@@ -118,6 +122,7 @@ def _run_step(
     step: Step,
     progress: Progress,
     on_step: Listener | None,
+    trust_weights: bool,
 ) -> capabilities.Outcome:
     started = time.time()
     _update(db, run_id, step, {"state": "running", "started": started})
@@ -127,7 +132,9 @@ def _run_step(
         if step.kind == ENROL:
             outcome = capabilities.enrol(ws, scenario.devices, progress)
         else:
-            outcome = capabilities.run(step.kind, ws, step.options, progress)
+            outcome = capabilities.run(
+                step.kind, ws, step.options, progress, trust_weights=trust_weights
+            )
     except EVCError as exc:
         if exc.exit_code == 130:  # an inference job stopped by Ctrl-C
             raise

@@ -119,3 +119,43 @@ def test_a_bare_yolo_config_name_is_the_one_ultralytics_ships(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "yolov8n.yaml").write_text("nc: 1\n")
     assert runtimes.builtin_config(Path("yolov8n.yaml")) is None  # a file here wins
+
+
+def _malicious_pt(path: Path, marker: Path) -> Path:
+    """A torch checkpoint whose unpickling runs `touch MARKER` (what a hostile .pt does)."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    path.write_bytes(pickle.dumps({"model": Payload()}))
+    return path
+
+
+def test_someone_elses_pickle_is_not_loaded_without_trust_weights(workspace, tmp_path):
+    """A .pt is unpickled to export it: one that is not the user's own file (another owner,
+    or writable by others) is refused, so its code never runs on the controller."""
+    import os
+
+    evc("registry", "init", "--host", "10.0.0.1", check=0)  # files only, no container
+    marker = tmp_path / "PWNED"
+    theirs = _malicious_pt(tmp_path / "theirs.pt", marker)
+    os.chown(theirs, 65534, 65534)
+    err = _build("m", "--runtime", "yolo-onnx", "--version", "1", "--weights", theirs)
+    assert "is a pickle" in err and "belongs to uid 65534" in err and "--trust-weights" in err
+    shared = _malicious_pt(tmp_path / "shared.pt", marker)
+    shared.chmod(0o666)
+    assert "others can write to it" in _build(
+        "m", "--runtime", "yolo-onnx", "--version", "1", "--weights", shared
+    )
+    run_cfg = tmp_path / "r.yaml"
+    run_cfg.write_text(
+        "version: 1\nsteps:\n  - do: model.build\n"
+        f"    with: {{name: m, runtime: yolo-onnx, version: '1', weights: {theirs}}}\n"
+    )
+    ran = evc("run", run_cfg, check=1)  # a run-config cannot trust it for the operator
+    assert "--trust-weights" in ran.stdout + ran.stderr
+    assert not marker.exists()
