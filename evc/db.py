@@ -18,10 +18,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from evc import redact
 
 if TYPE_CHECKING:  # imported where a database is opened: `evc --help` stays fast
     import sqlite_utils
@@ -441,15 +443,23 @@ def record_run(db: sqlite_utils.Database, run) -> None:
                 "unreachable": r.unreachable,
                 "skipped": r.skipped,
                 "failed_task": r.failed_task,
-                "message": r.message,
+                "message": r.message and redact.text(r.message),
             }
             _upsert(db, "host_results", host_row, ("run_id", "host"))
 
 
 def audit(
-    db: sqlite_utils.Database, command: str, args: list[str], exit_code: int, duration_s: float
+    db: sqlite_utils.Database,
+    command: str,
+    args: list[str],
+    exit_code: int,
+    duration_s: float,
+    *,
+    flags: Collection[str] = (),
 ) -> None:
-    """One audit_log row: who ran which command, how it ended and how long it took."""
+    """One audit_log row: who ran which command, how it ended and how long it took.
+    Secrets in ``args`` are masked (evc.redact); ``flags`` are the options that take
+    no value."""
     try:
         user = getpass.getuser()
     except Exception:
@@ -458,7 +468,14 @@ def audit(
         db.execute(
             "INSERT INTO audit_log (at, user, command, args, exit_code, duration_s) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            [time.time(), user, command, json.dumps(list(args)), exit_code, round(duration_s, 3)],
+            [
+                time.time(),
+                user,
+                redact.text(command),
+                json.dumps(redact.args(list(args), flags)),
+                exit_code,
+                round(duration_s, 3),
+            ],
         )
 
 
