@@ -137,9 +137,7 @@ def _by_ctrl_c(exc: BaseException) -> bool:
 
 
 def _fail(message: str, code: int) -> int:
-    from rich.markup import escape
+    from evc.console import err, line, styled
 
-    from evc.console import err
-
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    line(styled("error:", "bold red"), f" {message}", console=err, soft_wrap=True)
     return code

@@ -29,7 +29,7 @@ def build(options: BuildOptions, json: bool = JSON) -> None:
         print_json([str(p) for p in paths])
         return
     for path in paths:
-        console.print(f"wrote {path}", highlight=False, markup=False)
+        console.print(f"wrote {path}", highlight=False)
 
 
 @app.command()
@@ -91,7 +91,7 @@ def push(
 ) -> None:
     """Create or update the EVC datasource and dashboards in a running Grafana, by uid."""
     from evc import grafana
-    from evc.console import STATE_STYLE, out, print_json, print_table
+    from evc.console import STATE_STYLE, out, print_json, print_table, state
 
     token = os.environ.get(token_env) or typer.prompt(
         f"Grafana token ({token_env} is not set)", hide_input=True, default="",
@@ -106,7 +106,7 @@ def push(
         print_table(
             f"push to {result.url} (Grafana {result.grafana_version})",
             ["kind", "uid", "title", "result", "error"],
-            [[i.kind, i.uid, i.title, f"[{style[i.action]}]{i.action}[/]", i.error or ""]
+            [[i.kind, i.uid, i.title, state(i.action, style), i.error or ""]
              for i in result.items],
         )  # fmt: skip
         bad = sum(i.action == "failed" for i in result.items)
