@@ -351,8 +351,9 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
 
 def _create_private(path: Path) -> None:
     """Create the database file 0600 before SQLite opens it (SQLite gives its -wal and
-    -shm files the database file's permissions), and take group and other access away
-    from the files of a database that an older EVC created world-readable."""
+    -shm files the database file's permissions), and make the files of a database
+    that an older EVC created world-readable 0600 again. Group access without world
+    access is left alone: that is a deliberate share (a system Grafana's group)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -361,7 +362,7 @@ def _create_private(path: Path) -> None:
     for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
         try:
             mode = file.stat().st_mode
-            if mode & 0o077:
+            if mode & 0o007:
                 os.chmod(file, mode & 0o700)
         except (FileNotFoundError, PermissionError):  # gone; or another user's to fix
             pass

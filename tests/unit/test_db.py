@@ -205,3 +205,7 @@ def test_a_world_readable_database_from_an_older_evc_is_tightened_on_open(tmp_pa
     evcdb.connect(path)
     assert _modes(tmp_path) == {"evc.db": 0o600, "evc.db-wal": 0o600, "evc.db-shm": 0o600}
     old.close()
+    for p in tmp_path.glob("evc.db*"):  # shared with a group on purpose: kept
+        p.chmod(0o640)
+    evcdb.connect(path)
+    assert set(_modes(tmp_path).values()) == {0o640}
