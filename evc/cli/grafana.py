@@ -42,29 +42,59 @@ def up(
         help="Install frser-sqlite-datasource at start (needs network); "
         "--no-install-plugin for an image that has it.",
     ),
+    allow_anonymous: bool = typer.Option(
+        False,
+        "--allow-anonymous",
+        help="Let anyone who reaches the port view the dashboards without logging in "
+        "(Viewer role). Default: everyone logs in.",
+    ),
     json: bool = JSON,
 ) -> None:
-    """Run Grafana in a container with the EVC dashboards and this workspace's database."""
+    """Run Grafana in a container with the EVC dashboards and this workspace's database
+    (read-only); the admin password is generated once, 0600 in .evc/."""
     from evc.console import out, print_json
     from evc.grafana import server
 
+    ws = workspace()
     result = server.up(
-        workspace(), image or server.DEFAULT_IMAGE, port, bind, install_plugin,
-        progress=progress(json),
+        ws, image or server.DEFAULT_IMAGE, port, bind, install_plugin,
+        allow_anonymous=allow_anonymous, progress=progress(json),
     )  # fmt: skip
     if json:
         print_json(result.to_dict())
         return
+    viewers = "anyone may view" if result.anonymous else "everyone logs in"
     out.print(
-        f"Grafana is up at {result.url} (container {result.container}, image {result.image}); "
-        "dashboards are in the EVC folder. Viewers need no login; admin/admin edits.",
+        f"Grafana is up at {result.url} (container {result.container}, image {result.image}, "
+        f"database read-only, kept open by {result.keeper}); dashboards are in the EVC "
+        f"folder; {viewers}.",
         highlight=False,
     )
+    if result.password_created:
+        out.print(
+            f"Log in as {server.ADMIN_USER} with the password {server.admin_password(ws)} "
+            f"(shown once; kept 0600 in {result.password_file}; `evc grafana password` "
+            "shows it again).",
+            highlight=False,
+        )
+    else:
+        out.print(
+            f"Log in as {server.ADMIN_USER}; `evc grafana password` shows the password.",
+            highlight=False,
+        )
+
+
+@app.command()
+def password() -> None:
+    """Print the Grafana admin password that `evc grafana up` generated."""
+    from evc.grafana import server
+
+    typer.echo(server.admin_password(workspace()))
 
 
 @app.command()
 def down(json: bool = JSON) -> None:
-    """Remove this workspace's Grafana container."""
+    """Remove this workspace's Grafana container and its database keeper."""
     from evc.console import out, print_json
     from evc.grafana import server
 
