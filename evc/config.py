@@ -7,53 +7,100 @@ the first folder with an ``evc.yaml``.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from evc import names, yamlpos
 from evc.errors import UsageError
+from evc.problems import Problems, pydantic_problems
 
 CONFIG_FILE = "evc.yaml"
-_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
-DEFAULTS: dict[str, Any] = {
-    "name": "default",
-    "lab": {"name": "evc", "subnet": "172.28.0.0/24"},
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LabSettings(_Section):
+    name: names.WorkspaceName = "evc"  # prefix of the lab's containers and network
+    subnet: str = "172.28.0.0/24"
+
+
+def _missed_checks(value: int) -> int:
+    if value < 1:
+        raise ValueError(
+            f"{value} is not a number of missed checks: expected a whole number, at least 1"
+        )
+    return value
+
+
+class TelemetrySettings(_Section):
     # A node that misses this many checks in a row (telemetry rounds, pings) is offline.
-    "telemetry": {"offline_after": 3},
-}
+    offline_after: Annotated[StrictInt, AfterValidator(_missed_checks)] = 3
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(base[key], value) if isinstance(base.get(key), dict) else value
-    return out
+class Settings(_Section):
+    """``evc.yaml``: every key is known (a misspelt one is an error, not a silent default)."""
+
+    name: names.WorkspaceName = "default"
+    lab: LabSettings = Field(default_factory=LabSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+
+def _allowed(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Settings
+    for key in loc:
+        annotation = model.model_fields[key].annotation if key in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and check ``evc.yaml``; a UsageError lists every problem, located."""
+    problems = Problems(path, kind="workspace settings file")
+    try:
+        problems.located = yamlpos.load(path)
+    except yamlpos.YamlProblem as exc:
+        problems.items.append((exc.line, exc.column, "", exc.message + "."))
+        problems.raise_if_any()
+    data = problems.located.data
+    if data is not None and not isinstance(data, dict):
+        problems.add((), f"expected a mapping of settings, got a {type(data).__name__}.")
+        problems.raise_if_any()
+    try:
+        return Settings.model_validate(data or {})
+    except ValidationError as exc:
+        pydantic_problems(problems, exc, (), _allowed)
+        problems.raise_if_any()
+        raise
 
 
 @dataclass(frozen=True)
 class Workspace:
     root: Path
-    settings: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
+    settings: Settings = field(default_factory=Settings)
 
     @property
     def name(self) -> str:
-        return self.settings["name"]
+        return self.settings.name
 
     @property
     def lab_name(self) -> str:
-        return self.settings["lab"]["name"]
+        return self.settings.lab.name
 
     @property
     def lab_subnet(self) -> str:
-        return self.settings["lab"]["subnet"]
+        return self.settings.lab.subnet
 
     @property
     def offline_after(self) -> int:
-        return self.settings["telemetry"]["offline_after"]
+        return self.settings.telemetry.offline_after
 
     @property
     def inventory_dir(self) -> Path:
@@ -83,31 +130,7 @@ class Workspace:
 
     @classmethod
     def load(cls, root: Path) -> Workspace:
-        path = root / CONFIG_FILE
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML ({exc}).") from None
-        if not isinstance(raw, dict):
-            raise UsageError(f"{path}: expected a mapping of settings, got {type(raw).__name__}.")
-        settings = _merge(DEFAULTS, raw)
-        for key, value in (("name", settings["name"]), ("lab.name", settings["lab"]["name"])):
-            if not isinstance(value, str) or not _NAME_RE.match(value):
-                raise UsageError(
-                    f"{path}: {key} is {value!r}; expected lower-case letters, digits and "
-                    "'-', starting with a letter, at most 31 characters."
-                )
-        after = (
-            settings["telemetry"].get("offline_after")
-            if isinstance(settings["telemetry"], dict)
-            else None
-        )
-        if isinstance(after, bool) or not isinstance(after, int) or after < 1:
-            raise UsageError(
-                f"{path}: telemetry.offline_after is {after!r}; expected a whole number of "
-                "missed checks, at least 1 (default 3)."
-            )
-        return cls(root=root.resolve(), settings=settings)
+        return cls(root=root.resolve(), settings=load_settings(root / CONFIG_FILE))
 
     @classmethod
     def find(cls, start: Path | None = None) -> Workspace:
@@ -135,11 +158,10 @@ def init_workspace(root: Path, name: str = "default") -> Workspace:
     root.mkdir(parents=True, exist_ok=True)
     config = root / CONFIG_FILE
     if not config.exists():
-        if not _NAME_RE.match(name):
-            raise UsageError(f"Workspace name {name!r}: use lower-case letters, digits and '-'.")
+        names.check(names.WORKSPACE_NAME, name, "workspace name")
         config.write_text(
             "# EVC workspace settings; see README.md.\n"
-            + yaml.safe_dump({"name": name, "lab": dict(DEFAULTS["lab"])}, sort_keys=False)
+            + yaml.safe_dump({"name": name, "lab": LabSettings().model_dump()}, sort_keys=False)
         )
     for sub in ("db", "inventories"):
         (root / sub).mkdir(exist_ok=True)

@@ -1,4 +1,4 @@
-"""Terminal output shared by the CLI and core functions: consoles, progress, tables, JSON."""
+"""Terminal output shared by the CLI: consoles, styled text, tables, JSON."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
-out = Console()
-err = Console(stderr=True)
+# Markup and emoji codes off: what EVC prints (file names, node messages, labels, error
+# messages) is shown as written, so ``photo[/]1.jpg`` or ``[link=...]`` is text, never a
+# style or a markup error. What is meant to be styled is a rich Text: styled(), state().
+out = Console(markup=False, emoji=False)
+err = Console(stderr=True, markup=False, emoji=False)
 for _console in (out, err):
     # Piped into a file or a CI log: rich would assume 80 columns and squeeze tables.
     if not _console.is_terminal and "COLUMNS" not in os.environ:
@@ -26,24 +29,22 @@ STATE_STYLE = {
     "skipped": "dim",
 }
 
-
-class _Line:
-    def __init__(self, status):
-        self._status = status
-
-    def update(self, text: str) -> None:
-        if self._status is not None:
-            self._status.update(text)
+Cell = str | Text  # a str is plain text; a Text carries its own style
 
 
-@contextmanager
-def progress_line(title: str, enabled: bool = True):
-    """A live one-line status on stderr while long work runs (silent when not a terminal)."""
-    if not enabled or not err.is_terminal:
-        yield _Line(None)
-        return
-    with err.status(title) as status:
-        yield _Line(status)
+def styled(text: Any, style: str) -> Text:
+    """``text`` (taken literally) in ``style``."""
+    return Text(str(text), style=style)
+
+
+def state(value: str, styles: dict[str, str] = STATE_STYLE) -> Text:
+    """A state word in its colour (ok green, failed red, ...)."""
+    return styled(value, styles.get(value, ""))
+
+
+def line(*parts: Cell, console: Console = out, **kwargs: Any) -> None:
+    """One line from plain strings and styled Text parts."""
+    console.print(Text.assemble(*parts), highlight=False, **kwargs)
 
 
 def print_json(data: Any) -> None:
@@ -53,22 +54,21 @@ def print_json(data: Any) -> None:
 RICH_TABLE_MAX_ROWS = 200
 
 
-def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+def print_table(title: str, columns: list[str], rows: list[list[Cell]]) -> None:
     """A rich table, or plain aligned text past RICH_TABLE_MAX_ROWS (rich lays out
-    every cell: 10,000 rows take ~10 s; plain text takes milliseconds)."""
+    every cell: 10,000 rows take ~10 s; plain text takes milliseconds). A str cell is
+    shown as written; styled cells are Text (styled(), state())."""
     if len(rows) <= RICH_TABLE_MAX_ROWS:
         from rich.table import Table
 
-        table = Table(title=title)
+        table = Table(title=Text(title))
         for col in columns:
-            table.add_column(col, overflow="fold")  # wrap, never cut, in narrow output
+            table.add_column(Text(col), overflow="fold")  # wrap, never cut, in narrow output
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in row))
         out.print(table)
         return
-    from rich.text import Text
-
-    plain = [[Text.from_markup(c).plain if "[" in c else c for c in row] for row in rows]
+    plain = [[c.plain if isinstance(c, Text) else c for c in row] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in plain)) for i, c in enumerate(columns)]
     lines = [title, "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in plain]

@@ -18,10 +18,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from evc import redact
 
 if TYPE_CHECKING:  # imported where a database is opened: `evc --help` stays fast
     import sqlite_utils
@@ -348,13 +350,22 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
 
 
 def _create_private(path: Path) -> None:
-    """Create the database file 0600 before SQLite opens it: SQLite gives its -wal and
-    -shm files the database file's permissions, so none of them is world-readable."""
+    """Create the database file 0600 before SQLite opens it (SQLite gives its -wal and
+    -shm files the database file's permissions), and make the files of a database
+    that an older EVC created world-readable 0600 again. Group access without world
+    access is left alone: that is a deliberate share (a system Grafana's group)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
         pass
+    for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+        try:
+            mode = file.stat().st_mode
+            if mode & 0o007:
+                os.chmod(file, mode & 0o700)
+        except (FileNotFoundError, PermissionError):  # gone; or another user's to fix
+            pass
 
 
 def connect(path: Path, *, migrated: bool = False) -> sqlite_utils.Database:
@@ -433,15 +444,23 @@ def record_run(db: sqlite_utils.Database, run) -> None:
                 "unreachable": r.unreachable,
                 "skipped": r.skipped,
                 "failed_task": r.failed_task,
-                "message": r.message,
+                "message": r.message and redact.text(r.message),
             }
             _upsert(db, "host_results", host_row, ("run_id", "host"))
 
 
 def audit(
-    db: sqlite_utils.Database, command: str, args: list[str], exit_code: int, duration_s: float
+    db: sqlite_utils.Database,
+    command: str,
+    args: list[str],
+    exit_code: int,
+    duration_s: float,
+    *,
+    flags: Collection[str] = (),
 ) -> None:
-    """One audit_log row: who ran which command, how it ended and how long it took."""
+    """One audit_log row: who ran which command, how it ended and how long it took.
+    Secrets in ``args`` are masked (evc.redact); ``flags`` are the options that take
+    no value."""
     try:
         user = getpass.getuser()
     except Exception:
@@ -450,7 +469,14 @@ def audit(
         db.execute(
             "INSERT INTO audit_log (at, user, command, args, exit_code, duration_s) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            [time.time(), user, command, json.dumps(list(args)), exit_code, round(duration_s, 3)],
+            [
+                time.time(),
+                user,
+                redact.text(command),
+                json.dumps(redact.args(list(args), flags)),
+                exit_code,
+                round(duration_s, 3),
+            ],
         )
 
 

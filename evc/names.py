@@ -57,6 +57,11 @@ MEMORY = _pattern(
     r"[1-9][0-9]{0,12}[bkmgBKMG]?",
     "a memory size: a whole number with an optional unit b, k, m or g (e.g. 512m, 2g)",
 )
+WORKSPACE_NAME = _pattern(
+    r"[a-z][a-z0-9-]{0,30}",
+    "a name of lower-case letters, digits and '-', starting with a letter, at most 31 "
+    "characters (it names containers, networks and the inventory folder)",
+)
 SERIAL = _pattern(r"[1-9][0-9]{0,5}%?", "a batch size: a count like 2 or a percentage like 25%")
 
 
@@ -116,6 +121,7 @@ ModelOrRef = Annotated[str, AfterValidator(_model_or_ref)]
 Target = Annotated[str, AfterValidator(_target)]
 Memory = Annotated[str, AfterValidator(MEMORY)]
 Serial = Annotated[str, AfterValidator(SERIAL)]
+WorkspaceName = Annotated[str, AfterValidator(WORKSPACE_NAME)]
 Owner = Annotated[str, AfterValidator(_text(128))]
 LabelValue = Annotated[str, AfterValidator(_text(256))]
 

@@ -19,6 +19,7 @@ class Problems:
     path: Path
     located: yamlpos.Located | None = None
     items: list[tuple[int, int, str, str]] = field(default_factory=list)
+    kind: str = "run-config"  # what the file should have been
 
     def add(self, where: tuple, message: str) -> None:
         line, col = self.located.where(where) if self.located else (1, 1)
@@ -33,7 +34,7 @@ class Problems:
         ]
         count = f"{len(lines)} problem{'s' if len(lines) > 1 else ''}"
         raise UsageError(
-            f"{self.path} is not a valid run-config ({count}; nothing was run):\n"
+            f"{self.path} is not a valid {self.kind} ({count}; nothing was run):\n"
             + "\n".join(lines)
         )
 

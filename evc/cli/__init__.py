@@ -107,7 +107,24 @@ def _audit(args: list[str], code: int, duration: float) -> None:
         args,
         code,
         duration,
+        flags=_flags(args),
     )
+
+
+def _flags(args: list[str]) -> set[str]:
+    """The options on the path to the command in ``args`` that take no value, so that
+    redaction knows the word after ``--copy-key`` is not that option's value."""
+    cmd = typer.main.get_command(app)
+    flags: set[str] = set()
+    for word in ["", *args]:
+        commands = getattr(cmd, "commands", {})  # a group (typer vendors its own click)
+        if word and word not in commands:
+            continue
+        cmd = commands[word] if word else cmd
+        for param in cmd.params:
+            if getattr(param, "is_flag", False) or getattr(param, "count", False):
+                flags.update(param.opts + param.secondary_opts)
+    return flags
 
 
 def _by_ctrl_c(exc: BaseException) -> bool:
@@ -120,9 +137,7 @@ def _by_ctrl_c(exc: BaseException) -> bool:
 
 
 def _fail(message: str, code: int) -> int:
-    from rich.markup import escape
+    from evc.console import err, line, styled
 
-    from evc.console import err
-
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    line(styled("error:", "bold red"), f" {message}", console=err, soft_wrap=True)
     return code

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
 
 from evc.certs import CheckOptions, PushOptions, RevokeOptions
 from evc.cli.context import workspace
@@ -42,7 +41,7 @@ def revoke(options: RevokeOptions, json: bool = JSON) -> None:
 def check(options: CheckOptions, json: bool = JSON) -> None:
     """Per node: trusts the current CA? Registry verified over TLS (else why)? Cert days left."""
     from evc import certs
-    from evc.console import print_json, print_table
+    from evc.console import print_json, print_table, styled
 
     result = certs.check(workspace(), options, progress(json))
     if json:
@@ -51,8 +50,8 @@ def check(options: CheckOptions, json: bool = JSON) -> None:
         print_table(
             "registry trust",
             ["host", "state", "trusts current CA", "server cert days left", "message"],
-            [[escape(r.host), r.state,
-              {True: "yes", False: "[red]no[/]", None: "-"}[r.trusts_current_ca],
-              str(r.server_cert_days_left), escape(r.message or "")] for r in result.checks],
+            [[r.host, r.state,
+              {True: "yes", False: styled("no", "red"), None: "-"}[r.trusts_current_ca],
+              str(r.server_cert_days_left), r.message or ""] for r in result.checks],
         )  # fmt: skip
     raise typer.Exit(result.exit_code)

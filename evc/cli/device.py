@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
 
 from evc.cli.context import workspace
 from evc.cli.options import JSON, command
@@ -16,14 +15,13 @@ app = typer.Typer(
 
 
 def _print_results(result, json: bool, title: str) -> None:
-    from evc.console import STATE_STYLE, print_json, print_table
+    from evc.console import print_json, print_table, state
 
     if json:
         print_json(result.to_dict())
     else:
         rows = [
-            [escape(r.name), f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]",
-             escape(r.message or "")]
+            [r.name, state(r.state), r.message or ""]
             for r in result.devices
         ]  # fmt: skip
         print_table(title, ["device", "state", "message"], rows)
@@ -114,7 +112,7 @@ def list_(
 def show(name: str, json: bool = JSON) -> None:
     """One device, every field."""
     from evc import db, devices
-    from evc.console import out, print_json
+    from evc.console import line, print_json, styled
 
     ws = workspace()
     device = devices.get(db.workspace_db(ws), name)
@@ -122,7 +120,7 @@ def show(name: str, json: bool = JSON) -> None:
         print_json(device)
     else:
         for key, value in device.items():
-            out.print(f"[bold]{key:>15}[/] {value}", highlight=False)
+            line(styled(f"{key:>15}", "bold"), f" {value}")
 
 
 @command(app, RemoveOptions)

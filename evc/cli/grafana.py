@@ -29,7 +29,7 @@ def build(options: BuildOptions, json: bool = JSON) -> None:
         print_json([str(p) for p in paths])
         return
     for path in paths:
-        console.print(f"wrote {path}", highlight=False, markup=False)
+        console.print(f"wrote {path}", highlight=False)
 
 
 @app.command()
@@ -42,29 +42,59 @@ def up(
         help="Install frser-sqlite-datasource at start (needs network); "
         "--no-install-plugin for an image that has it.",
     ),
+    allow_anonymous: bool = typer.Option(
+        False,
+        "--allow-anonymous",
+        help="Let anyone who reaches the port view the dashboards without logging in "
+        "(Viewer role). Default: everyone logs in.",
+    ),
     json: bool = JSON,
 ) -> None:
-    """Run Grafana in a container with the EVC dashboards and this workspace's database."""
+    """Run Grafana in a container with the EVC dashboards and this workspace's database
+    (read-only); the admin password is generated once, 0600 in .evc/."""
     from evc.console import out, print_json
     from evc.grafana import server
 
+    ws = workspace()
     result = server.up(
-        workspace(), image or server.DEFAULT_IMAGE, port, bind, install_plugin,
-        progress=progress(json),
+        ws, image or server.DEFAULT_IMAGE, port, bind, install_plugin,
+        allow_anonymous=allow_anonymous, progress=progress(json),
     )  # fmt: skip
     if json:
         print_json(result.to_dict())
         return
+    viewers = "anyone may view" if result.anonymous else "everyone logs in"
     out.print(
-        f"Grafana is up at {result.url} (container {result.container}, image {result.image}); "
-        "dashboards are in the EVC folder. Viewers need no login; admin/admin edits.",
+        f"Grafana is up at {result.url} (container {result.container}, image {result.image}, "
+        f"database read-only, kept open by {result.keeper}); dashboards are in the EVC "
+        f"folder; {viewers}.",
         highlight=False,
     )
+    if result.password_created:
+        out.print(
+            f"Log in as {server.ADMIN_USER} with the password {server.admin_password(ws)} "
+            f"(shown once; kept 0600 in {result.password_file}; `evc grafana password` "
+            "shows it again).",
+            highlight=False,
+        )
+    else:
+        out.print(
+            f"Log in as {server.ADMIN_USER}; `evc grafana password` shows the password.",
+            highlight=False,
+        )
+
+
+@app.command()
+def password() -> None:
+    """Print the Grafana admin password that `evc grafana up` generated."""
+    from evc.grafana import server
+
+    typer.echo(server.admin_password(workspace()))
 
 
 @app.command()
 def down(json: bool = JSON) -> None:
-    """Remove this workspace's Grafana container."""
+    """Remove this workspace's Grafana container and its database keeper."""
     from evc.console import out, print_json
     from evc.grafana import server
 
@@ -91,7 +121,7 @@ def push(
 ) -> None:
     """Create or update the EVC datasource and dashboards in a running Grafana, by uid."""
     from evc import grafana
-    from evc.console import STATE_STYLE, out, print_json, print_table
+    from evc.console import STATE_STYLE, out, print_json, print_table, state
 
     token = os.environ.get(token_env) or typer.prompt(
         f"Grafana token ({token_env} is not set)", hide_input=True, default="",
@@ -106,7 +136,7 @@ def push(
         print_table(
             f"push to {result.url} (Grafana {result.grafana_version})",
             ["kind", "uid", "title", "result", "error"],
-            [[i.kind, i.uid, i.title, f"[{style[i.action]}]{i.action}[/]", i.error or ""]
+            [[i.kind, i.uid, i.title, state(i.action, style), i.error or ""]
              for i in result.items],
         )  # fmt: skip
         bad = sum(i.action == "failed" for i in result.items)

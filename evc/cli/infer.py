@@ -20,7 +20,7 @@ JOB = typer.Argument(..., help="Job id (see `evc infer list`).")
 
 def _report(result, json: bool, check: bool = True) -> None:
     """The job's summary; with ``check``, exit 1 unless every item ended ok."""
-    from evc.console import out, print_json, print_table
+    from evc.console import line, out, print_json, print_table, styled
 
     if json:
         print_json(result.to_dict())
@@ -37,7 +37,7 @@ def _report(result, json: bool, check: bool = True) -> None:
             ],
         )  # fmt: skip
         for node, why in sorted(result.skipped_nodes.items()):
-            out.print(f"[yellow]skipped[/] {node}: {why}", highlight=False)
+            line(styled("skipped", "yellow"), f" {node}: {why}")
         out.print(
             f"{result.status}: {j['items']} items, {j['ok']} ok, {j['failed']} failed, "
             f"state {j['state']}, makespan {j['makespan_s'] or '-'} s",

@@ -19,10 +19,10 @@ def _lab():
 
 
 def _node_table(nodes, title: str):
-    from evc.console import out, print_table
+    from evc.console import line, print_table, styled
 
     def yes_no(v):
-        return "-" if v is None else ("[green]ok[/]" if v else "[red]no[/]")
+        return "-" if v is None else (styled("ok", "green") if v else styled("no", "red"))
 
     print_table(
         title,
@@ -43,7 +43,7 @@ def _node_table(nodes, title: str):
     )
     for n in nodes:
         if n.message:
-            out.print(f"[red]{n.name}[/]: {n.message}", highlight=False)
+            line(styled(n.name, "red"), f": {n.message}")
 
 
 @app.command()

@@ -30,13 +30,13 @@ def _pct(v) -> str:
 
 def print_collect(result) -> None:
     """Per-host table of a telemetry round, its liveness changes, a summary line."""
-    from evc.console import STATE_STYLE, out, print_table
+    from evc.console import out, print_table, state
 
     rows = []
     for host, r in sorted(result.run.hosts.items()):
         s = result.samples.get(host) or {}
         rows.append(
-            [host, f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]", _pct(s.get("cpu_pct")),
+            [host, state(r.state), _pct(s.get("cpu_pct")),
              _pct(s.get("mem_pct")), _pct(s.get("disk_pct")), str(len(s.get("containers") or [])),
              r.message or ""]
         )  # fmt: skip

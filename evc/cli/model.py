@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
 
 from evc.cli.context import workspace
 from evc.cli.options import JSON, command
@@ -32,12 +31,12 @@ def _size(n: int | None) -> str:
 
 
 def _print_model(m, json: bool) -> None:
-    from evc.console import out, print_json
+    from evc.console import line, print_json, styled
 
     if json:
         print_json(m.to_dict())
         return
-    registry = {True: "yes", False: "[red]MISSING[/]", None: "-"}[m.in_registry]
+    registry = _in_registry(m)
     rows = [
         ("image", m.image),
         ("runtime / task / arch", f"{m.runtime} / {m.task} / {m.arch}"),
@@ -49,9 +48,15 @@ def _print_model(m, json: bool) -> None:
         ("deployed on", ", ".join(m.deployed_on or []) or "-"),
         ("selftest", ", ".join(f"{k}={v}" for k, v in (m.selftest or {}).items())),
     ]
-    out.print(f"[bold]{m.ref}[/]", highlight=False)
+    line(styled(m.ref, "bold"))
     for key, value in rows:
-        out.print(f"  {key:22} {value}", highlight=False)
+        line(f"  {key:22} ", value)
+
+
+def _in_registry(m):
+    from evc.console import styled
+
+    return {True: "yes", False: styled("MISSING", "red"), None: "-"}[m.in_registry]
 
 
 @command(app, BuildOptions)
@@ -89,11 +94,10 @@ def list_(json: bool = JSON) -> None:
 
     models, warning = catalogue.list_models(workspace())
     if warning:
-        err.print(f"[yellow]{warning}[/]", highlight=False)
+        err.print(warning, style="yellow", highlight=False)
     if json:
         print_json([m.to_dict() for m in models])
         return
-    flag = {True: "yes", False: "[red]MISSING[/]", None: "-"}
     print_table(
         "models",
         ["model", "runtime", "task", "arch", "owner", "size", "digest", "built", "in registry",
@@ -103,7 +107,7 @@ def list_(json: bool = JSON) -> None:
                 m.ref, m.runtime, m.task, m.arch, m.owner or "-",
                 _size(m.pushed_size or m.size_bytes),
                 (m.registry_digest or "not pushed")[:19],
-                _when(m.built_at), flag[m.in_registry], ", ".join(m.deployed_on or []) or "-",
+                _when(m.built_at), _in_registry(m), ", ".join(m.deployed_on or []) or "-",
             ]
             for m in models
         ],
@@ -124,7 +128,7 @@ def show(ref: str = REF, json: bool = JSON) -> None:
 
     model, warning = catalogue.show(workspace(), ref)
     if warning:
-        err.print(f"[yellow]{warning}[/]", highlight=False)
+        err.print(warning, style="yellow", highlight=False)
     _print_model(model, json)
 
 
@@ -146,7 +150,7 @@ def delete(
 
 
 def _report(result, json: bool) -> None:
-    from evc.console import out, print_json
+    from evc.console import line, print_json, styled
 
     from .output import print_run
 
@@ -156,7 +160,7 @@ def _report(result, json: bool) -> None:
         print_run(result.run)
         if result.rollback:
             back = ", ".join(f"{h} to {v}" for h, v in sorted(result.rolled_back.items()))
-            out.print(f"[yellow]rolled back[/] {escape(back)}", highlight=False)
+            line(styled("rolled back", "yellow"), f" {back}")
             print_run(result.rollback)
     raise typer.Exit(result.exit_code)
 

@@ -31,7 +31,7 @@ def monitor(
 
     from evc import monitor as core
     from evc.config import Workspace
-    from evc.console import err, out
+    from evc.console import err, line, out, styled
 
     target = names.check_target(target_option or target)
     ws = Workspace.find()
@@ -45,15 +45,15 @@ def monitor(
             return
         when = f"round {r.number} {r.duration_s:5.1f} s"
         if r.result is None:
-            out.print(f"{when}  [red]failed[/]: {r.error}", highlight=False)
+            line(f"{when}  ", styled("failed", "red"), f": {r.error}")
             return
         hosts = r.result.run.hosts
         bad = {h: x.state for h, x in sorted(hosts.items()) if x.state not in ("ok", "changed")}
-        line = f"{when}  {len(hosts) - len(bad)}/{len(hosts)} nodes sampled"
-        line += "".join(f"  {h} {s}" for h, s in bad.items())
-        line += "".join(f"  {e['node']} -> {e['to_state']}" for e in r.result.events)
-        line += f"  (skipped {r.skipped_ticks} ticks)" if r.skipped_ticks else ""
-        out.print(line, highlight=False)
+        text = f"{when}  {len(hosts) - len(bad)}/{len(hosts)} nodes sampled"
+        text += "".join(f"  {h} {s}" for h, s in bad.items())
+        text += "".join(f"  {e['node']} -> {e['to_state']}" for e in r.result.events)
+        text += f"  (skipped {r.skipped_ticks} ticks)" if r.skipped_ticks else ""
+        out.print(text, highlight=False)
 
     def on_signal(name: str, again: bool) -> None:
         what = "aborting now" if again else "stopping after this round (again to abort)"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from evc.console import STATE_STYLE, out, print_table
+from evc.console import out, print_table, state
 
 
 def print_run(run) -> None:
     """Per-host table of an evc.ansible.RunResult, then a one-line summary."""
     rows = [
-        [host, f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]", str(r.ok), str(r.changed),
+        [host, state(r.state), str(r.ok), str(r.changed),
          str(r.failed), str(r.unreachable), r.message or ""]
         for host, r in sorted(run.hosts.items())
     ]  # fmt: skip

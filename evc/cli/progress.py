@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from rich.markup import escape
+from rich.text import Text
 
 from evc.console import err
 from evc.progress import SILENT, Progress
@@ -21,15 +21,15 @@ class ConsoleProgress(Progress):
         self._status = None
 
     def log(self, message: str) -> None:
-        err.print(escape(message), highlight=False, soft_wrap=True)
+        err.print(message, highlight=False, soft_wrap=True)
 
     def detail(self, message: str) -> None:
         if self.verbose:
-            err.print(escape(message), style="dim", highlight=False, soft_wrap=True)
+            err.print(message, style="dim", highlight=False, soft_wrap=True)
 
     def status(self, text: str) -> None:
         if self._status is not None and self._titles:
-            self._status.update(f"[bold]{escape(self._titles[-1])}[/] {escape(text)}")
+            self._status.update(Text.assemble((self._titles[-1], "bold"), f" {text}"))
 
     @contextmanager
     def task(self, title: str) -> Iterator[Progress]:
@@ -38,10 +38,10 @@ class ConsoleProgress(Progress):
             return
         self._titles.append(title)
         if self._status is None:
-            self._status = err.status(escape(title))
+            self._status = err.status(Text(title))
             self._status.start()
         else:
-            self._status.update(escape(title))
+            self._status.update(Text(title))
         try:
             yield self
         finally:
@@ -50,7 +50,7 @@ class ConsoleProgress(Progress):
                 self._status.stop()
                 self._status = None
             else:
-                self._status.update(escape(self._titles[-1]))
+                self._status.update(Text(self._titles[-1]))
 
 
 def progress(json: bool, verbose: bool = False) -> Progress:

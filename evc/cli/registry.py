@@ -17,15 +17,13 @@ app = typer.Typer(
 def _print_status(st, json: bool) -> None:
     from dataclasses import asdict
 
-    from evc.console import out, print_json
+    from evc.console import line, out, print_json, styled
 
     if json:
         print_json(asdict(st))
         return
-    out.print(
-        f"[bold]registry[/] https://{st.address}  ({st.container}: {st.state}, {st.image})",
-        highlight=False,
-    )
+    line(styled("registry", "bold"), f" https://{st.address}  ({st.container}: {st.state}, "
+         f"{st.image})")  # fmt: skip
     out.print(
         f"certificate: {', '.join(st.cert['sans'])}; {st.cert['days_left']} days left "
         f"(CA: {st.ca['days_left']} days)",
@@ -34,13 +32,14 @@ def _print_status(st, json: bool) -> None:
     out.print(f"repositories: {', '.join(st.repositories) or 'none'}", highlight=False)
     if st.next_ca:
         out.print(
-            f"[yellow]a rotation to a new CA ({st.next_ca['subject']}) is under way: finish it "
-            "with `evc registry rotate --new-ca`[/]",
+            f"a rotation to a new CA ({st.next_ca['subject']}) is under way: finish it "
+            "with `evc registry rotate --new-ca`",
+            style="yellow",
             highlight=False,
             soft_wrap=True,
         )
     if st.error:
-        out.print(f"[red]{st.error}[/]", highlight=False)
+        out.print(st.error, style="red", highlight=False)
 
 
 @app.command()
@@ -136,7 +135,7 @@ def _print_rotation(result, json: bool) -> None:
     from dataclasses import asdict
 
     from evc.certs import PHASES
-    from evc.console import STATE_STYLE, out, print_json, print_table
+    from evc.console import line, out, print_json, print_table, state, styled
 
     if json:
         print_json({**asdict(result), "ok": result.ok})
@@ -144,7 +143,7 @@ def _print_rotation(result, json: bool) -> None:
     rows = []
     for host in result.targets:
         ran = [p.hosts[host] for p in result.phases if host in p.hosts]
-        cells = [f"[{STATE_STYLE.get(r['state'], '')}]{r['state']}[/]" for r in ran]
+        cells = [state(r["state"]) for r in ran]
         message = next((r["message"] for r in reversed(ran) if r["message"]), "")
         rows.append([host, *cells, *["-"] * (len(PHASES) - len(ran)), message])
     mode = "resumed" if result.resumed else "new CA"
@@ -154,12 +153,12 @@ def _print_rotation(result, json: bool) -> None:
         out.print(f"{p.name}: {p.title}: {p.status} in {p.duration_s} s{note}", highlight=False)
     if result.status == "complete":
         new, old = result.new_ca, result.old_ca
-        out.print(
-            f"[green]done[/]: the registry and {len(result.targets) - len(result.unreachable)} "
+        line(
+            styled("done", "green"),
+            f": the registry and {len(result.targets) - len(result.unreachable)} "
             f"nodes use the new CA {new['subject']} (sha256 {new['sha256'][:16]}…); "
             f"the old CA (sha256 {old['sha256'][:16]}…) is removed",
-            highlight=False,
             soft_wrap=True,
         )
     for step in result.next_steps:
-        out.print(f"[yellow]{step}[/]", highlight=False, soft_wrap=True)
+        out.print(step, style="yellow", highlight=False, soft_wrap=True)

@@ -37,27 +37,30 @@ VAR = typer.Option(None, "--var", help="NAME=VALUE, overrides a var of the file 
 
 
 def _print_plan(scenario, selected) -> None:
-    from evc.console import out, print_table
+    from rich.text import Text
+
+    from evc.console import out, print_table, styled
 
     chosen = {s.index for s in selected}
     rows = []
     for s in scenario.steps:
         state = (
-            "[dim]not selected[/]"
+            styled("not selected", "dim")
             if s.index not in chosen
             else "run"
             if s.run
-            else "[dim]skip (when)[/]"
+            else styled("skip (when)", "dim")
         )
         hosts = (
             "controller"
             if s.target is None
             else (f"{s.target}: {', '.join(s.hosts)}" if s.hosts is not None else s.target)
         )
-        rows.append([str(s.index), s.name, s.kind, hosts, state, f"{s.what}\n[dim]{s.command}[/]"])
+        what = Text.assemble(f"{s.what}\n", (s.command, "dim"))
+        rows.append([str(s.index), s.name, s.kind, hosts, state, what])
     print_table(f"plan of {scenario.path}", ["#", "step", "do", "targets", "", "what"], rows)
     if not scenario.targets_checked:
-        out.print("[yellow]targets not resolved: no workspace here[/]", highlight=False)
+        out.print("targets not resolved: no workspace here", style="yellow", highlight=False)
 
 
 @app.command()
@@ -116,21 +119,22 @@ class _Live:
         self.total, self.n = total, 0
 
     def __call__(self, event, step, outcome) -> None:
-        from evc.console import out
+        from rich.text import Text
+
+        from evc.console import line, out, styled
 
         if event == "start":
             self.n += 1
             where = f" on {step.target}" + (f" ({len(step.hosts)} hosts)" if step.hosts else "")
-            out.rule(
-                f"[bold]{step.name}[/]  {step.kind}{where if step.target else ''}", align="left"
-            )
+            title = Text.assemble((step.name, "bold"), f"  {step.kind}")
+            out.rule(title + (where if step.target else ""), align="left")
             return
-        mark = "[green]ok[/]" if outcome.ok else "[red]FAILED[/]"
-        out.print(f"{mark} {outcome.summary}", highlight=False, soft_wrap=True)
+        mark = styled("ok", "green") if outcome.ok else styled("FAILED", "red")
+        line(mark, f" {outcome.summary}", soft_wrap=True)
 
 
 def _print_run(run: dict) -> None:
-    from evc.console import STATE_STYLE, out, print_table
+    from evc.console import STATE_STYLE, out, print_table, state
 
     style = {**STATE_STYLE, "not_run": "dim", "not_selected": "dim", "pending": "dim"}
     rows = [
@@ -139,7 +143,7 @@ def _print_run(run: dict) -> None:
             s["name"],
             s["kind"],
             s["target"] or "-",
-            f"[{style.get(s['state'], '')}]{s['state']}[/]",
+            state(s["state"], style),
             _secs(s),
             s["summary"] or "",
         ]
@@ -157,7 +161,8 @@ def _print_run(run: dict) -> None:
     )
     if run["resume_from"]:
         out.print(
-            f"[yellow]resume with: evc run {run['file']} --from {run['resume_from']}[/]",
+            f"resume with: evc run {run['file']} --from {run['resume_from']}",
+            style="yellow",
             highlight=False,
             soft_wrap=True,
         )

@@ -28,8 +28,8 @@ def datasource(path: str) -> dict:
         "type": PLUGIN,
         "access": "proxy",
         "isDefault": False,
-        # mode=ro: Grafana never writes. The folder must still be writable for a WAL
-        # database's -shm file, so the database's folder is what gets mounted.
+        # mode=ro: Grafana never writes. Reading a WAL database needs its -wal and -shm
+        # files: `evc grafana up` mounts the folder read-only and keeps them in place.
         "jsonData": {"path": path, "pathPrefix": "file:", "pathOptions": "mode=ro"},
     }
 

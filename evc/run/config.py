@@ -10,6 +10,7 @@ YAML anchors). Every problem is reported with file, line and column.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,8 @@ class Scenario:
     devices: list[Device]
     steps: list[Step]
     targets_checked: bool = False
+    # each value taken from the environment -> its ${env.NAME}, for what is stored (evc.redact)
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,6 +182,7 @@ def load(
         variables,
         parsed.devices,
         plan,
+        env=resolver.env,
     )
     planned = _planned_devices(scenario, problems)
     if ws is not None and not problems.items:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from evc import db as evcdb
+from evc import redact
 from evc.config import Workspace
 from evc.errors import EVCError, UsageError
 from evc.progress import SILENT, Progress
@@ -55,7 +56,7 @@ def execute(
                 "file": str(scenario.path.resolve()),
                 "sha256": scenario.digest,
                 "description": scenario.description,
-                "vars": json.dumps(scenario.vars, default=str),
+                "vars": json.dumps(redact.data(scenario.vars, scenario.env), default=str),
                 "selection": _selection(start, only),
                 "state": "running",
                 "started": time.time(),
@@ -150,14 +151,19 @@ def _run_step(
         {
             "state": "ok" if outcome.ok else "failed",
             "ended": time.time(),
-            "summary": outcome.summary,
+            "summary": redact.text(outcome.summary, scenario.env),
             "hosts": json.dumps(outcome.hosts),
-            "detail": json.dumps(outcome.detail, default=str),
+            "detail": json.dumps(redact.data(_plain(outcome.detail), scenario.env)),
         },
     )
     if on_step:
         on_step("end", step, outcome)
     return outcome
+
+
+def _plain(detail: Any) -> Any:
+    """A step's result as JSON types (paths, dataclasses as dumped by ``default=str``)."""
+    return json.loads(json.dumps(detail, default=str))
 
 
 def _update(db, run_id: str, step: Step, values: dict) -> None:

@@ -44,6 +44,7 @@ class Vars:
         self.raw, self.problems = raw, problems
         self.done: dict[str, Any] = {}
         self.busy: list[str] = []
+        self.env: dict[str, str] = {}  # value taken from the environment -> its ${env.NAME}
 
     def resolve_all(self) -> dict[str, Any]:
         for name in self.raw:
@@ -56,7 +57,10 @@ class Vars:
                 self.problems.add(
                     where, f"${{{name}}}: environment variable {name[4:]!r} is not set."
                 )
-            return os.environ.get(name[4:], "")
+            value = os.environ.get(name[4:], "")
+            if value:  # stored runs show the reference, not the value (evc.redact)
+                self.env[value] = f"${{{name}}}"
+            return value
         if name in self.done:
             return self.done[name]
         if name not in self.raw:

@@ -96,3 +96,9 @@ def test_targets_are_positional_and_never_a_template_or_a_file(workspace):
         proc = evc(*args, check=2)
         assert "is not an Ansible host pattern" in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+def test_grafana_password_before_up_says_how_to_get_one(workspace):
+    proc = evc("grafana", "password", check=2)
+    assert "No Grafana admin password yet: `evc grafana up` creates one" in proc.stderr
+    _no_traceback(proc)

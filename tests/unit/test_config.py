@@ -1,8 +1,10 @@
+import re
+
 import pytest
 
 from evc.config import Workspace, init_workspace
 from evc.errors import UsageError
-from tests.conftest import write_settings
+from tests.conftest import evc, write_settings
 
 
 def test_init_creates_layout_and_is_idempotent(tmp_path):
@@ -42,16 +44,35 @@ def test_no_workspace_says_how_to_make_one(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "text, match",
     [
-        ("name: [unclosed\n", "not valid YAML"),
-        ("- a list\n", "expected a mapping"),
-        ("name: Bad Name\n", "name is 'Bad Name'"),
-        ("lab: {name: 'x;rm'}\n", "lab.name"),
+        ("name: [unclosed\n", ":2:1: not valid YAML"),
+        ("- a list\n", ":1:1: expected a mapping of settings, got a list"),
+        ("name: Bad Name\n", ":1:1: name: 'Bad Name' is not a name of lower-case letters"),
+        ("lab: {name: 'x;rm'}\n", ":1:7: lab.name: 'x;rm' is not a name"),
+        ("telemetry:\n  offline_after: yes\n", ":2:3: telemetry.offline_after: Input should "
+         "be a valid integer"),
+        ("telemtry: {offline_after: 5}\n", ":1:1: telemtry: unknown key 'telemtry' "
+         r"\(did you mean 'telemetry'\?\)\. Allowed: name, lab, telemetry\."),
+        ("lab:\n  name: t1\n  sbnet: 10.0.0.0/24\n", ":3:3: lab.sbnet: unknown key 'sbnet' "
+         r"\(did you mean 'subnet'\?\)"),
+        ("name: a\nname: b\n", ":2:1: key 'name' appears twice"),
     ],
-)
-def test_bad_settings_are_named(tmp_path, text, match):
+)  # fmt: skip
+def test_bad_settings_are_located_and_named(tmp_path, text, match):
     write_settings(tmp_path, text)
-    with pytest.raises(UsageError, match=match):
+    with pytest.raises(UsageError, match="is not a valid workspace settings file") as caught:
         Workspace.load(tmp_path)
+    assert re.search(f"evc.yaml{match}", str(caught.value)), str(caught.value)
+
+
+def test_an_unknown_setting_stops_any_command_with_exit_2_and_no_traceback(workspace):
+    settings = workspace.root / "evc.yaml"
+    settings.write_text(settings.read_text() + "telemtry:\n  offline_after: 5\n")
+    line = len(settings.read_text().splitlines()) - 1
+    proc = evc("device", "list", check=2)
+    assert f"{settings}:{line}:1: telemtry: unknown key 'telemtry' (did you mean 'telemetry'?)" in (
+        proc.stderr
+    )
+    assert "Traceback" not in proc.stderr + proc.stdout and proc.stdout == ""
 
 
 def test_settings_merge_over_defaults(tmp_path):

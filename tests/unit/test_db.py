@@ -1,4 +1,5 @@
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -175,3 +176,36 @@ def test_concurrent_first_opens_and_writes(tmp_path):
     assert [r["name"] for r in db["migrations"].rows] == [n for n, _ in evcdb.MIGRATIONS]
     assert db["ansible_runs"].count == 40 and db["host_results"].count == 40
     assert db["audit_log"].count == 40
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mode & 0o777 for p in folder.glob("evc.db*")}
+
+
+def test_database_and_wal_files_are_private_under_a_permissive_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        db = evcdb.connect(tmp_path / "evc.db")
+        evcdb.audit(db, "x", [], 0, 0.1)  # the -wal and -shm exist while a writer is open
+        assert _modes(tmp_path) == {"evc.db": 0o600, "evc.db-wal": 0o600, "evc.db-shm": 0o600}
+    finally:
+        os.umask(old)
+
+
+def test_a_world_readable_database_from_an_older_evc_is_tightened_on_open(tmp_path):
+    path = tmp_path / "evc.db"
+    old = sqlite3.connect(path)  # as an older EVC made it: 0644, and left open (-wal, -shm)
+    old.execute("PRAGMA journal_mode = WAL")
+    old.execute("CREATE TABLE t (x)")
+    old.execute("INSERT INTO t VALUES (1)")
+    old.commit()
+    for p in tmp_path.glob("evc.db*"):
+        p.chmod(0o644)
+    assert set(_modes(tmp_path).values()) == {0o644} and len(_modes(tmp_path)) == 3
+    evcdb.connect(path)
+    assert _modes(tmp_path) == {"evc.db": 0o600, "evc.db-wal": 0o600, "evc.db-shm": 0o600}
+    old.close()
+    for p in tmp_path.glob("evc.db*"):  # shared with a group on purpose: kept
+        p.chmod(0o640)
+    evcdb.connect(path)
+    assert set(_modes(tmp_path).values()) == {0o640}

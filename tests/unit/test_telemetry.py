@@ -392,7 +392,9 @@ def test_offline_after_setting_is_checked(tmp_path):
     write_settings(tmp_path, "telemetry: {offline_after: 5}\n")
     assert Workspace.load(tmp_path).offline_after == 5
     write_settings(tmp_path, "telemetry: {offline_after: 0}\n")
-    with pytest.raises(UsageError, match="telemetry.offline_after is 0"):
+    with pytest.raises(
+        UsageError, match="telemetry.offline_after: 0 is not a number of missed checks"
+    ):
         Workspace.load(tmp_path)
 
 
