@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from evc.errors import UsageError
+from evc.problems import MAX_PROBLEMS
 from evc.run import config
+from evc.run.variables import MAX_TOTAL, MAX_VALUE
 from tests.conftest import evc
 from tests.unit.test_scenario import write
 
@@ -112,7 +114,7 @@ def test_bad_text_is_located_at_its_first_bad_character(tmp_path, content, where
 def test_an_alias_bomb_stays_small_in_memory():
     tracemalloc.start()
     try:
-        for name in ("alias-bomb.yaml",):
+        for name in ("alias-bomb.yaml", "var-bomb.yaml"):
             _problem(BAD / name)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -143,3 +145,46 @@ def test_an_alias_may_not_nest_past_the_depth_limit(tmp_path):
     chain = "".join(f"x-a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 70))
     message = _problem(write(tmp_path, "version: 1\nx-a0: &a0 [1]\n" + chain + STEPS))
     assert ":64:14: alias *a61 holds 63 levels; nested here it is more than 64" in message
+
+
+def test_a_var_value_is_bounded_and_so_is_all_substitution(tmp_path):
+    exact = "x" * (MAX_VALUE - 2)
+    ok = f'version: 1\nvars: {{a: "{exact}", b: "<${{a}}>"}}\n' + STEPS
+    assert config.load(write(tmp_path, ok)).vars["b"] == f"<{exact}>"
+    over = ok.replace("<${a}>", "<${a}>!")
+    assert "vars.b: ${a} makes this value longer than 65,536 characters" in _problem(
+        write(tmp_path, over)
+    )
+    uses = MAX_TOTAL // (MAX_VALUE - 2) + 1
+    refs = ", ".join(['"${a}"'] * uses)
+    many = f'version: 1\nvars: {{a: "{exact}"}}\ndescription: [{refs}]\n'
+    message = _problem(write(tmp_path, many + STEPS))
+    assert "${a}: substituting variables makes more than 4,194,304 characters in all" in message
+
+
+def test_variables_that_repeat_a_list_grow_no_further_than_the_limit(tmp_path):
+    text = "version: 1\nvars:\n" + "".join(
+        f"  v{i}: ['${{v{i + 1}}}', '${{v{i + 1}}}', '${{v{i + 1}}}', '${{v{i + 1}}}']\n"
+        for i in range(30)
+    )
+    text += "  v30: [" + ", ".join(["x" * 100] * 50) + "]\n" + STEPS
+    started = time.monotonic()
+    assert "substituting variables makes more than 4,194,304 characters" in _problem(
+        write(tmp_path, text)
+    )
+    assert time.monotonic() - started < 10
+
+
+def test_a_variable_may_not_nest_data_past_the_depth_limit(tmp_path):
+    deep = "[" * 40 + "1" + "]" * 40
+    text = f"version: 1\nvars: {{d: {deep}, e: '${{d}}'}}\n"
+    text += "description: " + "[" * 30 + "'${d}'" + "]" * 30 + "\n" + STEPS
+    assert "${d} nests more than 64 levels deep here" in _problem(write(tmp_path, text))
+
+
+def test_problems_stop_at_a_hundred_and_name_few_variables(tmp_path):
+    names = "".join(f"  v{i}: 1\n" for i in range(50))
+    refs = "".join(f"  - ${{u{i}}}\n" for i in range(150))
+    message = _problem(write(tmp_path, f"version: 1\nvars:\n{names}description:\n{refs}" + STEPS))
+    assert f"({MAX_PROBLEMS} problems, checking stopped there; nothing was run)" in message
+    assert "Defined in vars: v0, v1, " in message and "v19, ... (50 in all)." in message
