@@ -188,3 +188,11 @@ def test_problems_stop_at_a_hundred_and_name_few_variables(tmp_path):
     message = _problem(write(tmp_path, f"version: 1\nvars:\n{names}description:\n{refs}" + STEPS))
     assert f"({MAX_PROBLEMS} problems, checking stopped there; nothing was run)" in message
     assert "Defined in vars: v0, v1, " in message and "v19, ... (50 in all)." in message
+
+
+def test_an_unusable_path_is_a_problem_not_a_crash(tmp_path):
+    text = "version: 1\nsteps:\n  - do: infer.run\n    target: all\n"
+    text += f"    with: {{model: 'm:1', data: {'d' * 300}}}\n"
+    assert "data: " + "d" * 80 + ": not a usable path (File name too long)" in _problem(
+        write(tmp_path, text)
+    )
