@@ -43,6 +43,7 @@ EXPECTED = {
     "only-comments.yaml": (1, "the file is empty"),
     "step-not-mapping.yaml": (3, "a step must be a mapping with at least do: KIND"),
     "target-in-with.yaml": (5, "the target is a key of the step itself"),
+    "target-bad-pattern.yaml": (4, "Target 'lab:&' is not a pattern Ansible can use ('!' and"),
     "target-no-host.yaml": (6, "Target 'jetsons' matches no host in the inventory"),
     "target-on-controller-step.yaml": (4, "model.build runs on the controller and takes no target"),
     "undefined-var.yaml": (6, "${vrsion}: undefined variable (did you mean 'version'?)"),
