@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from evc import db as evcdb
+from evc import devices
 from evc.errors import UsageError
 from evc.problems import MAX_PROBLEMS
 from evc.run import config
@@ -196,3 +198,61 @@ def test_an_unusable_path_is_a_problem_not_a_crash(tmp_path):
     assert "data: " + "d" * 80 + ": not a usable path (File name too long)" in _problem(
         write(tmp_path, text)
     )
+
+
+# ------------------------------------------------------------------ device lists
+
+
+def _csv(rows: int, extra: str = "") -> str:
+    return "name,host\n" + "".join(f"d{i},10.0.0.{i}\n" for i in range(1, rows + 1)) + extra
+
+
+@pytest.mark.parametrize(
+    "name, content, fragment",
+    [
+        ("nul.csv", _csv(2, "d9,10.0.0.9\x00\n").encode(), ".csv:4:12: character U+0000"),
+        ("latin1.csv", _csv(1, "caf\xe9,10.0.0.9\n").encode("latin-1"), ".csv:3:4: byte 0xE9"),
+        ("field.csv", _csv(1, f'"{"x" * 200_000}",10.0.0.9\n').encode(), ": row 3: not valid CSV"),
+        ("many.csv", _csv(2, "d9,10.0.0.9,22\n").encode(), ": row 4: 3 fields, but the header"),
+        ("few.csv", _csv(2, "d9\n").encode(), ": row 4: 1 fields, but the header has 2"),
+        ("header.csv", b"name,host,host\nd1,10.0.0.1,x\n", ": row 1: the header names 'host'"),
+        ("big.csv", _csv(1, "#" * 10_000_000).encode(), ".csv:1:1: the file is 10,000,"),
+        (
+            "bomb.yaml",
+            (
+                "a0: &a0 [lol]\n"
+                + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
+                + "devices: *a9\n"
+            ).encode(),
+            ".yaml:6:40: alias *a4 repeats 13,942 values",
+        ),
+        ("deep.yaml", ("[" * DEEP + "]" * DEEP).encode(), ".yaml:1:65: nested more than 64"),
+        ("key.yaml", b"- {name: a, host: 10.0.0.1, 7: x}\n", ".yaml:1:3: entry 1 (name 'a')"),
+        ("date.yaml", b"- {name: a, host: 2023-13-45}\n", ".yaml:1:19: not valid YAML: '2023"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and "." in v[-5:] else "",
+)
+def test_hostile_device_list_is_refused_fast_and_located(
+    workspace, tmp_path, name, content, fragment
+):
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert f"{path}" in _refused("device", "import", path, fragment=fragment)
+    assert evcdb.workspace_db(workspace)["devices"].count == 0
+
+
+def test_device_csv_keeps_blank_lines_quotes_and_a_bom(tmp_path):
+    path = tmp_path / "f.csv"
+    path.write_bytes(b'\xef\xbb\xbfname, host ,labels\n\n"a",10.0.0.1,"site=x;rack=2"\n')
+    (d,) = devices.load_file(path)
+    assert (d.name, d.host, d.labels) == ("a", "10.0.0.1", {"site": "x", "rack": "2"})
+
+
+def test_device_yaml_names_the_entry_by_line(tmp_path):
+    path = tmp_path / "f.yaml"
+    path.write_text("devices:\n  - {name: a, host: 10.0.0.1}\n  - [b]\n")
+    with pytest.raises(UsageError, match=rf"^{path}:3:5: entry 2: expected a mapping"):
+        devices.load_file(path)
+    path.write_text("- {name: a, host: 10.0.0.1}\n- {name: a, name: b}\n")
+    with pytest.raises(UsageError, match=r":2:13: key 'name' appears twice"):
+        devices.load_file(path)
