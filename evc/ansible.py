@@ -79,13 +79,21 @@ class RunResult(Result):
 
 def resolve_hosts(inventory: Path, target: str) -> list[str]:
     """Hosts the Ansible pattern ``target`` matches; a clear error if it matches none."""
+    from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
 
     if not inventory.is_file():
         raise UsageError(f"No inventory at {inventory}: add devices or run `evc lab up` first.")
     manager = InventoryManager(loader=DataLoader(), sources=[str(inventory)])
-    hosts = [h.name for h in manager.list_hosts(target)]
+    try:
+        hosts = [h.name for h in manager.list_hosts(target)]
+    except (AnsibleError, IndexError) as exc:  # '~(', 'lab[99]'; IndexError: a bare '!' or '&'
+        why = exc if isinstance(exc, AnsibleError) else "'!' and '&' need a name after them"
+        raise UsageError(
+            f"Target {target!r} is not a pattern Ansible can use ({why}). Use a host name, "
+            "a group or an Ansible pattern such as 'group:&other'."
+        ) from None
     if not hosts:
         groups = sorted(g for g in manager.groups if g not in ("all", "ungrouped"))
         known = ", ".join(groups) if groups else "none"

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from evc import db as evcdb
-from evc import inventory, names
+from evc import inventory, names, yamlpos
 from evc.ansible import run_playbook
 from evc.config import Workspace
 from evc.errors import EVCError, Result, UsageError
@@ -98,7 +98,7 @@ class Device(BaseModel):
 def parse_device(data: dict[str, Any], where: str = "") -> Device:
     """Validate ``data`` into a Device; a UsageError names each bad field."""
     try:
-        return Device(**data)
+        return Device.model_validate(data)  # not Device(**data): a key may be no string
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'device'}: " + e["msg"].removeprefix("Value error, ")
@@ -175,47 +175,78 @@ def load_file(path: Path) -> list[Device]:
     """Devices from YAML (a list, or a mapping with ``devices:``) or CSV (a header row).
 
     CSV columns: name, host, port, user, role, groups (separated by ';'), labels
-    (``k=v;k=v``), lat, lon. Any bad row is an error naming the file and row.
+    (``k=v;k=v``), lat, lon. Any bad row is an error naming the file and row. The file
+    is read within the limits of evc.yamlpos (size, UTF-8, aliases, nesting): it may
+    come from anyone.
     """
     if not path.is_file():
         raise UsageError(f"{path}: no such file; expected a device list in YAML or CSV.")
-    text = path.read_text(errors="replace")
-    if path.suffix.lower() == ".csv":
-        import csv
+    try:
+        if path.suffix.lower() == ".csv":
+            records = _csv_records(path, yamlpos.read_text(path))
+        else:
+            records = _yaml_records(path, yamlpos.load(path))
+    except yamlpos.YamlProblem as exc:
+        raise UsageError(f"{path}:{exc.line}:{exc.column}: {exc.message}.") from None
+    devices = []
+    for where, rec in records:
+        if not isinstance(rec, dict):
+            raise UsageError(f"{where}: expected a mapping with name and host.")
+        name = rec.get("name", "?")
+        devices.append(parse_device(rec, where=f"{where} (name {name!r}): "))
+    return devices
 
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or not {"name", "host"} <= set(reader.fieldnames):
+
+def _csv_records(path: Path, text: str) -> list[tuple[str, Any]]:
+    """(where, record) of each row; every row has the header's number of fields."""
+    import csv
+
+    reader = csv.reader(text.splitlines())
+    records = []
+    try:
+        header = [h.strip() for h in next(reader, [])]
+        if not {"name", "host"} <= set(header):
             raise UsageError(f"{path}: the CSV header must name at least 'name' and 'host'.")
-        records = []
+        twice = sorted({h for h in header if h and header.count(h) > 1})
+        if twice:
+            raise UsageError(f"{path}: row 1: the header names {twice[0]!r} twice.")
         for row in reader:
-            rec = {k: v.strip() for k, v in row.items() if k and v is not None and v.strip()}
+            where = f"{path}: row {reader.line_num}"
+            if not row:
+                continue  # a blank line
+            if len(row) != len(header):
+                raise UsageError(
+                    f"{where}: {len(row)} fields, but the header has {len(header)} "
+                    f"({', '.join(header)}); leave a field empty for its default."
+                )
+            rec: dict[str, Any] = {
+                k: v.strip() for k, v in zip(header, row, strict=True) if k and v.strip()
+            }
             if "groups" in rec:
                 rec["groups"] = [g.strip() for g in rec["groups"].split(";") if g.strip()]
             if "labels" in rec:
                 try:
                     rec["labels"] = parse_labels(rec["labels"].split(";"))
                 except UsageError as exc:
-                    raise UsageError(f"{path}: row {reader.line_num}: {exc}") from None
-            records.append((f"row {reader.line_num}", rec))
-    else:
-        import yaml
+                    raise UsageError(f"{where}: {exc}") from None
+            records.append((where, rec))
+    except csv.Error as exc:
+        raise UsageError(f"{path}: row {reader.line_num}: not valid CSV ({exc}).") from None
+    return records
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML ({exc}).") from None
-        if isinstance(data, dict) and "devices" in data:
-            data = data["devices"]
-        if not isinstance(data, list) or not data:
-            raise UsageError(f"{path}: expected a list of devices (or 'devices:' with a list).")
-        records = [(f"entry {i}", rec) for i, rec in enumerate(data, 1)]
-    devices = []
-    for where, rec in records:
-        if not isinstance(rec, dict):
-            raise UsageError(f"{path}: {where}: expected a mapping with name and host.")
-        name = rec.get("name", "?")
-        devices.append(parse_device(rec, where=f"{path}: {where} (name {name!r}): "))
-    return devices
+
+def _yaml_records(path: Path, located: yamlpos.Located) -> list[tuple[str, Any]]:
+    """(where, entry) of each device in the list, located by line and column."""
+    data, prefix = located.data, ()
+    if isinstance(data, dict) and "devices" in data:
+        data, prefix = data["devices"], ("devices",)
+    if not isinstance(data, list) or not data:
+        raise UsageError(f"{path}: expected a list of devices (or 'devices:' with a list).")
+    out = []
+    for i, rec in enumerate(data):
+        line, col = located.where((*prefix, i))
+        out.append((f"{path}:{line}:{col}: entry {i + 1}", rec))
+    return out
 
 
 # ------------------------------------------------------------------ inventory

@@ -7,11 +7,14 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 
 from evc import yamlpos
 from evc.errors import UsageError
+
+MAX_PROBLEMS = 100  # then checking stops: enough to fix, and bounded in time and memory
 
 
 @dataclass
@@ -24,16 +27,28 @@ class Problems:
     def add(self, where: tuple, message: str) -> None:
         line, col = self.located.where(where) if self.located else (1, 1)
         self.items.append((line, col, _dotted(where), message))
+        if len(self.items) >= MAX_PROBLEMS:
+            raise self.error()
+
+    def stop(self, where: tuple, message: str) -> NoReturn:
+        """Add a problem and stop checking: past a limit, going on would cost what the
+        limit saves."""
+        self.add(where, message)
+        raise self.error()
 
     def raise_if_any(self) -> None:
-        if not self.items:
-            return
+        if self.items:
+            raise self.error()
+
+    def error(self) -> UsageError:
         lines = [
             f"{self.path}:{line}:{col}: " + (f"{where}: " if where else "") + message
             for line, col, where, message in sorted(self.items, key=lambda i: i[:2])
         ]
         count = f"{len(lines)} problem{'s' if len(lines) > 1 else ''}"
-        raise UsageError(
+        if len(lines) >= MAX_PROBLEMS:
+            count += ", checking stopped there"
+        return UsageError(
             f"{self.path} is not a valid {self.kind} ({count}; nothing was run):\n"
             + "\n".join(lines)
         )

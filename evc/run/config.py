@@ -309,12 +309,16 @@ def _paths(
         if not isinstance(value, Path) or key in outputs:
             continue
         near = base / value
-        if not value.is_absolute() and near.exists():
-            found[key] = near
-        elif not value.exists() and not (key == "weights" and builtin_config(value)):
-            problems.add(
-                (*where, key), f"{value} does not exist (looked in {base} and in {Path.cwd()})."
-            )
+        try:
+            if not value.is_absolute() and near.exists():
+                found[key] = near
+            elif not value.exists() and not (key == "weights" and builtin_config(value)):
+                problems.add(
+                    (*where, key), f"{value} does not exist (looked in {base} and in {Path.cwd()})."
+                )
+                ok = False
+        except OSError as exc:  # a name too long for the file system, say
+            problems.add((*where, key), f"{str(value)[:80]}: not a usable path ({exc.strerror}).")
             ok = False
     return options.model_copy(update=found) if ok else None
 

@@ -11,10 +11,14 @@ from typing import Any
 
 from evc.errors import UsageError
 from evc.problems import Problems, suggest
+from evc.yamlpos import MAX_DEPTH
 
 VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REF_RE = re.compile(r"\$\{([^{}]*)\}")
 _ESCAPE = "\x00"  # stands for a literal "${" (written "$${") during substitution
+MAX_VALUE = 64 << 10  # characters in one value after substitution
+MAX_TOTAL = 4 << 20  # characters that substitution makes in one file, all values together
+MAX_WHEN = 1000  # characters in a when: expression (its parser and evaluator recurse)
 
 
 def parse_vars(items: list[str]) -> dict[str, Any]:
@@ -38,13 +42,23 @@ def parse_vars(items: list[str]) -> dict[str, Any]:
 
 
 class Vars:
-    """Resolves ``${name}`` and ``${env.NAME}``; variables may use other variables."""
+    """Resolves ``${name}`` and ``${env.NAME}``; variables may use other variables.
+
+    Each variable is resolved once, but its value can be used many times and a value
+    can use a variable many times, so a short file could grow without end
+    (``a: ${b}${b}``, ``b: ${c}${c}``, ...). A value is bounded (MAX_VALUE), so is
+    all that substitution produces (MAX_TOTAL), and so is nesting (yamlpos.MAX_DEPTH):
+    past a bound, loading stops with a located problem naming the variable.
+    """
 
     def __init__(self, raw: dict[str, Any], problems: Problems):
         self.raw, self.problems = raw, problems
         self.done: dict[str, Any] = {}
         self.busy: list[str] = []
         self.env: dict[str, str] = {}  # value taken from the environment -> its ${env.NAME}
+        self.level = 0  # lists, mappings and variables being resolved, one inside another
+        self.total = 0  # characters substituted so far
+        self.measured: dict[int, tuple[int, int]] = {}  # id(container): its _measure
 
     def resolve_all(self) -> dict[str, Any]:
         for name in self.raw:
@@ -64,11 +78,12 @@ class Vars:
         if name in self.done:
             return self.done[name]
         if name not in self.raw:
-            defined = ", ".join(self.raw) or "none"
+            names = list(self.raw)
+            defined = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if names[20:] else "")
             self.problems.add(
                 where,
-                f"${{{name}}}: undefined variable{suggest(name, list(self.raw))}."
-                f" Defined in vars: {defined}.",
+                f"${{{name}}}: undefined variable{suggest(name, names)}."
+                f" Defined in vars: {defined or 'none'}.",
             )
             return ""
         if name in self.busy:
@@ -76,23 +91,88 @@ class Vars:
             self.problems.add(("vars", name), f"variables refer to each other in a loop: {cycle}.")
             return ""
         self.busy.append(name)
+        self._deeper(where)
         self.done[name] = self.sub(self.raw[name], ("vars", name))
+        self.level -= 1
         self.busy.pop()
         return self.done[name]
 
     def sub(self, value: Any, where: tuple) -> Any:
-        if isinstance(value, dict):
-            return {k: self.sub(v, (*where, k)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.sub(v, (*where, i)) for i, v in enumerate(value)]
+        if isinstance(value, dict | list):
+            self._deeper(where)
+            if isinstance(value, dict):
+                out = {k: self.sub(v, (*where, k)) for k, v in value.items()}
+            else:
+                out = [self.sub(v, (*where, i)) for i, v in enumerate(value)]
+            self.level -= 1
+            return out
         if not isinstance(value, str) or "${" not in value:
             return value
         text = value.replace("$${", _ESCAPE)
         whole = _REF_RE.fullmatch(text)
         if whole:
-            return self.get(whole.group(1).strip(), where)
-        out = _REF_RE.sub(lambda m: _text(self.get(m.group(1).strip(), where)), text)
-        return out.replace(_ESCAPE, "${")
+            name = whole.group(1).strip()
+            found = self.get(name, where)
+            height, size = self._measure(found)
+            if len(where) + height > MAX_DEPTH:
+                self.problems.stop(
+                    where, f"${{{name}}} nests more than {MAX_DEPTH} levels deep here."
+                )
+            self._add(size, name, where)
+            return found
+        pieces, length, end, name = [], 0, 0, None
+        for ref in _REF_RE.finditer(text):
+            name = ref.group(1).strip()
+            pieces += [text[end : ref.start()], _text(self.get(name, where))]
+            end = ref.end()
+            length += len(pieces[-2]) + len(pieces[-1])
+            self._fits(length, name, where)  # before the join: pieces can be long
+        out = "".join([*pieces, text[end:]]).replace(_ESCAPE, "${")
+        if name is not None:
+            self._fits(len(out), name, where)
+            self._add(len(out), name, where)
+        return out
+
+    def _fits(self, length: int, name: str, where: tuple) -> None:
+        if length > MAX_VALUE:
+            self.problems.stop(
+                where,
+                f"${{{name}}} makes this value longer than {MAX_VALUE:,} characters, "
+                "the limit for a value after substituting variables.",
+            )
+
+    def _deeper(self, where: tuple) -> None:
+        """One level more of recursion: bounded, so that no input exhausts the stack."""
+        self.level += 1
+        if self.level > MAX_DEPTH:
+            busy = self.busy if len(self.busy) < 7 else [*self.busy[:2], "...", *self.busy[-3:]]
+            self.problems.stop(
+                where,
+                f"variables that use variables nest more than {MAX_DEPTH} levels deep here, "
+                f"counting the lists and mappings in their values ({' -> '.join(busy)}).",
+            )
+
+    def _add(self, size: int, name: str, where: tuple) -> None:
+        self.total += size
+        if self.total > MAX_TOTAL:
+            self.problems.stop(
+                where,
+                f"${{{name}}}: substituting variables makes more than {MAX_TOTAL:,} "
+                "characters in all, the limit (is a big variable used very often?).",
+            )
+
+    def _measure(self, value: Any) -> tuple[int, int]:
+        """(nesting, characters) of a resolved value; shared parts are measured once."""
+        if not isinstance(value, dict | list):
+            return 0, len(_text(value))
+        if id(value) not in self.measured:
+            items = [*value, *value.values()] if isinstance(value, dict) else value
+            parts = [self._measure(v) for v in items]
+            self.measured[id(value)] = (
+                1 + max((h for h, _ in parts), default=0),
+                1 + sum(n for _, n in parts),
+            )
+        return self.measured[id(value)]
 
 
 def _text(value: Any) -> str:
@@ -120,8 +200,11 @@ def evaluate_when(expr: bool | str, variables: dict[str, Any]) -> bool:
     """``true``, or an expression over vars: ``not skip``, ``profile == 'lab' and n > 2``."""
     if isinstance(expr, bool):
         return expr
+    source = expr.strip()
+    if len(source) > MAX_WHEN:
+        raise ValueError(f"the expression is longer than {MAX_WHEN:,} characters, the limit")
     try:
-        tree = ast.parse(expr.strip(), mode="eval").body
+        tree = ast.parse(source, mode="eval").body
     except SyntaxError:
         raise ValueError(
             f"{expr!r} is not an expression; use true/false, a variable name, "
@@ -156,7 +239,7 @@ def evaluate_when(expr: bool | str, variables: dict[str, Any]) -> bool:
         if isinstance(node, ast.List | ast.Tuple):
             return [ev(e) for e in node.elts]
         raise ValueError(
-            f"{ast.unparse(node)!r} is not allowed; use variables, constants, "
+            f"{ast.get_source_segment(source, node)!r} is not allowed; use variables, constants, "
             "comparisons, and/or/not"
         )
 

@@ -16,11 +16,15 @@ BAD = Path(__file__).parent / "scenario_bad"
 
 # file: (line, fragment of the message)
 EXPECTED = {
+    "alias-bomb.yaml": (8, "alias *a4 repeats 13,942 values (19,683 characters): with aliases"),
+    "alias-loop.yaml": (2, "alias *a is used inside its own anchor (a loop)"),
     "bad-anchor.yaml": (5, "found undefined alias 'commn'"),
     "bad-device.yaml": (4, "devices[1].name: 'bad name' is not a device name: letters, digits"),
+    "bad-timestamp.yaml": (2, "'2023-13-45' is not a valid timestamp: month must be in 1..12"),
     "bad-var-name.yaml": (3, "variable name '2fast'"),
     "bad-when.yaml": (5, "steps[0].when: 'n >' is not an expression"),
     "bad-yaml.yaml": (5, "not valid YAML: while parsing a flow sequence"),
+    "binary-key.yaml": (3, "a key must be a string, a number, true/false or null, not a binary"),
     "device-add-bad-host.yaml": (4, "with.host: '999.1.1.1' is not an IPv4/IPv6 address"),
     "duplicate-default-names.yaml": (5, "two steps are named 'cert.push'"),
     "duplicate-key.yaml": (5, "key 'name' appears twice (first on line 3)"),
@@ -28,14 +32,18 @@ EXPECTED = {
     "empty-steps.yaml": (2, "steps: List should have at least 1 item"),
     "empty.yaml": (1, "the file is empty; expected a mapping with version: 1 and steps:"),
     "env-unset.yaml": (4, "environment variable 'EVC_SURELY_UNSET_9' is not set"),
+    "invalid-utf8.yaml": (2, ":2:17: byte 0xE9 is not UTF-8 (invalid continuation byte)"),
+    "long-when.yaml": (4, "when: the expression is longer than 1,000 characters, the limit"),
     "missing-data.yaml": (4, "steps[0].with.data: no-such-folder does not exist"),
     "missing-option.yaml": (6, "missing required option 'ref' of model.deploy"),
     "missing-steps.yaml": (1, "missing required key 'steps'"),
     "missing-target.yaml": (4, "model.deploy needs target: an Ansible pattern"),
     "not-a-mapping.yaml": (1, "expected a mapping with version: 1 and steps:, got a list"),
+    "nul-byte.yaml": (3, ":3:20: character U+0000 is not allowed"),
     "only-comments.yaml": (1, "the file is empty"),
     "step-not-mapping.yaml": (3, "a step must be a mapping with at least do: KIND"),
     "target-in-with.yaml": (5, "the target is a key of the step itself"),
+    "target-bad-pattern.yaml": (4, "Target 'lab:&' is not a pattern Ansible can use ('!' and"),
     "target-no-host.yaml": (6, "Target 'jetsons' matches no host in the inventory"),
     "target-on-controller-step.yaml": (4, "model.build runs on the controller and takes no target"),
     "undefined-var.yaml": (6, "${vrsion}: undefined variable (did you mean 'version'?)"),
@@ -46,6 +54,8 @@ EXPECTED = {
     "unquoted-ref-in-flow.yaml": (5, "quote a value that uses ${...}"),
     "unquoted-version.yaml": (4, "valid string (got 1.1); put it in quotes"),
     "unsafe-when.yaml": (4, "is not allowed; use variables, constants"),
+    "var-bomb.yaml": (8, "vars.v4: ${v5} makes this value longer than 65,536 characters"),
+    "var-chain.yaml": (67, "vars.v63: variables that use variables nest more than 64 levels"),
     "var-cycle.yaml": (3, "variables refer to each other in a loop: a -> b -> a"),
     "wrong-type-bool.yaml": (4, "continue_on_error: Input should be a valid boolean"),
     "wrong-type.yaml": (7, "max_fail_percent: Input should be a valid integer"),
@@ -69,7 +79,7 @@ def _state(ws):
 
 def _refused(ws, args, fragment, line_prefix=None):
     before = _state(ws)
-    proc = evc("run", *args, check=2)
+    proc = evc("run", *args, check=2, timeout=60)  # a bomb that regresses fails, not hangs
     assert fragment in proc.stderr, proc.stderr
     if line_prefix:
         assert line_prefix in proc.stderr, proc.stderr
