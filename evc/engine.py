@@ -69,6 +69,18 @@ def engine_errors(what: str) -> Iterator[None]:
         raise EVCError(f"{what}: {explain(exc)}") from None
 
 
+def as_evc_error(exc: BaseException) -> EVCError | None:
+    """An EVC error for a Docker SDK or engine failure that escaped the code around it
+    (exit 1, the engine's own words), so it never reads as an internal error; None for
+    anything else. Imports the SDK only when it is already loaded."""
+    import sys
+
+    docker_errors = sys.modules.get("docker.errors")
+    if docker_errors is None or not isinstance(exc, docker_errors.DockerException):
+        return None
+    return EVCError(f"the Docker engine said: {explain(exc)}")
+
+
 def image_with_hash(client, tag: str, digest: str):
     """The image ``tag`` if it carries the content hash ``digest``, else None."""
     import docker.errors

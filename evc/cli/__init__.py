@@ -81,9 +81,15 @@ def main() -> None:
     except EVCError as exc:
         code = _fail(str(exc), exc.exit_code)
     except Exception as exc:  # a bug: one line, the traceback only when asked for
+        from evc.engine import as_evc_error
+
         if os.environ.get("EVC_DEBUG"):
             raise
-        code = _fail(f"internal error: {type(exc).__name__}: {exc} (set EVC_DEBUG=1)", 1)
+        known = as_evc_error(exc)
+        if known is not None:
+            code = _fail(str(known), known.exit_code)
+        else:
+            code = _fail(f"internal error: {type(exc).__name__}: {exc} (set EVC_DEBUG=1)", 1)
     _audit(sys.argv[1:], code, time.time() - started)
     sys.exit(code)
 
@@ -92,12 +98,10 @@ def _audit(args: list[str], code: int, duration: float) -> None:
     """Record the action in the workspace's audit log (commands that change or run things)."""
     if not args or args[0] in ("--help", "--version", "init") or "--help" in args:
         return
-    from evc.config import Workspace
-    from evc.errors import EVCError
+    from evc.cli.context import workspace
 
-    try:
-        ws = Workspace.find()
-    except EVCError:
+    ws = workspace(required=False)
+    if ws is None:
         return  # no workspace: nothing to record in
     from evc.db import audit, workspace_db
 

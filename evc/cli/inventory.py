@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from evc.cli.context import workspace
+
 app = typer.Typer(
     help="The Ansible inventory generated from the device database.", no_args_is_help=True
 )
@@ -13,9 +15,8 @@ app = typer.Typer(
 def show() -> None:
     """Regenerate the inventory from the database and print it."""
     from evc import db, devices
-    from evc.config import Workspace
 
-    ws = Workspace.find()
+    ws = workspace()
     devices.regenerate_inventory(ws, db.workspace_db(ws))
     typer.echo(f"# {ws.inventory}")
     typer.echo(ws.inventory.read_text(), nl=False)

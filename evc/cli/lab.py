@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import typer
 
+from evc.cli.context import workspace
+from evc.cli.options import JSON
+
 app = typer.Typer(
     help="A real fleet on this machine: Docker-in-Docker nodes with sshd.", no_args_is_help=True
 )
 
-JSON = typer.Option(False, "--json", help="Print the result as JSON.")
-
 
 def _lab():
-    from evc.config import Workspace
     from evc.lab.fleet import Lab
 
-    return Lab(Workspace.find())
+    return Lab(workspace())
 
 
 def _node_table(nodes, title: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from evc import names
+from evc.cli.context import workspace
 from evc.cli.logs import OFFLINE_AFTER
 from evc.options import TARGET_HELP
 
@@ -30,11 +31,10 @@ def monitor(
     import json as jsonlib
 
     from evc import monitor as core
-    from evc.config import Workspace
     from evc.console import err, line, out, styled
 
     target = names.check_target(target_option or target)
-    ws = Workspace.find()
+    ws = workspace()
     if systemd_unit:
         typer.echo(core.systemd_unit(ws, interval, target, offline_after), nl=False)
         return

@@ -12,6 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from evc.cli.context import workspace
+from evc.cli.options import JSON
 
 
 class _DefaultStart(TyperGroup):
@@ -31,7 +32,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 FILE = typer.Argument(..., help="Run-config YAML, e.g. run_cfg/demo.yaml.")
 VAR = typer.Option(None, "--var", help="NAME=VALUE, overrides a var of the file (repeatable).")
 
@@ -181,16 +181,11 @@ def validate(
     json: bool = JSON,
 ) -> None:
     """Check a run-config (schema, variables, targets against the inventory); run nothing."""
-    from evc.config import Workspace
     from evc.console import out, print_json
-    from evc.errors import UsageError
     from evc.run import config as sc
     from evc.run.variables import parse_vars
 
-    try:
-        ws = Workspace.find()
-    except UsageError:
-        ws = None  # no workspace: the file alone is checked
+    ws = workspace(required=False)  # none: the file alone is checked
     scenario = sc.load(file, parse_vars(var or []), ws)
     if json:
         print_json(scenario.to_dict())

@@ -102,3 +102,15 @@ def test_grafana_password_before_up_says_how_to_get_one(workspace):
     proc = evc("grafana", "password", check=2)
     assert "No Grafana admin password yet: `evc grafana up` creates one" in proc.stderr
     _no_traceback(proc)
+
+
+def test_a_docker_failure_is_an_evc_error_not_an_internal_one(monkeypatch):
+    """An engine error that escapes the code around it exits 1 in the engine's own words."""
+    import docker.errors
+
+    from evc.engine import as_evc_error
+
+    err = as_evc_error(docker.errors.APIError("boom", explanation="no space left on device"))
+    assert err is not None and err.exit_code == 1
+    assert "no space left on device" in str(err)
+    assert as_evc_error(ValueError("x")) is None
