@@ -27,7 +27,7 @@ from evc.model.runtimes import builtin_config
 from evc.options import TARGET, Options
 from evc.problems import Problems, pydantic_problems, suggest
 from evc.run import capabilities
-from evc.run.variables import VAR_RE, Vars, evaluate_when
+from evc.run.variables import VAR_RE, Vars, evaluate_when, typed
 
 VERSION = 1
 ENROL = "devices"  # name and kind of the step that enrols the ``devices:`` list
@@ -217,7 +217,7 @@ def _variables(data: dict, overrides: dict[str, Any], problems: Problems) -> dic
             f"--var {unknown[0]}: {problems.path} declares no such variable"
             f"{suggest(unknown[0], list(raw))}. Declared: {declared}."
         )
-    return {**raw, **overrides}
+    return {**raw, **{n: typed(n, str(v), raw[n]) for n, v in overrides.items()}}
 
 
 def _step(i: int, raw: Any, base: Path, variables: dict, problems: Problems) -> Step | None:

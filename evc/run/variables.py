@@ -21,10 +21,8 @@ MAX_TOTAL = 4 << 20  # characters that substitution makes in one file, all value
 MAX_WHEN = 1000  # characters in a when: expression (its parser and evaluator recurse)
 
 
-def parse_vars(items: list[str]) -> dict[str, Any]:
-    """``--var NAME=VALUE`` options; VALUE is read as a YAML scalar (3 is a number)."""
-    import yaml
-
+def parse_vars(items: list[str]) -> dict[str, str]:
+    """``--var NAME=VALUE`` options, the values as typed (see :func:`typed`)."""
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -33,12 +31,36 @@ def parse_vars(items: list[str]) -> dict[str, Any]:
                 f"--var {item!r}: expected NAME=VALUE with NAME made of letters, digits and "
                 "'_' (not starting with a digit), e.g. --var version=1.1."
             )
-        try:
-            parsed = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            parsed = value
-        out[name] = parsed if isinstance(parsed, str | int | float | bool) else value
+        out[name] = value
     return out
+
+
+def typed(name: str, value: str, declared: Any) -> Any:
+    """A ``--var`` value in the type its variable is declared with in the file: a declared
+    string stays the text typed (``--var version=1.1`` is "1.1", not 1.1), a number or a
+    boolean must read as one; an undeclared type (null) takes the YAML scalar."""
+    import yaml
+
+    if isinstance(declared, str):
+        return value
+    try:
+        parsed = yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        parsed = value
+    if declared is None:
+        return parsed if isinstance(parsed, str | int | float | bool) else value
+    kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(
+        type(declared), type(declared).__name__
+    )
+    wanted = float if isinstance(declared, float) else type(declared)
+    ok = isinstance(parsed, wanted) and not (isinstance(parsed, bool) and wanted is not bool)
+    if wanted is float and isinstance(parsed, int) and not isinstance(parsed, bool):
+        return float(parsed)
+    if not ok:
+        raise UsageError(
+            f"--var {name}={value!r}: {name} is declared as {declared!r}, so expected {kind}."
+        )
+    return parsed
 
 
 class Vars:

@@ -114,3 +114,44 @@ def test_a_docker_failure_is_an_evc_error_not_an_internal_one(monkeypatch):
     assert err is not None and err.exit_code == 1
     assert "no space left on device" in str(err)
     assert as_evc_error(ValueError("x")) is None
+
+
+def _tour() -> list[str]:
+    """Every `evc ...` usage line in the README's tour (indented code), continuation lines
+    joined."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    lines, out = text.splitlines(), []
+    for i, line in enumerate(lines):
+        if line.startswith("    evc "):
+            full = line.strip()
+            j = i + 1
+            while j < len(lines) and lines[j].startswith("      ") and lines[j].strip()[:1] in "[-":
+                full += " " + lines[j].strip()
+                j += 1
+            out.append(full.split("  #")[0].strip())
+    return out
+
+
+def test_every_command_of_the_readme_tour_exists_with_its_options():
+    import re
+
+    import typer.main
+
+    from evc.cli import app
+
+    root = typer.main.get_command(app)
+    shown = _tour()
+    assert len(shown) > 40
+    for usage in shown:
+        words = usage.split()[1:]
+        command = root
+        while words and hasattr(command, "commands") and words[0] in command.commands:
+            command = command.commands[words.pop(0)]
+        if getattr(command, "name", "") == "run" and hasattr(command, "commands"):
+            command = command.commands["start"]  # `evc run FILE` is `evc run start FILE`
+        assert not hasattr(command, "commands"), usage
+        known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+        for option in re.findall(r"(?<![\w-])(--[a-z][a-z-]*|-[a-zA-Z])\b", " ".join(words)):
+            assert option in known, f"{usage}: {option} is not an option of {command.name}"

@@ -339,3 +339,38 @@ def test_grafana_build_step_writes_the_dashboards(workspace, tmp_path):
     assert outcome.ok and str(out) in outcome.summary
     assert any(p.endswith("fleet.json") for p in outcome.detail)
     assert all(Path(p).is_relative_to(out) and Path(p).is_file() for p in outcome.detail)
+
+
+def _commented_commands() -> list[tuple[str, list[str]]]:
+    """The `evc run ...` commands the run-configs' comments tell a user to type."""
+    import shlex
+
+    found = []
+    for path in sorted(RUN_CFG.glob("*.yaml")):
+        for line in path.read_text().splitlines():
+            text = line.lstrip("# ").split("  #")[0].strip()
+            if text.startswith("evc run "):
+                found.append((path.name, shlex.split(text)[2:]))
+    return found
+
+
+@pytest.mark.parametrize("name, args", _commented_commands(), ids=lambda v: " ".join(v))
+def test_every_command_in_a_run_config_comment_works(workspace, name, args):
+    """Typed exactly as the comment shows (`--var version=1.1` is the string "1.1"), each one
+    is accepted; those that would run are run as --dry-run on a lab-like workspace."""
+    lab_like(workspace)
+    if args[0] != "validate" and "--dry-run" not in args:
+        args = [*args, "--dry-run"]
+    root = RUN_CFG.parent
+    proc = evc("run", *args, cwd=root, check=0)
+    assert "Traceback" not in proc.stderr
+
+
+def test_var_takes_the_declared_type(tmp_path):
+    path = write(tmp_path, BASE.replace("${env.EVC_TEST_HOME}", "/h") + """\
+  - {do: model.push, with: {ref: "m:${ver}"}}
+""")  # fmt: skip
+    s = scenario.load(path, parse_vars(["ver=1.10", "n=3", "group=lab"]))
+    assert s.vars["ver"] == "1.10" and s.vars["n"] == 3 and s.steps[0].options.ref == "m:1.10"
+    with pytest.raises(UsageError, match=r"--var n='many': n is declared as 2, so expected a wh"):
+        scenario.load(path, parse_vars(["n=many"]))
