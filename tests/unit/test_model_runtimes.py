@@ -6,8 +6,10 @@ runs on it as a subprocess, exactly as the image's entrypoint would.
 
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -331,9 +333,51 @@ def test_decode_applies_exif_orientation(tmp_path, astronaut):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     stored.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
-    decoded = decode_image(tmp_path / "rotated.jpg")
+    decoded = decode_image(tmp_path / "rotated.jpg", max_pixels=512 * 300)
     assert decoded.shape == (512, 300, 3) and decoded.dtype == np.uint8
     assert np.abs(decoded.astype(int) - astronaut[:, :300]).mean() < 4
+
+
+def _png_claiming(path: Path, width: int, height: int) -> None:
+    """An 8-bit RGB PNG whose header says width x height but whose data is one row: the
+    header alone tells a decoder how much memory the image would take."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    row = zlib.compress(b"\0" * (1 + 3 * width))
+    png = chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png)
+
+
+def test_images_above_the_pixel_cap_are_item_errors(tmp_path, face_home, astronaut):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _png_claiming(inp / "claims-400mp.png", 20000, 20000)  # past Pillow's own bomb error
+    _png_claiming(inp / "claims-100mp.png", 10000, 10000)  # past Pillow's bomb warning
+    Image.new("L", (8000, 8000)).save(inp / "real-64mp.png")  # Pillow alone decodes it
+    Image.fromarray(astronaut).save(inp / "astronaut.png")
+    # Pillow's DecompressionBombWarning raised as an error must not pre-empt the cap either
+    warnings = {"PYTHONWARNINGS": "error:::PIL.Image"}
+    proc = evc_infer("--home", face_home, "--input", inp, "--output", tmp_path / "o", env=warnings)
+    assert proc.returncode == 0, proc.stderr
+    records, summary = assert_well_formed(tmp_path / "o")
+    errors = {r["item"]: r["error"] for r in records}
+    assert errors == {
+        "astronaut.png": None,
+        "claims-100mp.png": "image is 10000x10000 (100 MP), above the cap of 40 MP",
+        "claims-400mp.png": "image is 20000x20000 (400 MP), above the cap of 40 MP",
+        "real-64mp.png": "image is 8000x8000 (64 MP), above the cap of 40 MP",
+    }
+    assert summary["failed"] == 3 and "Traceback" not in proc.stderr
+
+    home = make_home(tmp_path / "home", "face-haar", limits={"max_pixels": 100_000})
+    proc = evc_infer("--home", home, "--input", inp, "--output", tmp_path / "o2")
+    assert proc.returncode == 0, proc.stderr
+    records, _ = assert_well_formed(tmp_path / "o2")
+    assert records[0]["error"] == "image is 512x512 (0.262 MP), above the cap of 0.1 MP"
 
 
 def test_contract_checks_catch_malformed_records():
@@ -403,6 +447,8 @@ def test_selftest_fails_without_weights(tmp_path):
 def test_usage_errors_exit_2_with_one_line(tmp_path, face_home):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
+    bad_limit = make_home(tmp_path / "bad-limit", "face-haar", limits={"max_pixels": 0})
+    bad_limits = make_home(tmp_path / "bad-limits", "face-haar", limits={"pixels": 10})
     cases = [
         (),
         ("--input", tmp_path),
@@ -411,6 +457,8 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, face_home):
         ("--home", face_home, "--input", tmp_path, "--output", tmp_path / "o", "--conf", 2),
         ("--home", tmp_path / "nohome", "--input", tmp_path, "--output", tmp_path / "o"),
         ("--selftest", "--input", tmp_path),
+        ("--home", bad_limit, "--input", tmp_path, "--output", tmp_path / "o"),
+        ("--home", bad_limits, "--input", tmp_path, "--output", tmp_path / "o"),
     ]
     for args in cases:
         proc = evc_infer(*args)

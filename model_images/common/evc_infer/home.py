@@ -12,6 +12,11 @@ from evc_infer import ModelError, UsageError, one_line
 
 DEFAULT_HOME = "/opt/evc"
 BUILTIN_DEFAULTS = {"conf": 0.25, "iou": 0.45, "imgsz": 640}
+# What one input may cost the node, so that a hostile one is refused rather than
+# exhausting memory; model.yaml `limits` overrides any of them.
+BUILTIN_LIMITS = {
+    "max_pixels": 40_000_000,  # 120 MB as an RGB array, a few times that while decoding
+}
 
 
 def default_home() -> Path:
@@ -29,6 +34,14 @@ def load_config(home: Path) -> dict:
         raise UsageError(f"cannot read {path}: {one_line(exc)}") from None
     if not isinstance(config, dict) or not isinstance(config.get("name"), str):
         raise UsageError(f"{path}: expected a mapping with a `name`")
+    limits = config.get("limits") or {}
+    if not isinstance(limits, dict) or set(limits) - set(BUILTIN_LIMITS):
+        allowed = ", ".join(BUILTIN_LIMITS)
+        raise UsageError(f"{path}: `limits` must be a mapping of {allowed}; got {limits!r}")
+    for key, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{path}: limits.{key} must be a positive integer, not {value!r}")
+    config["limits"] = {**BUILTIN_LIMITS, **limits}
     return config
 
 

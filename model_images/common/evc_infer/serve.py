@@ -75,7 +75,8 @@ def run_shard(model, config: dict, archive: Path, work: Path, alive: Path) -> st
     params = resolve_params(config, given.get("conf"), given.get("iou"), given.get("imgsz"))
     lines = []
     for name in names:
-        lines.append(json.dumps(infer_one(model, work / name, name, params)))
+        record = infer_one(model, work / name, name, params, config["limits"]["max_pixels"])
+        lines.append(json.dumps(record))
         alive.touch()
     return "".join(line + "\n" for line in lines)
 
