@@ -457,6 +457,7 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, face_home):
         ("--home", face_home, "--input", tmp_path, "--output", tmp_path / "o", "--conf", 2),
         ("--home", tmp_path / "nohome", "--input", tmp_path, "--output", tmp_path / "o"),
         ("--selftest", "--input", tmp_path),
+        ("--home", face_home, "--input", tmp_path, "--output", tmp_path / "o", "--imgsz", 8),
         ("--home", bad_limit, "--input", tmp_path, "--output", tmp_path / "o"),
         ("--home", bad_limits, "--input", tmp_path, "--output", tmp_path / "o"),
     ]
