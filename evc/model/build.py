@@ -71,6 +71,13 @@ def _probe_base(client, image: str) -> tuple[str, str]:
     return f"{major}.{minor}", libc
 
 
+def _world_readable(top: Path) -> None:
+    """a+r, and a+x on folders, under ``top``: the image runs as an unprivileged user and
+    COPY keeps modes, so weights staged from a 0600 file would be unreadable to it."""
+    for path in [top, *top.rglob("*")]:
+        path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+
+
 def _context(rt: Runtime, wheels: Path, root: Path) -> None:
     """The build context (weights already staged in root/model): model_images/README.md.
 
@@ -85,6 +92,8 @@ def _context(rt: Runtime, wheels: Path, root: Path) -> None:
     shutil.copy(rt.path / "model.yaml", root / "model.yaml")
     (root / "runtime").mkdir()
     shutil.copy(rt.path / "runtime.py", root / "runtime" / "runtime.py")
+    for part in ("evc_infer", "runtime", "model", "model.yaml"):
+        _world_readable(root / part)
     (root / "requirements.txt").write_text("\n".join(rt.requirements) + "\n")
     (root / "wheels").mkdir()
     for whl in wheels.glob("*.whl"):

@@ -45,7 +45,7 @@ def test_runtimes_are_listed_with_their_specs():
     [("face-haar", "common/Dockerfile"), ("yolo-onnx", "common/Dockerfile"),
      ("ultralytics", "ultralytics/Dockerfile")],
 )  # fmt: skip
-def test_build_context_takes_the_runtimes_own_dockerfile_else_the_shared_one(
+def test_build_context_takes_the_runtimes_own_dockerfile_else_the_shared_one_all_readable(
     tmp_path, runtime, dockerfile
 ):
     wheels = tmp_path / "wheels"
@@ -53,7 +53,11 @@ def test_build_context_takes_the_runtimes_own_dockerfile_else_the_shared_one(
     (wheels / "pip-24.0-py3-none-any.whl").write_bytes(b"wheel")
     root = tmp_path / "context"
     (root / "model").mkdir(parents=True)
+    weights = root / "model" / "weights.bin"
+    weights.write_bytes(b"private")
+    weights.chmod(0o600)  # as a user's file may be: COPY keeps it, the image's user needs it
     build._context(runtimes.Runtime.load(runtime), wheels, root)
+    assert weights.stat().st_mode & 0o777 == 0o644
     images = resources.data_dir("model_images")
     assert (root / "Dockerfile").read_bytes() == (images / dockerfile).read_bytes()
     assert (root / "runtime" / "runtime.py").is_file() and (root / "model.yaml").is_file()
