@@ -1,7 +1,8 @@
 """`evc model build`: an image per model version, smoke-tested before it is tagged.
 
-A model image is built from ``model_images/<runtime>/`` (Dockerfile, runtime.py,
-model.yaml) plus the shared ``evc_infer`` package, the weights, and a wheelhouse
+A model image is built from ``model_images/<runtime>/`` (runtime.py, model.yaml, and
+a Dockerfile where it needs its own) plus the shared ``evc_infer`` package and
+Dockerfile from ``model_images/common/``, the weights, and a wheelhouse
 of the runtime's Python packages (:mod:`evc.model.runtimes`), so the build itself
 needs no network. An image counts as built only after ``evc-infer --selftest``
 passed inside it; only then is it tagged ``REGISTRY/evc/NAME:VERSION-ARCH`` and
@@ -73,14 +74,29 @@ def _probe_base(client, image: str) -> tuple[str, str]:
     return f"{major}.{minor}", libc
 
 
+def _world_readable(top: Path) -> None:
+    """a+r, and a+x on folders, under ``top``: the image runs as an unprivileged user and
+    COPY keeps modes, so weights staged from a 0600 file would be unreadable to it."""
+    for path in [top, *top.rglob("*")]:
+        path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+
+
 def _context(rt: Runtime, wheels: Path, root: Path) -> None:
-    """The build context (weights already staged in root/model): model_images/README.md."""
-    common = resources.data_dir("model_images") / "common" / "evc_infer"
-    shutil.copytree(common, root / "evc_infer", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(rt.path / "Dockerfile", root / "Dockerfile")
+    """The build context (weights already staged in root/model): model_images/README.md.
+
+    The Dockerfile is the runtime's own if it has one, else the shared common/Dockerfile.
+    """
+    common = resources.data_dir("model_images") / "common"
+    shutil.copytree(
+        common / "evc_infer", root / "evc_infer", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    own = rt.path / "Dockerfile"
+    shutil.copy(own if own.is_file() else common / "Dockerfile", root / "Dockerfile")
     shutil.copy(rt.path / "model.yaml", root / "model.yaml")
     (root / "runtime").mkdir()
     shutil.copy(rt.path / "runtime.py", root / "runtime" / "runtime.py")
+    for part in ("evc_infer", "runtime", "model", "model.yaml"):
+        _world_readable(root / part)
     (root / "requirements.txt").write_text("\n".join(rt.requirements) + "\n")
     (root / "wheels").mkdir()
     for whl in wheels.glob("*.whl"):

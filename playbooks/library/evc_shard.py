@@ -32,6 +32,15 @@ def _remove(*paths):
             pass
 
 
+def _hand_over(upload, inbox):
+    """Rename the upload into the inbox, owned by the inbox's owner (the model container's
+    unprivileged user) and private to it, whatever mode the transfer left it with."""
+    owner = os.stat(os.path.dirname(inbox))
+    os.chown(upload, owner.st_uid, owner.st_gid)
+    os.chmod(upload, 0o600)
+    os.replace(upload, inbox)
+
+
 def _container_running(module, name):
     rc, out, _ = module.run_command(["docker", "inspect", "-f", "{{.State.Running}}", name])
     return rc == 0 and out.strip() == "true"
@@ -55,7 +64,7 @@ def main():
     alive = os.path.join(p["serve_dir"], "serve.alive")
     start = time.time()
     checked = 0.0
-    os.replace(p["upload"], inbox)
+    _hand_over(p["upload"], inbox)
 
     def fail(msg):
         _remove(p["upload"], inbox, results, error)

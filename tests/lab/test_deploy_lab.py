@@ -10,6 +10,10 @@ from tests.conftest import evc
 from tests.lab.conftest import evc_json as _json
 
 MODEL = "dfaces"
+CONFINEMENT = (
+    "{{json .HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}} {{.HostConfig.ReadonlyRootfs}} "
+    "{{.HostConfig.Tmpfs}}"
+)
 
 
 def _running(ws, node: str, field: str = "{{.Config.Image}}") -> str | None:
@@ -18,6 +22,13 @@ def _running(ws, node: str, field: str = "{{.Config.Image}}") -> str | None:
     container = docker_client().containers.get(Nodes(ws).container_name(node))
     code, out = container.exec_run(["docker", "inspect", "--format", field, f"evc-model-{MODEL}"])
     return out.decode().strip() if code == 0 else None
+
+
+def _on_node(ws, node: str, *cmd: str) -> str:
+    container = docker_client().containers.get(Nodes(ws).container_name(node))
+    code, out = container.exec_run(list(cmd))
+    assert code == 0, out.decode()
+    return out.decode().strip()
 
 
 def _states(run: dict) -> dict[str, str]:
@@ -40,9 +51,29 @@ def versions(lab_session, trusted):
 
 
 def test_deploy_is_health_checked_recorded_and_idempotent(lab_ws, lab_env, versions):
+    # what a container of an image from before the non-root user left behind, as root
+    jobs = f"/var/lib/evc/jobs/models/{MODEL}"
+    _on_node(lab_ws, "node1", "sh", "-c", f"mkdir -p {jobs}/work/old {jobs}/inbox && "
+             f"touch {jobs}/serve.alive {jobs}/work/old/a.png")  # fmt: skip
     first = _json("model", "deploy", f"{MODEL}:1", "all", env=lab_env)
     assert set(_states(first["run"]).values()) == {"changed"}
     assert all(_running(lab_ws, n) == versions["1"] for n in ("node1", "node2", "node3"))
+    # the model runs as the images' unprivileged user, and owns its job volume alone
+    for node in ("node1", "node2", "node3"):
+        assert _running(lab_ws, node, "{{.Config.User}}") == "10001:10001"
+        assert _on_node(lab_ws, node, "docker", "exec", f"evc-model-{MODEL}", "id", "-u") == "10001"
+        top = _on_node(lab_ws, node, "docker", "top", f"evc-model-{MODEL}", "-o", "pid,uid")
+        assert [ln.split()[1] for ln in top.splitlines()[1:]] == ["10001"], top
+        assert _running(lab_ws, node, CONFINEMENT).split(" ", 3) == [
+            '["ALL"]',
+            "[no-new-privileges]",
+            "true",
+            "map[/tmp:rw,nosuid,nodev,noexec,size=64m]",
+        ]
+        assert _on_node(lab_ws, node, "stat", "-c", "%u:%g %a", jobs, f"{jobs}/inbox",
+                        f"{jobs}/outbox").splitlines() == ["10001:10001 700"] * 3  # fmt: skip
+    owners = _on_node(lab_ws, "node1", "find", jobs, "!", "-uid", "10001")
+    assert owners == "", f"left to root: {owners}"
 
     again = _json("model", "deploy", f"{MODEL}:1", "all", env=lab_env)
     assert set(_states(again["run"]).values()) == {"ok"}

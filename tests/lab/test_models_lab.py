@@ -39,6 +39,7 @@ def run_on_node(ws, node: str, ref: str, folder: Path) -> tuple[list[dict], dict
     container.exec_run(["rm", "-rf", "/tmp/job"])
     container.exec_run(["mkdir", "-p", "/tmp/job/out"])
     assert container.put_archive("/tmp/job", buf.getvalue())
+    container.exec_run(["chown", "-R", "10001:10001", "/tmp/job"])  # the images' user
     code, out = container.exec_run(["docker", "pull", "-q", ref])
     assert code == 0, out.decode()
     code, out = container.exec_run(

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from evc import resources
 from evc.errors import UsageError
-from evc.model import catalogue, runtimes
+from evc.model import build, catalogue, runtimes
 from tests.conftest import evc
 
 
@@ -37,6 +38,31 @@ def test_runtimes_are_listed_with_their_specs():
     assert rt.weights["required"] and ".onnx" in rt.weights["formats"]
     assert "onnxruntime" in " ".join(rt.requirements)
     assert not any(r.startswith(("torch", "opencv")) for r in rt.requirements)
+
+
+@pytest.mark.parametrize(
+    ("runtime", "dockerfile"),
+    [("face-haar", "common/Dockerfile"), ("yolo-onnx", "common/Dockerfile"),
+     ("ultralytics", "ultralytics/Dockerfile")],
+)  # fmt: skip
+def test_build_context_takes_the_runtimes_own_dockerfile_else_the_shared_one_all_readable(
+    tmp_path, runtime, dockerfile
+):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "pip-24.0-py3-none-any.whl").write_bytes(b"wheel")
+    root = tmp_path / "context"
+    (root / "model").mkdir(parents=True)
+    weights = root / "model" / "weights.bin"
+    weights.write_bytes(b"private")
+    weights.chmod(0o600)  # as a user's file may be: COPY keeps it, the image's user needs it
+    build._context(runtimes.Runtime.load(runtime), wheels, root)
+    assert weights.stat().st_mode & 0o777 == 0o644
+    images = resources.data_dir("model_images")
+    assert (root / "Dockerfile").read_bytes() == (images / dockerfile).read_bytes()
+    assert (root / "runtime" / "runtime.py").is_file() and (root / "model.yaml").is_file()
+    assert (root / "evc_infer" / "serve.py").is_file()
+    assert [p.name for p in (root / "wheels").iterdir()] == ["pip-24.0-py3-none-any.whl"]
 
 
 def _build(*args, check=2):

@@ -4,32 +4,23 @@ Each runtime gets a temp home laid out like /opt/evc in an image, and `python -m
 runs on it as a subprocess, exactly as the image's entrypoint would.
 """
 
-import io
 import json
 import os
-import shutil
-import signal
+import struct
 import subprocess
 import sys
-import tarfile
-import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from evc_infer.contract import check_output, check_record
+from evc_infer.home import import_runtime
+from evc_infer.inputs import decode_image, find_inputs
 from PIL import Image
 
-MODEL_IMAGES = Path(__file__).resolve().parents[2] / "model_images"
-COMMON = MODEL_IMAGES / "common"
-if str(COMMON) not in sys.path:
-    sys.path.insert(0, str(COMMON))
+from tests.unit.model_support import ASTRONAUT_FACE, MODEL_IMAGES, evc_infer, make_home, near
 
-from evc_infer.contract import check_output, check_record  # noqa: E402
-from evc_infer.home import import_runtime  # noqa: E402
-from evc_infer.inputs import decode_image, find_inputs  # noqa: E402
-
-ASTRONAUT_FACE = (177, 66, 95, 95)  # x, y, w, h of the one face in skimage's astronaut
 COCO = (
     "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant "
     "stop_sign parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe "
@@ -45,33 +36,6 @@ COCO = (
 # ----------------------------------------------------------------------------- helpers
 
 
-def evc_infer(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m evc_infer ARGS` with only the shared package on the path."""
-    env = {**{k: v for k, v in os.environ.items() if k != "EVC_HOME_DIR"}, **(env or {})}
-    env["PYTHONPATH"] = str(COMMON)
-    return subprocess.run(
-        [sys.executable, "-m", "evc_infer", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-
-
-def make_home(root: Path, runtime: str, weights: Path | None = None, **overrides) -> Path:
-    """A model home like /opt/evc: model.yaml (with overrides), runtime/runtime.py, model/."""
-    src = MODEL_IMAGES / runtime
-    config = yaml.safe_load((src / "model.yaml").read_text())
-    config.update(overrides)
-    (root / "runtime").mkdir(parents=True)
-    (root / "model").mkdir()
-    (root / "model.yaml").write_text(yaml.safe_dump(config))
-    shutil.copy(src / "runtime.py", root / "runtime" / "runtime.py")
-    if weights is not None:
-        shutil.copy(weights, root / "model" / config["weights"]["file"])
-    return root
-
-
 def runtime_module(runtime: str):
     return import_runtime(MODEL_IMAGES / runtime / "runtime.py")
 
@@ -80,10 +44,6 @@ def assert_well_formed(output: Path) -> tuple[list[dict], dict]:
     problems, records, summary = check_output(output)
     assert problems == []
     return records, summary
-
-
-def near(box, ref, tol=10) -> bool:
-    return all(abs(a - b) <= tol for a, b in zip(box, ref, strict=True))
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -373,9 +333,51 @@ def test_decode_applies_exif_orientation(tmp_path, astronaut):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     stored.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
-    decoded = decode_image(tmp_path / "rotated.jpg")
+    decoded = decode_image(tmp_path / "rotated.jpg", max_pixels=512 * 300)
     assert decoded.shape == (512, 300, 3) and decoded.dtype == np.uint8
     assert np.abs(decoded.astype(int) - astronaut[:, :300]).mean() < 4
+
+
+def _png_claiming(path: Path, width: int, height: int) -> None:
+    """An 8-bit RGB PNG whose header says width x height but whose data is one row: the
+    header alone tells a decoder how much memory the image would take."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    row = zlib.compress(b"\0" * (1 + 3 * width))
+    png = chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png)
+
+
+def test_images_above_the_pixel_cap_are_item_errors(tmp_path, face_home, astronaut):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _png_claiming(inp / "claims-400mp.png", 20000, 20000)  # past Pillow's own bomb error
+    _png_claiming(inp / "claims-100mp.png", 10000, 10000)  # past Pillow's bomb warning
+    Image.new("L", (8000, 8000)).save(inp / "real-64mp.png")  # Pillow alone decodes it
+    Image.fromarray(astronaut).save(inp / "astronaut.png")
+    # Pillow's DecompressionBombWarning raised as an error must not pre-empt the cap either
+    warnings = {"PYTHONWARNINGS": "error:::PIL.Image"}
+    proc = evc_infer("--home", face_home, "--input", inp, "--output", tmp_path / "o", env=warnings)
+    assert proc.returncode == 0, proc.stderr
+    records, summary = assert_well_formed(tmp_path / "o")
+    errors = {r["item"]: r["error"] for r in records}
+    assert errors == {
+        "astronaut.png": None,
+        "claims-100mp.png": "image is 10000x10000 (100 MP), above the cap of 40 MP",
+        "claims-400mp.png": "image is 20000x20000 (400 MP), above the cap of 40 MP",
+        "real-64mp.png": "image is 8000x8000 (64 MP), above the cap of 40 MP",
+    }
+    assert summary["failed"] == 3 and "Traceback" not in proc.stderr
+
+    home = make_home(tmp_path / "home", "face-haar", limits={"max_pixels": 100_000})
+    proc = evc_infer("--home", home, "--input", inp, "--output", tmp_path / "o2")
+    assert proc.returncode == 0, proc.stderr
+    records, _ = assert_well_formed(tmp_path / "o2")
+    assert records[0]["error"] == "image is 512x512 (0.262 MP), above the cap of 0.1 MP"
 
 
 def test_contract_checks_catch_malformed_records():
@@ -445,6 +447,8 @@ def test_selftest_fails_without_weights(tmp_path):
 def test_usage_errors_exit_2_with_one_line(tmp_path, face_home):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
+    bad_limit = make_home(tmp_path / "bad-limit", "face-haar", limits={"max_pixels": 0})
+    bad_limits = make_home(tmp_path / "bad-limits", "face-haar", limits={"pixels": 10})
     cases = [
         (),
         ("--input", tmp_path),
@@ -453,6 +457,9 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, face_home):
         ("--home", face_home, "--input", tmp_path, "--output", tmp_path / "o", "--conf", 2),
         ("--home", tmp_path / "nohome", "--input", tmp_path, "--output", tmp_path / "o"),
         ("--selftest", "--input", tmp_path),
+        ("--home", face_home, "--input", tmp_path, "--output", tmp_path / "o", "--imgsz", 8),
+        ("--home", bad_limit, "--input", tmp_path, "--output", tmp_path / "o"),
+        ("--home", bad_limits, "--input", tmp_path, "--output", tmp_path / "o"),
     ]
     for args in cases:
         proc = evc_infer(*args)
@@ -468,70 +475,3 @@ def test_model_that_cannot_load_exits_1(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("evc-infer: cannot load the model: ")
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
-
-
-# ----------------------------------------------------------------------------- serve
-
-
-def _shard(path: Path, members: dict[str, bytes]) -> None:
-    """A shard archive written under a dot-name and renamed, as the controller does."""
-    part = path.with_name(f".{path.name}.part")
-    with tarfile.open(part, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    part.rename(path)
-
-
-def _wait_for(path: Path, seconds: float = 60) -> str:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-    return path.read_text() if path.is_file() else ""
-
-
-def test_serve_runs_shards_from_the_inbox_until_sigterm(face_home, images, tmp_path):
-    jobs = tmp_path / "jobs"
-    env = {**os.environ, "PYTHONPATH": str(COMMON)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "evc_infer", "--serve", str(jobs), "--home", str(face_home)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    try:
-        _wait_for(jobs / "serve.alive")  # the model is loaded, the inbox is there
-        face = (images / "astronaut.png").read_bytes()
-        _shard(jobs / "inbox" / "j1-0-1.tar", {
-            "shard.json": json.dumps({"conf": None, "iou": None, "imgsz": None}).encode(),
-            "a/astronaut.png": face, "corrupt.jpg": (images / "corrupt.jpg").read_bytes(),
-        })  # fmt: skip
-        lines = _wait_for(jobs / "outbox" / "j1-0-1.jsonl").splitlines()
-        records = {r["item"]: r for r in map(json.loads, lines)}
-        assert set(records) == {"a/astronaut.png", "corrupt.jpg"}
-        assert records["a/astronaut.png"]["ok"] and not records["corrupt.jpg"]["ok"]
-        box = records["a/astronaut.png"]["detections"][0]["box"]
-        assert near(box, ASTRONAUT_FACE)
-        assert [p for r in records.values() for p in check_record(r, r["item"])] == []
-        assert not (jobs / "inbox" / "j1-0-1.tar").exists()  # consumed
-        assert not (jobs / "work").exists() or not any((jobs / "work").iterdir())
-        # a shard it cannot use is answered with an .error, and the server goes on
-        _shard(jobs / "inbox" / "j1-1-1.tar", {"../escape.jpg": face})
-        assert "unsafe path" in _wait_for(jobs / "outbox" / "j1-1-1.error")
-        _shard(jobs / "inbox" / "j1-2-1.tar", {"shard.json": b'{"conf": 7}', "x.png": face})
-        assert "conf must be a number from 0 to 1" in _wait_for(jobs / "outbox" / "j1-2-1.error")
-        assert time.time() - (jobs / "serve.alive").stat().st_mtime < 5
-        # a shard whose controller gave up (it deletes the archive) gets no answer
-        _shard(jobs / "inbox" / "j1-3-1.tar", {f"{i}.png": face for i in range(50)})
-        _wait_for(jobs / "work" / "j1-3-1")
-        (jobs / "inbox" / "j1-3-1.tar").unlink()
-        _shard(jobs / "inbox" / "j1-4-1.tar", {"x.png": face})
-        assert len(_wait_for(jobs / "outbox" / "j1-4-1.jsonl").splitlines()) == 1
-        assert sorted(p.name for p in (jobs / "outbox").iterdir()) == [
-            "j1-0-1.jsonl", "j1-1-1.error", "j1-2-1.error", "j1-4-1.jsonl"
-        ]  # fmt: skip
-    finally:
-        server.send_signal(signal.SIGTERM)
-        out, err = server.communicate(timeout=30)
-    assert server.returncode == 0, err
-    assert "serving face-haar" in out and "Traceback" not in err

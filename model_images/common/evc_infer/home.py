@@ -12,6 +12,14 @@ from evc_infer import ModelError, UsageError, one_line
 
 DEFAULT_HOME = "/opt/evc"
 BUILTIN_DEFAULTS = {"conf": 0.25, "iou": 0.45, "imgsz": 640}
+IMGSZ_RANGE = (32, 4096)
+# What one input or one shard may cost the node, so that a hostile one is refused rather
+# than exhausting memory or disk; model.yaml `limits` overrides any of them.
+BUILTIN_LIMITS = {
+    "max_pixels": 40_000_000,  # 120 MB as an RGB array, a few times that while decoding
+    "shard_entries": 100_000,  # entries of one shard archive (items and shard.json)
+    "shard_bytes": 4 * 1024**3,  # the extracted files of one shard together
+}
 
 
 def default_home() -> Path:
@@ -29,6 +37,14 @@ def load_config(home: Path) -> dict:
         raise UsageError(f"cannot read {path}: {one_line(exc)}") from None
     if not isinstance(config, dict) or not isinstance(config.get("name"), str):
         raise UsageError(f"{path}: expected a mapping with a `name`")
+    limits = config.get("limits") or {}
+    if not isinstance(limits, dict) or set(limits) - set(BUILTIN_LIMITS):
+        allowed = ", ".join(BUILTIN_LIMITS)
+        raise UsageError(f"{path}: `limits` must be a mapping of {allowed}; got {limits!r}")
+    for key, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{path}: limits.{key} must be a positive integer, not {value!r}")
+    config["limits"] = {**BUILTIN_LIMITS, **limits}
     return config
 
 
@@ -45,9 +61,9 @@ def resolve_params(config: dict, conf=None, iou=None, imgsz=None) -> dict:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
             raise UsageError(f"{key} must be a number from 0 to 1, not {value!r}")
         params[key] = float(value)
-    imgsz = params["imgsz"]
-    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 1:
-        raise UsageError(f"imgsz must be a positive integer, not {imgsz!r}")
+    imgsz, (low, high) = params["imgsz"], IMGSZ_RANGE
+    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or not low <= imgsz <= high:
+        raise UsageError(f"imgsz must be an integer from {low} to {high}, not {imgsz!r}")
     return params
 
 

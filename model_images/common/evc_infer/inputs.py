@@ -11,6 +11,9 @@ DEFAULT_TYPES = ("jpg", "jpeg", "png", "bmp", "webp")
 # Pillow's own open: importing ultralytics replaces Image.open with one that tries to pip
 # install pi-heif on any file Pillow cannot identify.
 _pil_open = Image.open
+# The pixel cap of decode_image replaces Pillow's own bomb check (a warning above 89 MP, an
+# error above twice that), so that the cap model.yaml sets is the one that holds, either way.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class DecodeError(Exception):
@@ -35,10 +38,27 @@ def find_inputs(
     return sorted(inputs), sorted(skipped)
 
 
-def decode_image(path: Path) -> np.ndarray:
-    """HxWx3 uint8 RGB, EXIF orientation applied; DecodeError on anything unreadable."""
+def _megapixels(pixels: int) -> str:
+    mp = pixels / 1e6
+    return f"{mp:.0f}" if mp >= 100 else f"{mp:.3g}"
+
+
+def decode_image(path: Path, max_pixels: int) -> np.ndarray:
+    """HxWx3 uint8 RGB, EXIF orientation applied; DecodeError on anything unreadable.
+
+    An image of more than ``max_pixels`` is refused from its header, before any pixel is
+    decoded: one huge (or hostile) image must cost its item, not the process's memory.
+    """
     try:
         with _pil_open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DecodeError(
+                    f"image is {width}x{height} ({_megapixels(width * height)} MP), "
+                    f"above the cap of {_megapixels(max_pixels)} MP"
+                )
             return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except DecodeError:
+        raise
     except Exception as exc:
         raise DecodeError(f"cannot decode image: {one_line(exc)}") from None

@@ -35,13 +35,13 @@ def finish_detection(det: dict, width: int, height: int) -> dict | None:
     }
 
 
-def infer_one(model, path: Path, item: str, params: dict) -> dict:
+def infer_one(model, path: Path, item: str, params: dict, max_pixels: int) -> dict:
     """The results.jsonl record of one input; never raises for a bad image or a model error."""
     record = {"item": item, "ok": False, "error": None, "latency_ms": 0.0}
     record.update(width=None, height=None, detections=[])
     start = time.perf_counter()
     try:
-        image = decode_image(path)
+        image = decode_image(path, max_pixels)
         record["height"], record["width"] = (int(n) for n in image.shape[:2])
         raw = model.predict(image, **params)
         found = (finish_detection(d, record["width"], record["height"]) for d in raw)
@@ -101,7 +101,7 @@ def run(
     latencies = []
     with results:
         for item in items:
-            record = infer_one(model, root / item, item, params)
+            record = infer_one(model, root / item, item, params, config["limits"]["max_pixels"])
             results.write(json.dumps(record) + "\n")
             results.flush()
             if record["ok"]:
