@@ -384,22 +384,24 @@ def connect(path: Path, *, migrated: bool = False) -> sqlite_utils.Database:
     return db
 
 
-_handles = threading.local()  # path -> Database, per thread (a connection is not shared)
-_migrated: set[Path] = set()
+_migrated: set[Path] = set()  # database files this process has migrated
 _migrated_lock = threading.Lock()
 
 
 def workspace_db(ws) -> sqlite_utils.Database:
-    """This thread's handle on the workspace database, opened (and migrated) once per
-    process rather than on every call."""
+    """A connection to the workspace database, migrated once per process.
+
+    A new connection per call, not one kept for the process: sqlite-utils hands rows out
+    from generators, and a half-read one left alive anywhere (a local in a failed test's
+    frame) would pin a long-lived connection's read snapshot, so it stops seeing other
+    processes' writes; and a raw read of the file in the same process (closing any fd on
+    it drops SQLite's POSIX locks) could let another writer corrupt it. Opening costs a
+    fraction of a millisecond; migrating is what is done once.
+    """
     path = (ws.root / "db" / "evc.db").resolve()
-    cache = _handles.__dict__.setdefault("by_path", {})
-    db = cache.get(path)
-    if db is None or not path.exists():  # a deleted workspace starts over
-        with _migrated_lock:
-            db = connect(path, migrated=path in _migrated and path.exists())
-            _migrated.add(path)
-        cache[path] = db
+    with _migrated_lock:
+        db = connect(path, migrated=path in _migrated and path.exists())
+        _migrated.add(path)
     return db
 
 
