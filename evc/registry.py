@@ -333,7 +333,10 @@ def down(ws: Workspace, *, purge: bool = False, client=None) -> list[str]:
         for image in client.images.list():
             for tag in image.tags:
                 if tag.startswith(address + "/"):
-                    client.images.remove(tag)
+                    try:
+                        client.images.remove(tag)
+                    except docker.errors.ImageNotFound:  # another process removed it first
+                        continue
                     removed.append(tag)
         trust, ca = CERTS_D / address, files(ws).ca_cert
         trusted = trust / "ca.crt"
