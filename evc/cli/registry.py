@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
 from evc.cli.context import workspace
 from evc.cli.options import JSON, command
@@ -22,9 +23,19 @@ def _print_status(st, json: bool) -> None:
     if json:
         print_json(asdict(st))
         return
+    ro = st.read_only
     out.print(
-        f"[bold]registry[/] https://{st.address}  ({st.container}: {st.state}, {st.image})",
+        f"[bold]registry[/] https://{st.address}  ({st.container}: {st.state}, {st.image}); "
+        "read-write, the controller's alone",
         highlight=False,
+        soft_wrap=True,
+    )
+    out.print(
+        f"[bold]read-only[/] https://{ro.address}  ({ro.container}: {ro.state}); the nodes "
+        f"pull here: {len(ro.devices)} device credentials"
+        + (f" ({', '.join(ro.devices)})" if 0 < len(ro.devices) <= 10 else ""),
+        highlight=False,
+        soft_wrap=True,
     )
     out.print(
         f"certificate: {', '.join(st.cert['sans'])}; {st.cert['days_left']} days left "
@@ -39,8 +50,9 @@ def _print_status(st, json: bool) -> None:
             highlight=False,
             soft_wrap=True,
         )
-    if st.error:
-        out.print(f"[red]{st.error}[/]", highlight=False)
+    for error in (st.error, ro.error):
+        if error:
+            out.print(f"[red]{escape(error)}[/]", highlight=False)
 
 
 @app.command()
@@ -51,7 +63,12 @@ def init(
         help="Address the nodes use (repeatable; the first is the registry's address).",
     ),
     days: int = typer.Option(825, help="Server certificate lifetime in days."),
-    port: int = typer.Option(5000, help="Registry port."),
+    port: int = typer.Option(5000, help="Port of the read-write endpoint (the controller's)."),
+    ro_port: int = typer.Option(
+        None,
+        "--ro-port",
+        help="Port of the read-only endpoint the nodes pull from (default: --port + 1).",
+    ),
     image: str = typer.Option("registry:2", help="Registry container image."),
     password_stdin: bool = typer.Option(
         False, "--password-stdin", help="Read the password from stdin (else generated)."
@@ -64,11 +81,12 @@ def init(
 
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
     settings = registry.init(
-        workspace(), host, days=days, password=password, port=port, image=image
-    )
+        workspace(), host, days=days, password=password, port=port, ro_port=ro_port,
+        image=image,
+    )  # fmt: skip
     typer.echo(
-        f"registry initialised for https://{settings.address}; "
-        f"credentials in .evc/registry/ (user {settings.user})"
+        f"registry initialised for https://{settings.address} (nodes pull from "
+        f"https://{settings.ro_address}); credentials in .evc/registry/ (user {settings.user})"
     )
 
 
@@ -97,12 +115,13 @@ def down(
 
 @app.command()
 def status(json: bool = JSON) -> None:
-    """Address, container state, certificate expiry and repositories."""
+    """Both endpoints (read-write, read-only), certificate expiry, repositories, pull
+    credentials."""
     from evc import registry
 
     st = registry.status(workspace())
     _print_status(st, json)
-    if st.state != "running" or st.error:
+    if not st.healthy:
         raise typer.Exit(1)
 
 
