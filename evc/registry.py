@@ -306,7 +306,7 @@ def up(ws: Workspace, image: str | None = None, *, client=None) -> RegistryStatu
         elif container.status != "running":
             container.start()
     trust_on_controller(ws, settings)
-    _wait_answering(ws)
+    _wait_answering(ws, [container_name(ws), ro_container_name(ws)])
     return status(ws, client=client)
 
 
@@ -346,7 +346,7 @@ def restart(ws: Workspace, *, client=None) -> RegistryStatus:
     import docker.errors
 
     client = client or docker_client()
-    restarted = False
+    restarted = []
     for name in (container_name(ws), ro_container_name(ws)):
         try:
             container = client.containers.get(name)
@@ -354,9 +354,8 @@ def restart(ws: Workspace, *, client=None) -> RegistryStatus:
             continue
         if container.status == "running":
             container.restart(timeout=5)
-            restarted = True
-    if restarted:
-        _wait_answering(ws)
+            restarted.append(name)
+    _wait_answering(ws, restarted)
     return status(ws, client=client)
 
 
@@ -384,14 +383,18 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def _wait_answering(ws: Workspace, seconds: float = 30) -> None:
-    """Until both endpoints answer over verified TLS (read-write: with the controller's
-    credential; read-only: refusing a request without one)."""
+def _wait_answering(ws: Workspace, containers: list[str], seconds: float = 30) -> None:
+    """Until the endpoints of ``containers`` answer over verified TLS (read-write: with
+    the controller's credential; read-only: refusing a request without one)."""
     deadline = time.monotonic() + seconds
-    for check in (api(ws).ping, ro_api(ws).asks_for_credentials):
+    checks = {
+        container_name(ws): api(ws).ping,
+        ro_container_name(ws): ro_api(ws).asks_for_credentials,
+    }
+    for name in containers:
         while True:
             try:
-                check()
+                checks[name]()
                 break
             except EVCError:
                 if time.monotonic() > deadline:

@@ -64,7 +64,7 @@ def init(
     ),
     days: int = typer.Option(825, help="Server certificate lifetime in days."),
     port: int = typer.Option(5000, help="Port of the read-write endpoint (the controller's)."),
-    ro_port: int = typer.Option(
+    ro_port: int | None = typer.Option(
         None,
         "--ro-port",
         help="Port of the read-only endpoint the nodes pull from (default: --port + 1).",
