@@ -114,7 +114,7 @@ class CertCheck:
     host: str
     state: str  # ok, failed, unreachable
     trusts_current_ca: bool | None
-    pull_credential: bool  # the read-only endpoint accepts a credential of this node's
+    pull_credential: bool  # the read-only endpoint holds a credential for this node
     endpoint: str  # the read-only endpoint the node pulls from
     server_cert_days_left: int
     message: str | None = None
@@ -138,8 +138,8 @@ class CheckResult(Result):
 
 def check(ws: Workspace, options: CheckOptions, progress: Progress = SILENT) -> CheckResult:
     """Per node: does it hold the current CA; does the read-only endpoint answer it over
-    verified TLS; does the endpoint accept a credential of its; how long the server
-    certificate has left."""
+    verified TLS; does it hold a pull credential; how long the server certificate has
+    left."""
     target = options.target
     f = registry.files(ws)
     want = hashlib.sha256(f.ca_cert.read_bytes()).hexdigest()
