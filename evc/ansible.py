@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 import uuid
@@ -283,20 +284,27 @@ def run_playbook(
     target: str = "all",
     *,
     extravars: dict[str, Any] | None = None,
-    env: dict[str, str] | None = None,
+    secrets: dict[str, str] | None = None,
     inventory: Path | None = None,
     task_timeout: int = 300,
     progress: Progress = SILENT,
 ) -> RunResult:
     """Run a bundled playbook (or a path) against ``target`` and return per-host results.
 
-    Secrets go in ``env`` (read in the playbook with ``lookup('env')`` under no_log),
-    never in ``extravars``, which ansible-runner puts on the command line.
+    Secrets never go in ``extravars`` (ansible-runner puts them on the command line and
+    in ``artifacts/*/command``) nor in the environment (also in ``command``). Each one of
+    ``secrets`` answers the play's ``vars_prompt`` of that name, declared with
+    ``prompt: NAME``, ``private: true`` and ``unsafe: true`` (else the answer is a
+    template): ansible-runner types it into ansible-playbook's terminal, so it is in no
+    argument, environment or file (with ``suppress_env_files``, which keeps it out of
+    ``env/passwords``). An answer is one terminal line: at most 4095 characters.
     """
     import ansible_runner
 
     inventory = inventory or ws.inventory
     hosts = resolve_hosts(inventory, target)
+    if any(len(v) > 4095 or "\n" in v for v in (secrets or {}).values()):
+        raise EVCError("a secret for a vars_prompt must be one line of at most 4095 characters")
     path = Path(name) if os.sep in name else bundled_playbook(name)
     forks = max(1, min(len(hosts), MAX_FORKS))
     ws.artifacts_dir.mkdir(parents=True, exist_ok=True)
@@ -311,7 +319,8 @@ def run_playbook(
             inventory=str(inventory),
             limit=target,
             extravars=extravars or {},
-            envvars={**ansible_env(ws, forks, task_timeout), **(env or {})},
+            envvars=ansible_env(ws, forks, task_timeout),
+            passwords={rf"{re.escape(k)}: ?$": v for k, v in (secrets or {}).items()},
             event_handler=collector,
             quiet=True,
             suppress_env_files=True,

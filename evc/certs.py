@@ -1,9 +1,12 @@
-"""Registry trust on the nodes: push, revoke and check the CA, rotate to a new CA (evc cert).
+"""Registry trust on the nodes: push, revoke and check the CA and the node's pull
+credential, rotate to a new CA (evc cert).
 
-Failures are reported per host in plain words: the playbooks find out why a node
-cannot reach the registry without showing the secret (see cert_push.yml), and
-:func:`explain` turns the TLS, connection and SSH errors into reasons that name
-the date, the names or the address involved.
+Nodes trust and log in to the registry's read-only endpoint only, each with a
+credential of its own (evc.pull_credentials); the read-write endpoint and its
+credential stay on the controller. Failures are reported per host in plain words:
+the playbooks find out why a node cannot reach the registry without showing the
+secret (see cert_push.yml), and :func:`explain` turns the TLS, connection and SSH
+errors into reasons that name the date, the names or the address involved.
 """
 
 from __future__ import annotations
@@ -15,83 +18,95 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from evc import pki, registry, registry_api
+from evc import pki, pull_credentials, registry, registry_api
 from evc.ansible import RunResult, resolve_hosts, run_playbook
 from evc.config import Workspace
-from evc.errors import EVCError, Result
+from evc.errors import EVCError, Result, UsageError
 from evc.keys import write_private
 from evc.names import Target
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
 
-PASSWORD_ENV = "EVC_REGISTRY_PASSWORD"
-
 
 def _vars(ws: Workspace) -> dict:
-    """Extravars of the cert playbooks: paths and names, never the secret.
+    """Extravars of the cert playbooks: paths and names, never a secret.
 
-    While a rotation to a new CA is under way the nodes get both CAs, and the
-    probe verifies with the one that signed the server certificate.
+    ``registry_address`` is the read-only endpoint, the one nodes use;
+    ``registry_rw_address`` only names what an older EVC put on the nodes (its CA and
+    the read-write login), which they lose. While a rotation to a new CA is under way
+    the nodes get both CAs, and the probe verifies with the one that signed the server
+    certificate.
     """
     settings = registry.load(ws)
     f = registry.files(ws)
     pending = registry.rotation_pending(ws)
     switched = pending and pki.signed_by(f.server_cert, f.next_ca().ca_cert)
     return {
-        "registry_address": settings.address,
-        "registry_user": settings.user,
+        "registry_address": settings.ro_address,
+        "registry_rw_address": settings.address,
         "registry_ca": str(f.ca_cert),
         "registry_ca_next": str(f.next_ca().ca_cert) if pending else "",
         "registry_probe_ca": registry.NEXT_CA_NAME if switched else "ca.crt",
-        "probe_ref": f"{settings.address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}",
+        "probe_ref": f"{settings.ro_address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}",
     }
 
 
 class PushOptions(Options):
-    """Put the CA in Docker's certs.d, log in (no_log), verify by a pull; per host, why not."""
+    """CA in Docker's certs.d, log in with the node's own pull credential (no_log), verify by
+    a pull; per host, why not."""
 
     target: Target = arg("all", help=TARGET_HELP)
     system_trust: bool = opt(False, help="Also add the CA to the system trust store.")
 
 
 class RevokeOptions(Options):
-    """Remove the CA and the login; succeeds only where a pull then fails."""
+    """Delete the nodes' pull credentials (refused at once), remove the CA and the login;
+    succeeds only where a pull then fails."""
 
     target: Target = arg(help=TARGET_HELP)
 
 
 class CheckOptions(Options):
-    """Per node: trusts the current CA? Registry verified over TLS (else why)? Cert days left."""
+    """Per node: trusts the current CA? Read-only endpoint verified over TLS (else why)? Pull
+    credential? Cert days left."""
 
     target: Target = arg("all", help=TARGET_HELP)
 
 
-def _push(ws: Workspace, target: str, extravars: dict, progress: Progress) -> RunResult:
-    password = registry.files(ws).password.read_text()
+def _push(
+    ws: Workspace, target: str, nonces: dict[str, str], extravars: dict, progress: Progress
+) -> RunResult:
+    """cert_push.yml for the hosts of ``nonces`` (each one's pull credential); the key
+    that the play derives their passwords from goes through the vars_prompt."""
     run = run_playbook(
         ws,
         "cert_push.yml",
         target,
-        extravars=extravars,
-        env={PASSWORD_ENV: password},
+        extravars={**extravars, "registry_pull_nonce": nonces},
+        secrets={pull_credentials.PROMPT: pull_credentials.key(ws)},
         progress=progress,
     )
     return explain(run, extravars["registry_address"])
 
 
 def push(ws: Workspace, options: PushOptions, progress: Progress = SILENT) -> RunResult:
-    """CA to certs.d (and the system store if asked or already there), Docker login, verified
-    by a pull; a failure says why, per host."""
+    """CA to certs.d (and the system store if asked or already there), a pull credential
+    for each node that has none, Docker login, verified by a pull; a failure says why,
+    per host."""
+    nonces = pull_credentials.issue(ws, resolve_hosts(ws.inventory, options.target))
     extravars = {**_vars(ws), "registry_system_trust": options.system_trust}
-    return _push(ws, options.target, extravars, progress)
+    return _push(ws, options.target, nonces, extravars, progress)
 
 
 def revoke(ws: Workspace, options: RevokeOptions, progress: Progress = SILENT) -> RunResult:
-    """Logout, remove the CA and the probe image; succeeds only if a pull then fails."""
+    """Delete the nodes' pull credentials first (the registry refuses them from its next
+    request, whether or not a node answers: a stolen one does not), then logout, remove
+    the CA and the probe image; succeeds only if a pull then fails."""
+    pull_credentials.revoke(ws, resolve_hosts(ws.inventory, options.target))
     run = run_playbook(
         ws, "cert_revoke.yml", options.target, extravars=_vars(ws), progress=progress
     )
-    return explain(run, registry.load(ws).address)
+    return explain(run, registry.load(ws).ro_address)
 
 
 @dataclass
@@ -99,8 +114,14 @@ class CertCheck:
     host: str
     state: str  # ok, failed, unreachable
     trusts_current_ca: bool | None
+    pull_credential: bool  # the read-only endpoint holds a credential for this node
+    endpoint: str  # the read-only endpoint the node pulls from
     server_cert_days_left: int
     message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok" and bool(self.trusts_current_ca) and self.pull_credential
 
 
 @dataclass
@@ -109,22 +130,25 @@ class CheckResult(Result):
 
     @property
     def ok(self) -> bool:
-        return all(c.state == "ok" and c.trusts_current_ca for c in self.checks)
+        return all(c.ok for c in self.checks)
 
     def to_dict(self) -> list[dict[str, Any]]:
         return [asdict(c) for c in self.checks]
 
 
 def check(ws: Workspace, options: CheckOptions, progress: Progress = SILENT) -> CheckResult:
-    """Per node: does it hold the current CA; does the registry answer it over verified
-    TLS; how long the server certificate has left."""
+    """Per node: does it hold the current CA; does the read-only endpoint answer it over
+    verified TLS; does it hold a pull credential; how long the server certificate has
+    left."""
     target = options.target
     f = registry.files(ws)
     want = hashlib.sha256(f.ca_cert.read_bytes()).hexdigest()
     days = pki.certificate_info(f.server_cert)["days_left"]
     extravars = _vars(ws)
+    address = extravars["registry_address"]
     run = run_playbook(ws, "cert_check.yml", target, extravars=extravars, progress=progress)
-    explain(run, extravars["registry_address"])
+    explain(run, address)
+    holders = pull_credentials.holders(ws)
     out = []
     for host, r in sorted(run.hosts.items()):
         stat = r.outputs.get("registry CA on node", {}).get("stat")
@@ -136,7 +160,9 @@ def check(ws: Workspace, options: CheckOptions, progress: Progress = SILENT) -> 
                 if stat.get("exists")
                 else "no registry CA: run `evc cert push`"
             )
-        out.append(CertCheck(host, r.state, trusts, days, message))
+        elif message is None and host not in holders:
+            message = "no pull credential: run `evc cert push`"
+        out.append(CertCheck(host, r.state, trusts, host in holders, address, days, message))
     return CheckResult(out)
 
 
@@ -252,7 +278,7 @@ class RotationResult(Result):
     status: str  # complete, stopped
     resumed: bool  # an unfinished rotation was picked up
     stopped_at: str | None  # the phase that stopped it
-    targets: list[str]  # every enrolled device: each one pulls from the registry
+    targets: list[str]  # every enrolled device that holds a pull credential
     old_ca: dict[str, Any]
     new_ca: dict[str, Any]
     phases: list[PhaseResult] = field(default_factory=list)
@@ -285,6 +311,8 @@ def rotate_ca(
     3. drop-old: the new CA becomes the only ``ca.crt`` on the nodes, then in the
        workspace; the old CA's key and certificate are gone.
 
+    The nodes are the enrolled devices that hold a pull credential: one that never had
+    one, or was revoked, is left out (a rotation gives no access back).
     A registry that does not answer stops it before anything changes. A node that fails
     stops the rotation before the next phase; the new CA stays in
     ``.evc/registry/ca-next.*`` and a re-run picks up from there. Unreachable nodes are
@@ -293,8 +321,15 @@ def rotate_ca(
     """
     settings = registry.load(ws)
     pki.check_days(days)
-    targets = resolve_hosts(ws.inventory, "all")
+    holders = pull_credentials.holders(ws)
+    targets = [h for h in resolve_hosts(ws.inventory, "all") if h in holders]
+    if not targets:
+        raise UsageError(
+            "No enrolled device holds a pull credential, so none would move to the new CA: "
+            "`evc cert push TARGET` first (a rotation gives no access back)."
+        )
     registry.api(ws).ping()
+    registry.ro_api(ws).asks_for_credentials()
     f = registry.files(ws)
     nxt = f.next_ca()
     resumed = registry.rotation_pending(ws)
@@ -334,8 +369,8 @@ class _Rotation:
     def phase(self, name: str, extravars: dict, note: str | None = None) -> bool:
         """Run one phase (cert_push.yml); False when the rotation must stop there."""
         result = self.result
-        pattern = "all" if self.active == result.targets else ",".join(self.active)
-        run = _push(self.ws, pattern, extravars, self.progress)
+        nonces = pull_credentials.nonces(self.ws, self.active)
+        run = _push(self.ws, ",".join(self.active), nonces, extravars, self.progress)
         hosts = {
             h: {"state": r.state, "verified": "pull probe" in r.outputs, "message": r.message}
             for h, r in sorted(run.hosts.items())

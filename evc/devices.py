@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from evc import db as evcdb
-from evc import inventory, names, yamlpos
+from evc import inventory, names, pull_credentials, yamlpos
 from evc.ansible import run_playbook
 from evc.config import Workspace
 from evc.errors import EVCError, Result, UsageError
@@ -144,7 +144,8 @@ class ImportOptions(Options):
 
 
 class RemoveOptions(Options):
-    """Remove a device from the database and the inventory."""
+    """Remove a device from the database and the inventory; its registry pull credential
+    is deleted (the registry refuses it at once)."""
 
     name: DeviceName = arg(help="Device name.")
 
@@ -370,8 +371,10 @@ def add(ws: Workspace, devices: list[Device], *, scan_keys: bool = True,
 
 
 def remove(ws: Workspace, name: str) -> dict:
+    """Forget a device; its registry pull credential is deleted first (refused at once)."""
     db = evcdb.workspace_db(ws)
     device = get(db, name)
+    pull_credentials.revoke(ws, [name])
     with evcdb.transaction(db):
         db["devices"].delete(name)
     regenerate_inventory(ws, db)

@@ -56,6 +56,24 @@ class RegistryFiles:
     def password(self) -> Path:
         return self.root / "password"
 
+    @property
+    def pull_dir(self) -> Path:
+        """The folder the read-only endpoint mounts at /auth: a folder, not the file, so
+        that an atomic replace of its htpasswd is seen (a file mount keeps the old inode)."""
+        return self.root / "pull"
+
+    @property
+    def pull_htpasswd(self) -> Path:
+        return self.pull_dir / "htpasswd"
+
+    @property
+    def pull_key(self) -> Path:
+        return self.root / "pull-key"
+
+    @property
+    def pull_nonces(self) -> Path:
+        return self.root / "pull-devices.json"
+
 
 def subject_alt_names(hosts: list[str]):
     from cryptography import x509
@@ -189,16 +207,40 @@ def make_server_cert(
     files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def make_credentials(files: RegistryFiles, password: str | None = None) -> None:
-    """The password file (generated unless given) and an htpasswd line with bcrypt."""
+def bcrypt_hash(password: str, rounds: int = 10) -> str:
+    """An htpasswd bcrypt hash (``$2y$``, the prefix distribution's htpasswd reads)."""
     import bcrypt
 
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds)).decode()
+    return hashed.replace("$2b$", "$2y$", 1)
+
+
+def read_htpasswd(path: Path) -> dict[str, str]:
+    """user -> hash; an absent file is empty."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return {}
+    return dict(line.split(":", 1) for line in lines if ":" in line)
+
+
+def write_htpasswd(path: Path, entries: dict[str, str]) -> None:
+    """Replace ``path`` atomically (0600): the registry never reads half a file, and the
+    new mtime makes it read the file again on its next request."""
+    for user in entries:
+        if not user or any(c in user for c in ":\n\r"):
+            raise ValueError(f"{user!r} cannot be an htpasswd user")
+    text = "".join(f"{user}:{hashed}\n" for user, hashed in sorted(entries.items()))
+    write_private(path, text.encode())
+
+
+def make_credentials(files: RegistryFiles, password: str | None = None) -> None:
+    """The password file (generated unless given) and an htpasswd line with bcrypt."""
     if password is not None and len(password) < 12:
         raise UsageError("The registry password must be at least 12 characters.")
     password = password or secrets.token_urlsafe(24)
-    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
     write_private(files.password, password.encode())
-    write_private(files.htpasswd, f"{USER}:{hashed.replace('$2b$', '$2y$', 1)}\n".encode())
+    write_htpasswd(files.htpasswd, {USER: bcrypt_hash(password)})
 
 
 def certificate_info(cert: Path | bytes) -> dict:

@@ -1,4 +1,12 @@
-"""The private registry: distribution v2 in a container with TLS, htpasswd auth and deletes.
+"""The private registry: distribution v2 in two containers over one storage volume.
+
+The read-write endpoint (``port``, user ``evc``) is the controller's alone: it pushes
+and deletes there. The nodes pull through the read-only endpoint (``ro_port``): a
+second distribution process over the same volume, mounted read-only, with
+``storage.maintenance.readonly`` on (every write answers 405) and its own htpasswd of
+one user per device (evc.pull_credentials). A node thus holds only a credential that
+can pull, and losing one node loses no other's. Both serve TLS with the same server
+certificate.
 
 Settings live in ``.evc/registry/registry.json`` beside the certificates
 (evc.pki). The controller's own Docker engine trusts the CA through
@@ -38,10 +46,30 @@ class RegistrySettings:
     port: int = DEFAULT_PORT
     image: str = DEFAULT_IMAGE
     user: str = pki.USER
+    ro_port: int | None = None  # None (settings from before it existed): port + 1
 
     @property
     def address(self) -> str:
+        """The read-write endpoint: the controller pushes and deletes here."""
         return f"{self.hosts[0]}:{self.port}"
+
+    @property
+    def read_only_port(self) -> int:
+        return self.ro_port or self.port + 1
+
+    @property
+    def ro_address(self) -> str:
+        """The read-only endpoint: the nodes pull here, with their own credentials."""
+        return f"{self.hosts[0]}:{self.read_only_port}"
+
+
+@dataclass
+class ReadOnlyStatus:
+    address: str
+    container: str
+    state: str  # running, exited, absent
+    devices: list[str]  # the devices that hold a pull credential
+    error: str | None = None
 
 
 @dataclass
@@ -52,9 +80,16 @@ class RegistryStatus:
     image: str
     cert: dict[str, Any]
     ca: dict[str, Any]
+    read_only: ReadOnlyStatus
     repositories: list[str] = field(default_factory=list)
     error: str | None = None
     next_ca: dict[str, Any] | None = None  # a rotation to this CA is under way
+
+    @property
+    def healthy(self) -> bool:
+        """Both endpoints run and answer."""
+        ro = self.read_only
+        return self.state == ro.state == "running" and not self.error and not ro.error
 
 
 def files(ws: Workspace) -> pki.RegistryFiles:
@@ -68,6 +103,11 @@ def container_name(ws: Workspace) -> str:
     import hashlib
 
     return f"evc-registry-{ws.name}-{hashlib.sha256(str(ws.root).encode()).hexdigest()[:8]}"
+
+
+def ro_container_name(ws: Workspace) -> str:
+    """The read-only endpoint's container."""
+    return container_name(ws) + "-ro"
 
 
 def load(ws: Workspace) -> RegistrySettings:
@@ -88,17 +128,25 @@ def init(
     days: int = 825,
     password: str | None = None,
     port: int = DEFAULT_PORT,
+    ro_port: int | None = None,
     image: str = DEFAULT_IMAGE,
 ) -> RegistrySettings:
-    """CA, server certificate for ``hosts``, credentials and settings (refused if present)."""
+    """CA, server certificate for ``hosts``, credentials and settings (refused if present).
+
+    ``ro_port`` (default ``port`` + 1) is the read-only endpoint the nodes pull from.
+    """
     f = files(ws)
     if (f.root / "registry.json").exists():
         raise UsageError(
             f"The registry is already initialised ({f.root}). Use `evc registry rotate` for "
             "new certificates."
         )
-    if not 1 <= port <= 65535:
-        raise UsageError(f"--port {port} is out of range (1-65535).")
+    ro_port = port + 1 if ro_port is None else ro_port
+    for flag, value in (("--port", port), ("--ro-port", ro_port)):
+        if not 1 <= value <= 65535:
+            raise UsageError(f"{flag} {value} is out of range (1-65535).")
+    if ro_port == port:
+        raise UsageError(f"--ro-port {ro_port}: the read-only endpoint needs a port of its own.")
     pki.subject_alt_names(hosts)  # validate before writing anything
     pki.check_days(days)
     if password is not None and len(password) < 12:
@@ -106,28 +154,61 @@ def init(
     pki.make_ca(f)
     pki.make_server_cert(f, hosts, days)
     pki.make_credentials(f, password)
-    settings = RegistrySettings(hosts=list(hosts), port=port, image=image)
+    settings = RegistrySettings(hosts=list(hosts), port=port, image=image, ro_port=ro_port)
     save(ws, settings)
     return settings
 
 
-def _config_yaml() -> str:
+def _config_yaml(read_only: bool) -> str:
+    """distribution's configuration; the read-only one refuses every write (405) and
+    runs no upload purger (it would start even in read-only mode, and write)."""
+    storage = (
+        ["  maintenance:", "    readonly: {enabled: true}", "    uploadpurging: {enabled: false}"]
+        if read_only
+        else ["  delete: {enabled: true}"]
+    )
     return "\n".join(
         [
             "version: 0.1",
             "log: {level: info, fields: {service: evc-registry}}",
             "storage:",
             "  filesystem: {rootdirectory: /var/lib/registry}",
-            "  delete: {enabled: true}",
+            *storage,
             "http:",
             "  addr: :5000",
             "  tls: {certificate: /certs/server.crt, key: /certs/server.key}",
             "  headers: {X-Content-Type-Options: [nosniff]}",
             "auth:",
-            "  htpasswd: {realm: evc-registry, path: /auth/htpasswd}",
+            f"  htpasswd: {{realm: {'evc-pull' if read_only else 'evc-registry'}, "
+            "path: /auth/htpasswd}",
             "",
         ]
     )
+
+
+def _containers(ws: Workspace, settings: RegistrySettings) -> dict[str, tuple[int, dict]]:
+    """Container name -> (host port, volumes): the read-write endpoint, then the read-only
+    one over the same data volume (mounted read-only) with the devices' htpasswd folder."""
+    f = files(ws)
+    name = container_name(ws)
+    certs = {
+        str(f.server_cert): {"bind": "/certs/server.crt", "mode": "ro"},
+        str(f.server_key): {"bind": "/certs/server.key", "mode": "ro"},
+    }
+    return {
+        name: (settings.port, {
+            str(f.root / "config.yml"): {"bind": CONFIG_PATH, "mode": "ro"},
+            **certs,
+            str(f.htpasswd): {"bind": "/auth/htpasswd", "mode": "ro"},
+            f"{name}-data": {"bind": "/var/lib/registry", "mode": "rw"},
+        }),
+        ro_container_name(ws): (settings.read_only_port, {
+            str(f.root / "config-ro.yml"): {"bind": CONFIG_PATH, "mode": "ro"},
+            **certs,
+            str(f.pull_dir): {"bind": "/auth", "mode": "ro"},
+            f"{name}-data": {"bind": "/var/lib/registry", "mode": "ro"},
+        }),
+    }  # fmt: skip
 
 
 def api(ws: Workspace) -> RegistryClient:
@@ -136,6 +217,11 @@ def api(ws: Workspace) -> RegistryClient:
     return RegistryClient(
         settings.address, settings.user, files(ws).password.read_text(), trusted_cas(ws)
     )
+
+
+def ro_api(ws: Workspace) -> RegistryClient:
+    """The read-only endpoint, without credentials: the controller holds none there."""
+    return RegistryClient(load(ws).ro_address, None, None, trusted_cas(ws))
 
 
 def rotation_pending(ws: Workspace) -> bool:
@@ -192,7 +278,7 @@ class UpOptions(Options):
 
 
 def up(ws: Workspace, image: str | None = None, *, client=None) -> RegistryStatus:
-    """Start (or keep) the registry container and wait until it answers over TLS."""
+    """Start (or keep) both endpoints and wait until each answers over verified TLS."""
     import docker.errors
 
     settings = load(ws)
@@ -201,69 +287,75 @@ def up(ws: Workspace, image: str | None = None, *, client=None) -> RegistryStatu
         save(ws, settings)
     client = client or docker_client()
     f = files(ws)
-    config = f.root / "config.yml"
-    config.write_text(_config_yaml())
-    name = container_name(ws)
-    try:
-        container = client.containers.get(name)
-        if container.image.tags and settings.image not in container.image.tags:
-            container.remove(force=True)
+    (f.root / "config.yml").write_text(_config_yaml(read_only=False))
+    (f.root / "config-ro.yml").write_text(_config_yaml(read_only=True))
+    f.pull_dir.mkdir(mode=0o700, exist_ok=True)
+    if not f.pull_htpasswd.exists():  # absent, distribution would invent a user of its own
+        pki.write_htpasswd(f.pull_htpasswd, {})
+    host_ip = settings.hosts[0] if _is_ip(settings.hosts[0]) else "0.0.0.0"
+    for name, (port, volumes) in _containers(ws, settings).items():
+        try:
+            container = client.containers.get(name)
+            if container.image.tags and settings.image not in container.image.tags:
+                container.remove(force=True)
+                container = None
+        except docker.errors.NotFound:
             container = None
-    except docker.errors.NotFound:
-        container = None
-    if container is None:
-        try:
-            client.images.get(settings.image)
-        except docker.errors.ImageNotFound:
-            raise EVCError(
-                f"Registry image {settings.image!r} is not on this machine and cannot be pulled "
-                "here; pass --image (the lab builds one: `evc lab up`)."
-            ) from None
-        host_ip = settings.hosts[0] if _is_ip(settings.hosts[0]) else "0.0.0.0"
-        try:
-            container = client.containers.run(
-                settings.image,
-                name=name,
-                detach=True,
-                restart_policy={"Name": "unless-stopped"},
-                ports={"5000/tcp": (host_ip, settings.port)},
-                volumes={
-                    str(config): {"bind": CONFIG_PATH, "mode": "ro"},
-                    str(f.server_cert): {"bind": "/certs/server.crt", "mode": "ro"},
-                    str(f.server_key): {"bind": "/certs/server.key", "mode": "ro"},
-                    str(f.htpasswd): {"bind": "/auth/htpasswd", "mode": "ro"},
-                    f"{name}-data": {"bind": "/var/lib/registry", "mode": "rw"},
-                },
-                labels={"evc.registry": str(ws.root)},
-            )
-        except docker.errors.APIError as exc:
-            try:  # run() creates before it starts: leave no half-made container behind
-                client.containers.get(name).remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            raise EVCError(f"Could not start the registry on {settings.address}: {exc}") from None
-    elif container.status != "running":
-        container.start()
+        if container is None:
+            _run(ws, client, settings, name, (host_ip, port), volumes)
+        elif container.status != "running":
+            container.start()
     trust_on_controller(ws, settings)
-    _wait_answering(api(ws))
+    _wait_answering(ws, [container_name(ws), ro_container_name(ws)])
     return status(ws, client=client)
 
 
+def _run(ws: Workspace, client, settings: RegistrySettings, name: str, bind, volumes) -> None:
+    import docker.errors
+
+    try:
+        client.images.get(settings.image)
+    except docker.errors.ImageNotFound:
+        raise EVCError(
+            f"Registry image {settings.image!r} is not on this machine and cannot be pulled "
+            "here; pass --image (the lab builds one: `evc lab up`)."
+        ) from None
+    try:
+        client.containers.run(
+            settings.image,
+            name=name,
+            detach=True,
+            restart_policy={"Name": "unless-stopped"},
+            ports={"5000/tcp": bind},
+            volumes=volumes,
+            labels={"evc.registry": str(ws.root)},
+        )
+    except docker.errors.APIError as exc:
+        try:  # run() creates before it starts: leave no half-made container behind
+            client.containers.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        raise EVCError(f"Could not start the registry on {bind[0]}:{bind[1]}: {exc}") from None
+
+
 def restart(ws: Workspace, *, client=None) -> RegistryStatus:
-    """Restart a running registry so that it reads its certificate, key and htpasswd
-    again (a second or two: Docker resolves the file mounts at each start), and wait
-    for a verified answer. A stopped one reads them when it starts.
+    """Restart the running endpoints so that they read their certificate, key and
+    htpasswd again (a second or two: Docker resolves the file mounts at each start), and
+    wait for verified answers. A stopped one reads them when it starts.
     """
     import docker.errors
 
     client = client or docker_client()
-    try:
-        container = client.containers.get(container_name(ws))
-    except docker.errors.NotFound:
-        return status(ws, client=client)
-    if container.status == "running":
-        container.restart(timeout=5)
-        _wait_answering(api(ws))
+    restarted = []
+    for name in (container_name(ws), ro_container_name(ws)):
+        try:
+            container = client.containers.get(name)
+        except docker.errors.NotFound:
+            continue
+        if container.status == "running":
+            container.restart(timeout=5)
+            restarted.append(name)
+    _wait_answering(ws, restarted)
     return status(ws, client=client)
 
 
@@ -291,20 +383,27 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def _wait_answering(http: RegistryClient, seconds: float = 30) -> None:
+def _wait_answering(ws: Workspace, containers: list[str], seconds: float = 30) -> None:
+    """Until the endpoints of ``containers`` answer over verified TLS (read-write: with
+    the controller's credential; read-only: refusing a request without one)."""
     deadline = time.monotonic() + seconds
-    while True:
-        try:
-            http.ping()
-            return
-        except EVCError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
+    checks = {
+        container_name(ws): api(ws).ping,
+        ro_container_name(ws): ro_api(ws).asks_for_credentials,
+    }
+    for name in containers:
+        while True:
+            try:
+                checks[name]()
+                break
+            except EVCError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
 
 
 def down(ws: Workspace, *, purge: bool = False, client=None) -> list[str]:
-    """Stop and remove the registry container.
+    """Stop and remove both registry containers.
 
     With ``purge`` also its stored images, the controller's local images tagged
     for it (the probe, pushed models), and the controller's trust in its CA
@@ -315,11 +414,12 @@ def down(ws: Workspace, *, purge: bool = False, client=None) -> list[str]:
     client = client or docker_client()
     removed = []
     name = container_name(ws)
-    try:
-        client.containers.get(name).remove(force=True)
-        removed.append(name)
-    except docker.errors.NotFound:
-        pass
+    for container in (name, ro_container_name(ws)):
+        try:
+            client.containers.get(container).remove(force=True)
+            removed.append(container)
+        except docker.errors.NotFound:
+            pass
     if purge:
         try:
             client.volumes.get(f"{name}-data").remove(force=True)
@@ -346,16 +446,27 @@ def down(ws: Workspace, *, purge: bool = False, client=None) -> list[str]:
     return removed
 
 
-def status(ws: Workspace, *, client=None) -> RegistryStatus:
+def _state(client, name: str) -> str:
     import docker.errors
 
+    try:
+        return client.containers.get(name).status
+    except docker.errors.NotFound:
+        return "absent"
+
+
+def status(ws: Workspace, *, client=None) -> RegistryStatus:
+    """Both endpoints: containers, certificates, repositories, who holds a pull credential."""
     settings = load(ws)
     f = files(ws)
     client = client or docker_client()
-    try:
-        state = client.containers.get(container_name(ws)).status
-    except docker.errors.NotFound:
-        state = "absent"
+    state = _state(client, container_name(ws))
+    read_only = ReadOnlyStatus(
+        address=settings.ro_address,
+        container=ro_container_name(ws),
+        state=_state(client, ro_container_name(ws)),
+        devices=sorted(pki.read_htpasswd(f.pull_htpasswd)),
+    )
     result = RegistryStatus(
         address=settings.address,
         container=container_name(ws),
@@ -363,6 +474,7 @@ def status(ws: Workspace, *, client=None) -> RegistryStatus:
         image=settings.image,
         cert=pki.certificate_info(f.server_cert),
         ca=pki.certificate_info(f.ca_cert),
+        read_only=read_only,
         next_ca=pki.certificate_info(f.next_ca().ca_cert) if rotation_pending(ws) else None,
     )
     if state == "running":
@@ -370,6 +482,11 @@ def status(ws: Workspace, *, client=None) -> RegistryStatus:
             result.repositories = api(ws).catalog()
         except EVCError as exc:
             result.error = str(exc)
+    if read_only.state == "running":
+        try:
+            ro_api(ws).asks_for_credentials()
+        except EVCError as exc:
+            read_only.error = str(exc)
     return result
 
 

@@ -33,7 +33,10 @@ class RegistryClient:
         ]
     )
 
-    def __init__(self, address: str, user: str, password: str, ca_file: Path, timeout=10):
+    def __init__(
+        self, address: str, user: str | None, password: str | None, ca_file: Path, timeout=10
+    ):
+        """``user`` None: no credentials are sent (see :meth:`asks_for_credentials`)."""
         import requests
 
         self.base = f"https://{address}/v2/"
@@ -41,7 +44,7 @@ class RegistryClient:
         # The workspace CA only: with trust_env, REQUESTS_CA_BUNDLE or a proxy from the
         # environment would override it (requests merges env settings over the session's).
         self.session.trust_env = False
-        self.session.auth = (user, password)
+        self.session.auth = (user, password) if user is not None else None
         self.verify = str(ca_file)
         self.timeout = timeout
 
@@ -58,7 +61,7 @@ class RegistryClient:
             raise EVCError(f"TLS to the registry {self.base} failed: {exc}") from None
         except requests.exceptions.RequestException as exc:
             raise EVCError(f"The registry {self.base} does not answer: {exc}") from None
-        if response.status_code == 401:
+        if response.status_code == 401 and 401 not in ok:
             raise EVCError(f"The registry {self.base} refused the credentials (401).")
         if response.status_code == 404 and missing_ok:
             return None
@@ -72,6 +75,11 @@ class RegistryClient:
 
     def ping(self) -> None:
         self._request("GET", "")
+
+    def asks_for_credentials(self) -> None:
+        """/v2/ answers over verified TLS and refuses a request without credentials (401):
+        how the controller checks an endpoint it holds no credential for."""
+        self._request("GET", "", ok=(401,))
 
     def catalog(self) -> list[str]:
         response = self._request("GET", "_catalog", params={"n": 1000})

@@ -23,7 +23,8 @@ def _report(run, json: bool) -> None:
 
 @command(app, PushOptions)
 def push(options: PushOptions, json: bool = JSON) -> None:
-    """Put the CA in Docker's certs.d, log in (no_log), verify by a pull; per host, why not."""
+    """CA in Docker's certs.d, log in with the node's own pull credential (no_log), verify by
+    a pull; per host, why not."""
     from evc import certs
 
     _report(certs.push(workspace(), options, progress(json)), json)
@@ -31,7 +32,8 @@ def push(options: PushOptions, json: bool = JSON) -> None:
 
 @command(app, RevokeOptions)
 def revoke(options: RevokeOptions, json: bool = JSON) -> None:
-    """Remove the CA and the login; succeeds only where a pull then fails."""
+    """Delete the nodes' pull credentials (refused at once), remove the CA and the login;
+    succeeds only where a pull then fails."""
     from evc import certs
 
     _report(certs.revoke(workspace(), options, progress(json)), json)
@@ -39,7 +41,8 @@ def revoke(options: RevokeOptions, json: bool = JSON) -> None:
 
 @command(app, CheckOptions)
 def check(options: CheckOptions, json: bool = JSON) -> None:
-    """Per node: trusts the current CA? Registry verified over TLS (else why)? Cert days left."""
+    """Per node: trusts the current CA? Read-only endpoint verified over TLS (else why)? Pull
+    credential? Cert days left."""
     from evc import certs
     from evc.console import print_json, print_table, styled
 
@@ -47,11 +50,13 @@ def check(options: CheckOptions, json: bool = JSON) -> None:
     if json:
         print_json(result.to_dict())
     else:
+        yes = {True: "yes", False: styled("no", "red"), None: "-"}
+        endpoint = result.checks[0].endpoint if result.checks else "-"
         print_table(
-            "registry trust",
-            ["host", "state", "trusts current CA", "server cert days left", "message"],
-            [[r.host, r.state,
-              {True: "yes", False: styled("no", "red"), None: "-"}[r.trusts_current_ca],
+            f"registry trust (nodes pull from https://{endpoint})",
+            ["host", "state", "trusts current CA", "pull credential", "server cert days left",
+             "message"],
+            [[r.host, r.state, yes[r.trusts_current_ca], yes[r.pull_credential],
               str(r.server_cert_days_left), r.message or ""] for r in result.checks],
         )  # fmt: skip
     raise typer.Exit(result.exit_code)

@@ -22,8 +22,12 @@ def _print_status(st, json: bool) -> None:
     if json:
         print_json(asdict(st))
         return
+    ro = st.read_only
     line(styled("registry", "bold"), f" https://{st.address}  ({st.container}: {st.state}, "
-         f"{st.image})")  # fmt: skip
+         f"{st.image}); read-write, the controller's alone")  # fmt: skip
+    devices = f" ({', '.join(ro.devices)})" if 0 < len(ro.devices) <= 10 else ""
+    line(styled("read-only", "bold"), f" https://{ro.address}  ({ro.container}: {ro.state}); "
+         f"the nodes pull here: {len(ro.devices)} device credentials{devices}")  # fmt: skip
     out.print(
         f"certificate: {', '.join(st.cert['sans'])}; {st.cert['days_left']} days left "
         f"(CA: {st.ca['days_left']} days)",
@@ -38,8 +42,9 @@ def _print_status(st, json: bool) -> None:
             highlight=False,
             soft_wrap=True,
         )
-    if st.error:
-        out.print(st.error, style="red", highlight=False)
+    for error in (st.error, ro.error):
+        if error:
+            out.print(error, style="red", highlight=False)
 
 
 @app.command()
@@ -50,7 +55,12 @@ def init(
         help="Address the nodes use (repeatable; the first is the registry's address).",
     ),
     days: int = typer.Option(825, help="Server certificate lifetime in days."),
-    port: int = typer.Option(5000, help="Registry port."),
+    port: int = typer.Option(5000, help="Port of the read-write endpoint (the controller's)."),
+    ro_port: int | None = typer.Option(
+        None,
+        "--ro-port",
+        help="Port of the read-only endpoint the nodes pull from (default: --port + 1).",
+    ),
     image: str = typer.Option("registry:2", help="Registry container image."),
     password_stdin: bool = typer.Option(
         False, "--password-stdin", help="Read the password from stdin (else generated)."
@@ -63,11 +73,12 @@ def init(
 
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
     settings = registry.init(
-        workspace(), host, days=days, password=password, port=port, image=image
-    )
+        workspace(), host, days=days, password=password, port=port, ro_port=ro_port,
+        image=image,
+    )  # fmt: skip
     typer.echo(
-        f"registry initialised for https://{settings.address}; "
-        f"credentials in .evc/registry/ (user {settings.user})"
+        f"registry initialised for https://{settings.address} (nodes pull from "
+        f"https://{settings.ro_address}); credentials in .evc/registry/ (user {settings.user})"
     )
 
 
@@ -96,12 +107,13 @@ def down(
 
 @app.command()
 def status(json: bool = JSON) -> None:
-    """Address, container state, certificate expiry and repositories."""
+    """Both endpoints (read-write, read-only), certificate expiry, repositories, pull
+    credentials."""
     from evc import registry
 
     st = registry.status(workspace())
     _print_status(st, json)
-    if st.state != "running" or st.error:
+    if not st.healthy:
         raise typer.Exit(1)
 
 

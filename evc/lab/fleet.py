@@ -29,7 +29,7 @@ class LabUpResult(Result):
     subnet: str
     gateway: str
     nodes: list[LabNode]
-    registry: str | None = None  # address the nodes pull from
+    registry: str | None = None  # address the nodes pull from (the read-only endpoint)
     created: list[str] = field(default_factory=list)
     images_built: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -151,7 +151,8 @@ class Lab:
         return result
 
     def ensure_registry(self, gateway: str, image: str) -> str:
-        """The workspace registry, reachable by the nodes at the lab gateway, with the probe."""
+        """The workspace registry, reachable by the nodes at the lab gateway, with the probe;
+        returns the read-only endpoint's address (the nodes pull there)."""
         try:
             settings = registry.load(self.ws)
         except UsageError:
@@ -159,7 +160,7 @@ class Lab:
         registry.up(self.ws, image, client=self.client)
         if registry.PROBE_REPO not in registry.api(self.ws).catalog():
             registry.push_probe(self.ws, client=self.client)
-        return settings.address
+        return settings.ro_address
 
     def _devices(self) -> list[dict]:
         """The devices this lab enrolled (labelled lab=<name>)."""

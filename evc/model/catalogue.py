@@ -1,6 +1,8 @@
 """The model catalogue (the ``models`` table): names, references, one row per version.
 
-A version is ``NAME:VERSION``; its image is ``REGISTRY/evc/NAME:VERSION-ARCH``.
+A version is ``NAME:VERSION``; its image is ``REGISTRY/evc/NAME:VERSION-ARCH`` (the tag
+the controller builds and pushes), and once pushed, nodes run it by the digest recorded
+at push (:func:`pull_reference`).
 """
 
 from __future__ import annotations
@@ -82,6 +84,14 @@ class Model:
 
     def to_dict(self) -> dict:
         return {"ref": self.ref, **asdict(self)}
+
+
+def pull_reference(ws: Workspace, model: Model) -> str:
+    """What a node pulls and runs: the manifest recorded at push, by digest, at the
+    registry's read-only endpoint. A tag pushed again (rebuilt, or by anyone holding
+    write access) cannot change it; a new push records a new digest."""
+    address = registry.load(ws).ro_address
+    return f"{address}/{repository(model.name)}@{model.registry_digest}"
 
 
 def get(ws: Workspace, ref: str) -> Model:

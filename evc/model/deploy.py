@@ -1,8 +1,10 @@
 """`evc model deploy|undeploy|rollback`: model containers on the nodes.
 
 Each node runs one container per model, ``evc-model-NAME``, serving inference
-shards (``evc-infer --serve``). Every action records one row per targeted node
-(:mod:`evc.model.deployments`).
+shards (``evc-infer --serve``), from the image pinned by digest at the registry's
+read-only endpoint (:func:`evc.model.catalogue.pull_reference`). Every action records
+one row per targeted node (:mod:`evc.model.deployments`), with that reference, so a
+rollback sends each node the very image it ran before.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from evc.ansible import RunResult, resolve_hosts, run_playbook
 from evc.config import Workspace
 from evc.errors import Result, UsageError
-from evc.model.catalogue import get
+from evc.model.catalogue import get, pull_reference
 from evc.model.deployments import JOBS_DIR, current, previous, record, spec
 from evc.names import Memory, ModelName, ModelRef, Serial, Target
 from evc.options import TARGET_HELP, Options, arg, opt
@@ -105,7 +107,8 @@ def deploy(ws: Workspace, options: DeployOptions, progress: Progress = SILENT) -
         raise UsageError(f"{o.ref} is not in the registry yet: run `evc model push {o.ref}` first")
     hosts = resolve_hosts(ws.inventory, o.target)
     before = {row["node"]: row for row in current(ws, m.name)}
-    wanted = {"version": m.version, "image": m.image, "cpus": o.cpus, "memory": o.memory}
+    image = pull_reference(ws, m)
+    wanted = {"version": m.version, "image": image, "cpus": o.cpus, "memory": o.memory}
     sent = {h: wanted for h in hosts}
     run = _run(
         ws, "deploy", m.name, o.target, sent, progress,

@@ -30,7 +30,8 @@ def current(ws: Workspace, model: str | None = None) -> list[dict]:
 
 
 def spec(row: dict) -> dict:
-    """What a node is sent: version, image and container limits."""
+    """What a node is sent: version, image (``ADDRESS/evc/NAME@sha256:...``) and container
+    limits."""
     return {k: row.get(k) for k in ("version", "image", "cpus", "memory")}
 
 

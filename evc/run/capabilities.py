@@ -127,20 +127,22 @@ def _device_remove(ws, o: devices.RemoveOptions, _progress) -> Outcome:
 
 def _registry_up(ws, o: registry.UpOptions, _progress) -> Outcome:
     st = registry.up(ws, o.image)
+    ro = st.read_only
+    errors = "; ".join(e for e in (st.error, ro.error) if e)
     return Outcome(
-        st.state == "running" and not st.error,
-        f"registry https://{st.address}: {st.state}" + (f" ({st.error})" if st.error else ""),
+        st.healthy,
+        f"registry https://{st.address}: {st.state}, read-only https://{ro.address}: {ro.state}"
+        + (f" ({errors})" if errors else ""),
         detail=asdict(st),
     )
 
 
 def _cert_check(ws, o: certs.CheckOptions, progress) -> Outcome:
     result = certs.check(ws, o, progress)
-    n = len(result.checks)
-    bad = sum(not (c.state == "ok" and c.trusts_current_ca) for c in result.checks)
+    n, bad = len(result.checks), sum(not c.ok for c in result.checks)
     return Outcome(
         ok=result.ok,
-        summary=f"cert check: {n - bad} of {n} hosts trust the CA",
+        summary=f"cert check: {n - bad} of {n} hosts trust the CA and hold a pull credential",
         detail=result.to_dict(),
         hosts={c.host: c.state for c in result.checks},
     )

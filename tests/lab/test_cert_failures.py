@@ -25,22 +25,26 @@ NODES = ["node1", "node2", "node3"]
 
 
 def _serve(ws):
-    """Restart the registry on its files as they are now and wait until it serves them
-    (unverified: they are meant to fail)."""
+    """Restart both registry endpoints on their files as they are now and wait until they
+    serve them (unverified: they are meant to fail)."""
     want = pki.certificate_info(registry.files(ws).server_cert)["sha256"]
-    docker_client().containers.get(registry.container_name(ws)).restart(timeout=5)
-    address = registry.load(ws).address
+    settings = registry.load(ws)
+    for name in (registry.container_name(ws), registry.ro_container_name(ws)):
+        docker_client().containers.get(name).restart(timeout=5)
     deadline = time.monotonic() + 30
-    while (registry_api.served_certificate(address) or {}).get("sha256") != want:
-        assert time.monotonic() < deadline, "the registry does not serve its new files"
-        time.sleep(0.3)
+    for address in (settings.address, settings.ro_address):
+        while (registry_api.served_certificate(address) or {}).get("sha256") != want:
+            assert time.monotonic() < deadline, "the registry does not serve its new files"
+            time.sleep(0.3)
 
 
 def _state(ws):
-    """What a failed push or check must not change: workspace registry files, node certs.d."""
+    """What a failed push or check must not change: workspace registry files (the pull
+    credentials' too), node certs.d and logins."""
     f = registry.files(ws)
-    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in f.root.iterdir()}
-    addr = registry.load(ws).address
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in f.root.rglob("*")
+             if p.is_file() and p.name != "pull.lock"}  # fmt: skip
+    addr = registry.load(ws).ro_address
     nodes = {}
     for c in Nodes(ws).containers():
         if c.status == "running":
@@ -124,40 +128,42 @@ def test_bad_server_certificate(trusted, lab_env, tmp_path, bad):
         registry.rotate(ws)  # a good certificate again
 
 
-def test_wrong_password(trusted, lab_env, tmp_path):
-    """node1, node3 logged in before (the stale login is refused at the pull); node2 logs in
-    afresh (the login itself is refused). The same reason either way, and no secret.
-    node2 logs in again with the next push."""
+def test_wrong_password(trusted, lab_env):
+    """The read-only endpoint accepts none of the nodes' credentials (its htpasswd holds
+    other ones: read again at the next request, no restart). node1, node3 logged in before
+    (the stale login is refused at the pull); node2 logs in afresh (the login itself is
+    refused). The same reason either way, and no secret. node2 logs in again with the
+    next push."""
     ws = trusted
     f = registry.files(ws)
-    password = f.password.read_text()
-    htpasswd = f.htpasswd.read_bytes()
-    other = pki.RegistryFiles(tmp_path)
-    pki.make_credentials(other, "an-other-password-for-the-test")
+    key = f.pull_key.read_text()
+    htpasswd = pki.read_htpasswd(f.pull_htpasswd)
+    other = {n: pki.bcrypt_hash("an-other-password-for-the-test", 5) for n in NODES}
     Nodes(ws).get("node2").exec_run(["rm", "-f", "/root/.docker/config.json"])
     try:
-        f.htpasswd.write_bytes(other.htpasswd.read_bytes())
-        _serve(ws)
+        pki.write_htpasswd(f.pull_htpasswd, other)
         before = _state(ws)
         pushed, _, output = _push_and_check(lab_env, check_too=False)
         assert pushed == dict.fromkeys(NODES, ("failed", "registry refused the credentials (401)"))
         assert _state(ws) == before
         # The secret is in no output, artifact, inventory or database row.
-        assert password not in output and not files_holding(ws, password)
+        assert key not in output and not files_holding(ws, key, f.password.read_text())
     finally:
-        f.htpasswd.write_bytes(htpasswd)
-        registry.restart(ws)
+        pki.write_htpasswd(f.pull_htpasswd, htpasswd)
 
 
 def test_registry_down(trusted, lab_env):
     ws = trusted
-    address = registry.load(ws).address
-    container = docker_client().containers.get(registry.container_name(ws))
+    settings = registry.load(ws)
+    address = settings.address
+    names = (registry.container_name(ws), registry.ro_container_name(ws))
+    containers = [docker_client().containers.get(name) for name in names]
     try:
-        container.stop(timeout=2)
+        for container in containers:
+            container.stop(timeout=2)
         before = _state(ws)
         pushed, checked, _ = _push_and_check(lab_env)
-        why = f"registry not answering at {address} (connection refused)"
+        why = f"registry not answering at {settings.ro_address} (connection refused)"
         assert pushed == checked == dict.fromkeys(NODES, ("failed", why))
         # A rotation to a new CA stops before it makes one.
         rotate = evc("registry", "rotate", "--new-ca", env=lab_env, check=1)

@@ -51,8 +51,9 @@ def rotating(trusted):
 
 
 def _node_certs(ws) -> dict[str, dict[str, str]]:
-    """node -> {file in certs.d/ADDR: sha256}, read inside each node container."""
-    addr = registry.load(ws).address
+    """node -> {file in certs.d/ADDR: sha256}, read inside each node container (ADDR: the
+    read-only endpoint, the one nodes pull from)."""
+    addr = registry.load(ws).ro_address
     out = {}
     for node in NODES:
         cmd = ["sh", "-c", f"cd '/etc/docker/certs.d/{addr}' && sha256sum *"]
@@ -64,7 +65,7 @@ def _node_certs(ws) -> dict[str, dict[str, str]]:
 
 def _pulls(ws) -> dict[str, str]:
     settings = registry.load(ws)
-    ref = f"{settings.address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}"
+    ref = f"{settings.ro_address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}"
     run = run_playbook(ws, PULL, "lab", extravars={"probe_ref": ref})
     return {h: r.message or r.state for h, r in sorted(run.hosts.items())}
 
@@ -79,8 +80,11 @@ def test_every_node_pulls_after_every_phase_and_the_old_ca_is_gone(rotating):
     old, seen = _sha(f.ca_cert), []
 
     def after(phase):
-        served = registry_api.served_certificate(settings.address)
-        seen.append((phase.name, phase.status, _pulls(ws), _node_certs(ws), served["issuer"]))
+        served = {
+            registry_api.served_certificate(address)["issuer"]
+            for address in (settings.address, settings.ro_address)
+        }  # both endpoints serve the same certificate in every phase
+        seen.append((phase.name, phase.status, _pulls(ws), _node_certs(ws), served))
 
     result = certs.rotate_ca(ws, after_phase=after)
     assert result.ok and result.status == "complete" and not result.resumed
@@ -92,9 +96,9 @@ def test_every_node_pulls_after_every_phase_and_the_old_ca_is_gone(rotating):
     ok = dict.fromkeys(NODES, "ok")
     both = dict.fromkeys(NODES, {"ca.crt": old, registry.NEXT_CA_NAME: new})
     assert seen == [
-        ("trust-both", "success", ok, both, old_subject),
-        ("switch-server", "success", ok, both, new_subject),
-        ("drop-old", "success", ok, dict.fromkeys(NODES, {"ca.crt": new}), new_subject),
+        ("trust-both", "success", ok, both, {old_subject}),
+        ("switch-server", "success", ok, both, {new_subject}),
+        ("drop-old", "success", ok, dict.fromkeys(NODES, {"ca.crt": new}), {new_subject}),
     ]
     # The rotation's own verification: a real pull on every node in every phase.
     verified = [sorted(h for h, r in p.hosts.items() if r["verified"]) for p in result.phases]
@@ -129,7 +133,7 @@ def test_failed_phase_stops_rolls_back_and_a_rerun_finishes(rotating, lab_env):
     or the Ansible artifacts."""
     ws = rotating
     f = registry.files(ws)
-    addr = registry.load(ws).address
+    addr = registry.load(ws).ro_address
     old = _sha(f.ca_cert)
 
     def sabotage(phase):
@@ -170,9 +174,10 @@ def test_failed_phase_stops_rolls_back_and_a_rerun_finishes(rotating, lab_env):
     assert _node_certs(ws) == dict.fromkeys(NODES, {"ca.crt": pending})
     status = evc("registry", "status", env=lab_env, check=0).stdout
     assert "rotation to a new CA" not in status
-    # No secret anywhere: the password, and a line of each private key.
+    # No secret anywhere: the password, the nodes' pull key, and a line of each private key.
     password = f.password.read_text()
-    keys = [f.ca_key.read_text().splitlines()[1], f.server_key.read_text().splitlines()[1]]
+    keys = [f.ca_key.read_text().splitlines()[1], f.server_key.read_text().splitlines()[1],
+            f.pull_key.read_text()]  # fmt: skip
     outputs = proc.stdout + proc.stderr + status + refused.stdout + refused.stderr
     assert not [s for s in (password, *keys) if s in outputs]
     assert not files_holding(ws, password, *keys)

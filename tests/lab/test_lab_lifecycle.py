@@ -63,11 +63,12 @@ def _up_recreate_and_down(env, tmp_path, gateway):
     down = json.loads(evc("lab", "down", "--json", env=env, check=0).stdout)
     assert down["containers"] == ["evc-evcdown-node1"]
     assert _leftovers(client, "evcdown") == ([], [], [])
-    assert down["registry"] and down["registry"][0].startswith("evc-registry-default-")
-    assert not client.containers.list(all=True, filters={"name": down["registry"][0]})
+    rw = down["registry"][0]  # and the read-only endpoint's container beside it
+    assert rw.startswith("evc-registry-default-") and down["registry"] == [rw, f"{rw}-ro"]
+    assert not client.containers.list(all=True, filters={"name": rw})
     purged = json.loads(evc("registry", "down", "--purge", "--json", env=env, check=0).stdout)
     trust = registry.CERTS_D / f"{gateway}:5000"  # the controller's trust in the lab's CA
-    assert purged == [f"{down['registry'][0]}-data", f"{gateway}:5000/evc/probe:1", str(trust)]
+    assert purged == [f"{rw}-data", f"{gateway}:5000/evc/probe:1", str(trust)]
     assert not trust.exists()
     assert not client.images.list(name=f"{gateway}:5000/evc/probe")
     assert (tmp_path / ".evc" / "known_hosts").read_text() == ""

@@ -30,6 +30,11 @@ def images_in(tmp_path_factory):
     return root
 
 
+def pinned(ws, name: str, digest: str) -> str:
+    """What a node pulls: the pushed image by digest, from the read-only endpoint."""
+    return f"{registry.load(ws).ro_address}/evc/{name}@{digest}"
+
+
 def run_on_node(ws, node: str, ref: str, folder: Path) -> tuple[list[dict], dict]:
     """Pull ``ref`` on a lab node and run its evc-infer over ``folder``; (results, summary)."""
     container = docker_client().containers.get(Nodes(ws).container_name(node))
@@ -84,7 +89,8 @@ def test_face_haar_builds_pushes_and_finds_the_astronaut(lab_ws, lab_env, truste
     api = registry.api(lab_ws)
     assert api.manifest_digest("evc/faces", "1.0-amd64") == pushed["registry_digest"]
 
-    results, summary = run_on_node(lab_ws, "node1", built["image"], images_in)
+    ref = pinned(lab_ws, "faces", pushed["registry_digest"])
+    results, summary = run_on_node(lab_ws, "node1", ref, images_in)
     _check_contract(results, summary, [p.name for p in images_in.iterdir()])
     (astronaut,) = [r for r in results if r["item"] == "astronaut.png"]
     assert len(astronaut["detections"]) == 1
@@ -105,9 +111,10 @@ def test_yolo_onnx_from_a_yaml_model(lab_ws, lab_env, trusted, images_in, tmp_pa
     )  # fmt: skip
     assert built["weights_source"] == "yolov8n.yaml"
     assert built["weights_digest"].startswith("sha256:")
-    _json("model", "push", "yolo:0.1", env=lab_env)
+    pushed = _json("model", "push", "yolo:0.1", env=lab_env)
 
-    results, summary = run_on_node(lab_ws, "node2", built["image"], images_in)
+    ref = pinned(lab_ws, "yolo", pushed["registry_digest"])
+    results, summary = run_on_node(lab_ws, "node2", ref, images_in)
     _check_contract(results, summary, [p.name for p in images_in.iterdir()])
     assert "onnxruntime" in summary["versions"]
     assert built["size_bytes"] < 600 * 10**6, built["size_bytes"]  # no torch in it
@@ -148,7 +155,8 @@ def test_list_flags_what_the_registry_lost_and_delete_cleans_up(lab_ws, lab_env)
     _json("model", "delete", "faces:1.0", env=lab_env)
     assert "1.0-amd64" not in api.tags("evc/faces")
     assert "faces:1.0" not in {m["ref"] for m in _json("model", "list", env=lab_env)}
-    assert not [t for i in docker_client().images.list() for t in i.tags if "/evc/faces:" in t]
+    ours = f"{registry.load(lab_ws).address}/evc/faces:"  # other labs share this engine
+    assert not [t for i in docker_client().images.list() for t in i.tags if t.startswith(ours)]
 
 
 def test_push_with_the_registry_down_changes_nothing(lab_ws, lab_env):

@@ -1,4 +1,5 @@
-"""The lab's private registry, for real: TLS, auth, API, and nodes that do not trust it yet."""
+"""The lab's private registry, for real: TLS, auth, API, its read-only endpoint, and nodes
+that do not trust it yet."""
 
 import json
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from evc import pki, registry
+from evc import pki, pull_credentials, registry
 from evc.ansible import run_playbook
 from evc.engine import docker_client
 from tests.conftest import evc, files_holding
@@ -25,11 +26,15 @@ def reg(lab_ws):
 def test_lab_registry_runs_at_the_gateway_with_the_probe(lab_session, lab_env):
     lab_ws, up = lab_session
     gateway = up["gateway"]
-    assert up["registry"] == f"{gateway}:5000"
+    assert up["registry"] == f"{gateway}:5001"  # where the nodes pull: the read-only endpoint
     st = json.loads(evc("registry", "status", "--json", env=lab_env, check=0).stdout)
+    assert st["address"] == f"{gateway}:5000"
     assert st["state"] == "running" and st["image"].startswith("evc-lab/registry:")
     assert st["cert"]["sans"] == [gateway] and 820 <= st["cert"]["days_left"] <= 825
     assert "evc/probe" in st["repositories"]
+    ro = st["read_only"]
+    assert ro["address"] == f"{gateway}:5001" and ro["state"] == "running" and not ro["error"]
+    assert ro["container"] == registry.ro_container_name(lab_ws)
 
 
 def test_anonymous_and_wrong_password_are_refused(reg):
@@ -47,11 +52,16 @@ def test_anonymous_and_wrong_password_are_refused(reg):
     assert right.status_code == 200
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(base, timeout=10)  # the system trust store does not know our CA
+    # The read-only endpoint: the same certificate, its own users (devices only).
+    ro = f"https://{settings.ro_address}/v2/"
+    assert requests.get(ro, verify=ca, timeout=10).status_code == 401
+    evc_user = (settings.user, files.password.read_text())
+    assert requests.get(ro, auth=evc_user, verify=ca, timeout=10).status_code == 401
 
 
 def test_node_without_the_ca_cannot_pull(lab_ws, reg):
     settings, _, _ = reg
-    ref = f"{settings.address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}"
+    ref = f"{settings.ro_address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}"
     run = run_playbook(lab_ws, PULL, "node1", extravars={"probe_ref": ref})
     assert run.hosts["node1"].state == "failed"
     assert "certificate signed by unknown authority" in run.hosts["node1"].message
@@ -88,6 +98,9 @@ def test_registry_password_is_nowhere_evc_writes_in_clear(lab_ws, lab_env, reg):
     outputs += evc("lab", "status", "--json", env=lab_env).stdout
     assert password not in outputs
     assert not files_holding(lab_ws, password)
+    if files.pull_key.exists():  # made at the first `cert push`
+        assert files.pull_key.stat().st_mode & 0o777 == 0o600
+        assert not files_holding(lab_ws, files.pull_key.read_text())
     # Nor in the repository itself.
     repo = Path(__file__).resolve().parents[2]
     tracked = subprocess.run(
@@ -99,8 +112,7 @@ def test_registry_password_is_nowhere_evc_writes_in_clear(lab_ws, lab_env, reg):
 def test_cert_push_then_revoke_on_every_node(lab_ws, lab_env, reg):
     """Unknown authority before, a real pull after push, refused again after revoke."""
     settings, files, _ = reg
-    ref = f"{settings.address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}"
-    password = files.password.read_text()
+    ref = f"{settings.ro_address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}"
 
     pushed = json.loads(evc("cert", "push", "lab", "--json", env=lab_env, check=0).stdout)
     assert pushed["status"] == "success" and sorted(pushed["hosts"]) == ["node1", "node2", "node3"]
@@ -111,8 +123,15 @@ def test_cert_push_then_revoke_on_every_node(lab_ws, lab_env, reg):
     assert {h: r["changed"] for h, r in again["hosts"].items()} == {
         "node1": 0, "node2": 0, "node3": 0}  # fmt: skip
 
+    nodes = ["node1", "node2", "node3"]
+    key = files.pull_key.read_text()
+    derived = [pull_credentials.password(key, h, n)
+               for h, n in pull_credentials.nonces(lab_ws, nodes).items()]  # fmt: skip
+    assert len(set(derived)) == 3
+
     checked = json.loads(evc("cert", "check", "lab", "--json", env=lab_env, check=0).stdout)
-    assert all(c["trusts_current_ca"] for c in checked)
+    assert all(c["trusts_current_ca"] and c["pull_credential"] for c in checked)
+    assert {c["endpoint"] for c in checked} == {settings.ro_address}
     assert {c["server_cert_days_left"] for c in checked} <= {823, 824, 825}
 
     revoked = json.loads(evc("cert", "revoke", "node2", "--json", env=lab_env, check=0).stdout)
@@ -122,11 +141,15 @@ def test_cert_push_then_revoke_on_every_node(lab_ws, lab_env, reg):
     assert "certificate signed by unknown authority" in run.hosts["node2"].message
     assert run.hosts["node1"].state == run.hosts["node3"].state == "ok"
     proc = evc("cert", "check", "lab", "--json", env=lab_env, check=1)
-    assert {c["host"]: c["trusts_current_ca"] for c in json.loads(proc.stdout)} == {
+    checked = {c["host"]: c for c in json.loads(proc.stdout)}
+    assert {h: c["trusts_current_ca"] for h, c in checked.items()} == {
+        "node1": True, "node2": False, "node3": True}  # fmt: skip
+    assert {h: c["pull_credential"] for h, c in checked.items()} == {
         "node1": True, "node2": False, "node3": True}  # fmt: skip
 
-    # The password travelled to the nodes but is in no artifact or output.
-    assert not files_holding(lab_ws, password)
+    # The key the nodes' passwords come from travelled to Ansible, and their passwords to
+    # the nodes, but none is in an artifact or output; the controller's never left it.
+    assert not files_holding(lab_ws, key, *derived, files.password.read_text())
     # Rotation (same CA): a new server certificate, and every trusting node still pulls.
     evc("cert", "push", "node2", env=lab_env, check=0)
     before = pki.certificate_info(files.server_cert)

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from evc import db as evcdb
-from evc import devices
+from evc import devices, registry
 from evc import logs as telemetry
 from evc.ansible import HostResult, RunResult, resolve_hosts
 from evc.infer import runner as jobs
@@ -192,7 +192,7 @@ def record_telemetry(db, now: float) -> None:
                 "gpu_mem_used": 1 << 30 if node == "node1" else None,
                 "gpu_mem_total": 8 << 30 if node == "node1" else None,
                 "containers": [{"name": "evc-model-faces", "state": "running", "restarts": 0,
-                                "image": "registry:5000/evc/faces:1.0-amd64"}],
+                                "image": "registry:5001/evc/faces@sha256:" + "cd" * 32}],
             })  # fmt: skip
         telemetry.ingest(db, samples)
         run = RunResult("telemetry.yml", "all", uuid.uuid4().hex[:12], "", at, at, 0, hosts)
@@ -219,6 +219,7 @@ def populate(ws, monkeypatch, data: Path) -> float:
     monkeypatch.setattr(deploy, "run_playbook", fleet)
     monkeypatch.setattr(jobs, "run_playbook", fleet)
     fleet(ws, "facts.yml", "all")
+    registry.save(ws, registry.RegistrySettings(hosts=["registry"]))  # deploys pull from it
     _model(ws, "1.0", now)
     _model(ws, "1.1", now)
     deploy.deploy(
