@@ -214,9 +214,19 @@ def _containers(ws: Workspace, settings: RegistrySettings) -> dict[str, tuple[in
 def api(ws: Workspace) -> RegistryClient:
     """The registry's HTTP API as the controller uses it (read-write credential)."""
     settings = load(ws)
-    return RegistryClient(
-        settings.address, settings.user, files(ws).password.read_text(), trusted_cas(ws)
-    )
+    return RegistryClient(settings.address, settings.user, password(ws), trusted_cas(ws))
+
+
+def password(ws: Workspace) -> str:
+    """The controller's read-write password (never leaves the controller)."""
+    path = files(ws).password
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise EVCError(
+            f"The registry's password file {path} is missing: restore .evc/registry/ from a "
+            "backup, or start over with `evc registry down --purge` and `evc registry init`."
+        ) from None
 
 
 def ro_api(ws: Workspace) -> RegistryClient:
@@ -529,8 +539,8 @@ def push_probe(ws: Workspace, *, client=None) -> str:
 
 def login(ws: Workspace, client) -> None:
     settings = load(ws)
-    password = files(ws).password.read_text()
+    secret = password(ws)
     try:
-        client.login(username=settings.user, password=password, registry=settings.address)
+        client.login(username=settings.user, password=secret, registry=settings.address)
     except Exception as exc:
         raise EVCError(f"login to the registry at {settings.address} failed: {exc}") from None
