@@ -166,7 +166,12 @@ def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: Progress) -
     job = get(ws, job_id)
     db = evcdb.workspace_db(ws)
     nodes, skipped = _nodes(ws, job["model"], job["version"], hosts)
-    db["jobs"].update(job_id, {"skipped_nodes": json.dumps(skipped), "state": "running"})
+    with evcdb.transaction(db):  # under the job's lock: a shard still 'running' is stale
+        db["jobs"].update(job_id, {"skipped_nodes": json.dumps(skipped), "state": "running"})
+        db.execute(
+            "UPDATE shards SET state = 'interrupted', finished = COALESCE(finished, ?) "
+            "WHERE job_id = ? AND state = 'running'", [time.time(), job_id],
+        )  # fmt: skip
     pending = [r["item"] for r in db.query(
         "SELECT item FROM results WHERE job_id = ? AND state = 'pending' ORDER BY item", [job_id]
     )]  # fmt: skip
@@ -295,6 +300,8 @@ class _Runner:
     def work(self, node: str) -> None:
         failures = 0
         while not self.stop.is_set() and (shard := self.queue.take(node)) is not None:
+            if self.stop.is_set():  # taken while Ctrl-C was handled: not sent
+                return
             outcome, error = self._run_shard(node, shard)
             if self.stop.is_set():
                 return
@@ -356,6 +363,8 @@ class _Runner:
             return "failed", f"cannot stage the shard: {exc}"
         sent = [i for i in shard.items if i not in refused]
         records: dict[str, Record] = {}
+        if self.stop.is_set():  # after Ctrl-C's cleanup of the nodes has begun
+            return "failed", "interrupted before it was sent"
         if sent:  # else every item was refused: nothing to send
             run = run_playbook(
                 self.ws, "infer_shard.yml", node,

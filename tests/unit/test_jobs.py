@@ -293,6 +293,7 @@ def test_a_resumed_job_is_not_answered_by_what_the_interrupted_run_left(workspac
     assert len(names) == len(set(names)), names
     later = [s for s in _shards(workspace, job_id) if s["id"] > before]
     assert later and all(s["state"] == "done" for s in later), later
+    assert all(s["state"] != "running" for s in _shards(workspace, job_id))
 
 
 def test_cleanup_withdraws_the_orphans_of_the_job(workspace, fleet, data):
