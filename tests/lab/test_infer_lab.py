@@ -166,22 +166,28 @@ def test_ctrl_c_leaves_a_resumable_job(lab_ws, lab_env, deployed, dataset, tmp_p
     _check_complete(lab_ws, job_id, _items(dataset))
 
 
-def _files_left(ws, node):
-    """Files in the model's job folder on ``node`` besides the server's heartbeat."""
-    container = docker_client().containers.get(Nodes(ws).container_name(node))
-    found = container.exec_run(["find", f"/var/lib/evc/jobs/models/{MODEL}", "-type", "f",
-                                "-not", "-name", "serve.alive"])  # fmt: skip
-    assert found.exit_code == 0, found.output
-    return found.output.decode().split()
+def _files_left(ws, *folders, name="*"):
+    """{node: files named ``name`` in these folders of the model's job folder, besides
+    the server's heartbeat} on node1 and node2."""
+    left = {}
+    for node in ("node1", "node2"):
+        container = docker_client().containers.get(Nodes(ws).container_name(node))
+        paths = [f"/var/lib/evc/jobs/models/{MODEL}/{f}".rstrip("/") for f in folders]
+        found = container.exec_run(["find", *paths, "-type", "f", "-name", name,
+                                    "-not", "-name", "serve.alive"])  # fmt: skip
+        assert found.exit_code == 0, found.output
+        left[node] = found.output.decode().split()
+    return left
 
 
 def test_a_resume_after_ctrl_c_costs_the_work_left_and_leaves_no_files(
     lab_ws, lab_env, deployed, dataset, tmp_path
 ):
-    """Ctrl-C a 97-item job once shards have run, resume it: the resume takes about the
+    """Ctrl-C a 97-item job mid-way, resume it: the resume takes about the
     time of the work left (here 20 to 120 s, by the machine's load), far below a shard
     timeout, which a resumed shard named like an interrupted one used to wait out (392 s
-    for 224 items); no shard fails, and no shard file is left on a node."""
+    for 224 items) when a module the Ctrl-C left waiting on the node took its answer;
+    the Ctrl-C withdraws the shards it had sent; no shard fails; no file is left."""
     import os
 
     data = tmp_path / "big"
@@ -190,18 +196,22 @@ def test_a_resume_after_ctrl_c_costs_the_work_left_and_leaves_no_files(
     shutil.copy(dataset / "corrupt.jpg", data)
     items = _items(data)
     assert len(items) == 97
-    proc = _start_job({**os.environ, **lab_env}, data, "--strategy", "dynamic")
+    proc = _start_job({**os.environ, **lab_env}, data, "--shard-size", "8")
     job_id = _wait_for_shard(lab_ws)
     db = evcdb.workspace_db(lab_ws)
-    deadline = time.time() + 120
-    while not db.execute(  # a shard done: the next ones are queued on the nodes behind it
-        "SELECT 1 FROM shards WHERE job_id = ? AND state = 'done'", [job_id]
-    ).fetchone():
-        assert time.time() < deadline and proc.poll() is None, "no shard was done"
-        time.sleep(0.2)
+    deadline = time.time() + 180
+    done = "SELECT 1 FROM shards WHERE job_id = ? AND state = 'done'"
+    while not (  # mid-job, with a shard queued on a node behind the one it runs
+        db.execute(done, [job_id]).fetchone()
+        and max(map(len, _files_left(lab_ws, "inbox", name=f"{job_id}*.tar").values())) > 1
+    ):
+        assert time.time() < deadline and proc.poll() is None, "never two shards on a node"
+        time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: ansible-playbook too; modules live on
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
+    # the shards it had sent are withdrawn (the server may still be running one)
+    assert _files_left(lab_ws, "inbox", "outbox", name=f"*{job_id}*") == {"node1": [], "node2": []}
     before = db.execute("SELECT MAX(id) FROM shards WHERE job_id = ?", [job_id]).fetchone()[0]
 
     started = time.time()
@@ -215,7 +225,7 @@ def test_a_resume_after_ctrl_c_costs_the_work_left_and_leaves_no_files(
     assert resumed and all(s["state"] == "done" for s in resumed), resumed
     assert not list(db.query("SELECT id FROM shards WHERE job_id = ? AND state = 'running'",
                              [job_id]))  # fmt: skip
-    assert {n: _files_left(lab_ws, n) for n in ("node1", "node2")} == {"node1": [], "node2": []}
+    assert _files_left(lab_ws, "") == {"node1": [], "node2": []}
 
 
 def test_a_video_becomes_frames(lab_ws, lab_env, deployed, tmp_path):
