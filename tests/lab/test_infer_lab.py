@@ -166,15 +166,14 @@ def test_ctrl_c_leaves_a_resumable_job(lab_ws, lab_env, deployed, dataset, tmp_p
     _check_complete(lab_ws, job_id, _items(dataset))
 
 
-def _files_left(ws, *folders, name="*"):
-    """{node: files named ``name`` in these folders of the model's job folder, besides
-    the server's heartbeat} on node1 and node2."""
+def _files_left(ws, job_id, *folders):
+    """{node: the job's files (by name, or in a work folder named for its shard) in these
+    folders of the model's job folder} on node1 and node2."""
     left = {}
     for node in ("node1", "node2"):
         container = docker_client().containers.get(Nodes(ws).container_name(node))
         paths = [f"/var/lib/evc/jobs/models/{MODEL}/{f}".rstrip("/") for f in folders]
-        found = container.exec_run(["find", *paths, "-type", "f", "-name", name,
-                                    "-not", "-name", "serve.alive"])  # fmt: skip
+        found = container.exec_run(["find", *paths, "-type", "f", "-path", f"*{job_id}*"])
         assert found.exit_code == 0, found.output
         left[node] = found.output.decode().split()
     return left
@@ -201,17 +200,19 @@ def test_a_resume_after_ctrl_c_costs_the_work_left_and_leaves_no_files(
     db = evcdb.workspace_db(lab_ws)
     deadline = time.time() + 180
     done = "SELECT 1 FROM shards WHERE job_id = ? AND state = 'done'"
-    while not (  # mid-job, with a shard queued on a node behind the one it runs
-        db.execute(done, [job_id]).fetchone()
-        and max(map(len, _files_left(lab_ws, "inbox", name=f"{job_id}*.tar").values())) > 1
-    ):
+
+    def queued():  # a node holds a shard queued behind the one it runs
+        inboxes = _files_left(lab_ws, job_id, "inbox").values()
+        return max(sum(f.endswith(".tar") for f in files) for files in inboxes) > 1
+
+    while not (db.execute(done, [job_id]).fetchone() and queued()):  # mid-job
         assert time.time() < deadline and proc.poll() is None, "never two shards on a node"
         time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: ansible-playbook too; modules live on
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     # the shards it had sent are withdrawn (the server may still be running one)
-    assert _files_left(lab_ws, "inbox", "outbox", name=f"*{job_id}*") == {"node1": [], "node2": []}
+    assert _files_left(lab_ws, job_id, "inbox", "outbox") == {"node1": [], "node2": []}
     before = db.execute("SELECT MAX(id) FROM shards WHERE job_id = ?", [job_id]).fetchone()[0]
 
     started = time.time()
@@ -225,7 +226,7 @@ def test_a_resume_after_ctrl_c_costs_the_work_left_and_leaves_no_files(
     assert resumed and all(s["state"] == "done" for s in resumed), resumed
     assert not list(db.query("SELECT id FROM shards WHERE job_id = ? AND state = 'running'",
                              [job_id]))  # fmt: skip
-    assert _files_left(lab_ws, "") == {"node1": [], "node2": []}
+    assert _files_left(lab_ws, job_id, "") == {"node1": [], "node2": []}
 
 
 def test_a_video_becomes_frames(lab_ws, lab_env, deployed, tmp_path):
