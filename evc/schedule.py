@@ -359,6 +359,11 @@ class WorkQueue:
         current = self._running.get(shard.index)
         return current is not None and (current.node, current.attempt) == (node, shard.attempt)
 
+    def holds(self, shard: Shard) -> bool:
+        """Whether ``shard.node`` still holds ``shard``: whether its report would count."""
+        with self._cond:
+            return self._holds(shard, shard.node)
+
     def done(self, shard: Shard, busy_s: float | None = None) -> bool:
         """Record ``shard`` as completed by ``shard.node`` (``busy_s``: the node's time
         on it, which paces its next shards). False when the report is stale (that node

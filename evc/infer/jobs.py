@@ -1,4 +1,5 @@
-"""Job records: the ``jobs``, ``shards``, ``results`` and ``detections`` rows of a job.
+"""Job records: the ``jobs``, ``shards``, ``results`` and ``detections`` rows of a job,
+and the lock that lets one process at a time run it.
 
 A job's items are fixed when it is created and each item gets one ``results`` row,
 'pending' until the one shard that completes it turns it 'ok' or 'error'.
@@ -6,13 +7,20 @@ A job's items are fixed when it is created and each item gets one ``results`` ro
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from evc import db as evcdb
 from evc.config import Workspace
-from evc.errors import Result, UsageError
+from evc.errors import EVCError, Result, UsageError
+from evc.progress import SILENT, Progress
 
 
 @dataclass
@@ -41,6 +49,49 @@ class JobResult(Result):
 
 def job_dir(ws: Workspace, job_id: str) -> Path:
     return ws.ensure_private_dir() / "jobs" / job_id
+
+
+@contextmanager
+def job_lock(ws: Workspace, job_id: str, progress: Progress = SILENT) -> Iterator[None]:
+    """Hold the job's lock while running it: a second ``run``/``resume`` of the job is
+    refused (exit 2) naming the holder. The lock is an OS lock (``flock``) on
+    ``.evc/jobs/JOB/lock``, which holds the holder's pid, host and start; the kernel
+    releases it when the holder ends, however it ends, so a file left by a killed
+    holder (its pid gone) is stale and the next run takes it over."""
+    path = job_dir(ws, job_id) / "lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"Job {job_id} is already running: {_holder(fd) or 'another evc process'} holds "
+                f"its lock ({path}). Wait for it to end, or stop that process first."
+            ) from None
+        except OSError as exc:
+            raise EVCError(f"Cannot lock {path}: {exc.strerror}.") from None
+        if stale := _holder(fd):
+            progress.log(f"took over the lock of job {job_id} from {stale}, which is gone")
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # released: a later reader finds no holder named
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _holder(fd: int) -> str | None:
+    """Who the lock file names: 'pid N on HOST since HH:MM:SS', or None when it is empty."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"null")
+        since = time.strftime("%H:%M:%S", time.localtime(holder["since"]))
+        return f"pid {holder['pid']} on {holder['host']} since {since}"
+    except (ValueError, TypeError, KeyError, OverflowError, OSError):
+        return None
 
 
 def get(ws: Workspace, job_id: str) -> dict:

@@ -5,15 +5,20 @@ through ``playbooks/infer_shard.yml`` (one archive per shard, handed to the mode
 container's ``evc-infer --serve``; the second thread's shard waits on the node
 while the first runs, so the node never idles during a hand-over); a failed shard
 goes back to the queue for another node, an unreachable node is dropped and its
-work re-queued. Ctrl-C leaves pending items pending: ``resume`` runs them.
+work re-queued. Whatever goes wrong in a runner thread (a malformed answer, a locked
+database, a bug) fails that shard with its reason, so the job always ends. Ctrl-C
+leaves pending items pending: ``resume`` runs them, after removing what the
+interrupted run left on the nodes (:mod:`evc.infer.shards` names every dispatch
+apart, so a leftover could not answer a later shard anyway; it would only waste the
+node's time).
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import shutil
-import tarfile
+import sqlite3
 import threading
 import time
 import uuid
@@ -26,9 +31,10 @@ from evc import db as evcdb
 from evc import schedule
 from evc.ansible import resolve_hosts, run_playbook
 from evc.config import Workspace
-from evc.errors import Interrupted, UsageError
+from evc.errors import EVCError, Interrupted, UsageError
 from evc.infer.data import stage_items
-from evc.infer.jobs import JobResult, get, job_dir, status, throughputs
+from evc.infer.jobs import JobResult, get, job_dir, job_lock, status, throughputs
+from evc.infer.shards import Record, build_archive, dispatch_name, parse_answer
 from evc.model import catalogue
 from evc.model.deployments import JOBS_DIR, current, deployed_on
 from evc.names import ModelOrRef, Target
@@ -66,7 +72,9 @@ class RunOptions(Options):
 
     model: ModelOrRef = arg(help="NAME:VERSION, or NAME for the version deployed.")
     target: Target = arg("all", help=TARGET_HELP)
-    data: Path = opt(..., help="A folder of images, a .zip of images, or a video.")
+    data: Path = opt(
+        ..., help="A folder of images, a .zip, .tar, .tar.gz or .tgz of images, or a video."
+    )
     strategy: Annotated[str, AfterValidator(_strategy)] = opt(
         "dynamic", help="round-robin | load | proportional | dynamic (work stealing)."
     )
@@ -83,14 +91,19 @@ class RunOptions(Options):
 def run(ws: Workspace, options: RunOptions, progress: Progress = SILENT) -> JobResult:
     """Create a job over ``data`` on the nodes of ``target`` that run the model, and run it."""
     o = options
-    data, target = o.data, o.target
-    hosts = resolve_hosts(ws.inventory, target)
+    hosts = resolve_hosts(ws.inventory, o.target)
     model = _model_for(ws, o.model, hosts)
     _nodes(ws, model.name, model.version, hosts)  # refuse before creating anything
     job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    with job_lock(ws, job_id, progress):
+        return _create_and_run(ws, o, job_id, model, hosts, progress)
+
+
+def _create_and_run(ws, o: RunOptions, job_id, model, hosts, progress: Progress) -> JobResult:
+    data, target = o.data, o.target
     folder = job_dir(ws, job_id)
     try:
-        root, items = stage_items(data, folder, o.fps)
+        root, items = stage_items(data, folder, o.fps, progress)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -128,10 +141,13 @@ def resume(
     ws: Workspace, job_id: str, *, target: str | None = None, progress: Progress = SILENT
 ) -> JobResult:
     """Run a job's pending items again (after Ctrl-C, or to retry on other nodes)."""
-    job = get(ws, job_id)
-    if job["state"] == "complete":
-        raise UsageError(f"Job {job_id} is complete; nothing to resume.")
-    return _execute(ws, job_id, resolve_hosts(ws.inventory, target or job["target"]), progress)
+    get(ws, job_id)  # an unknown job is refused before its lock is made
+    with job_lock(ws, job_id, progress):
+        job = get(ws, job_id)
+        if job["state"] == "complete":
+            raise UsageError(f"Job {job_id} is complete; nothing to resume.")
+        hosts = resolve_hosts(ws.inventory, target or job["target"])
+        return _execute(ws, job_id, hosts, progress)
 
 
 def _nodes(ws, model: str, version: str, hosts: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -150,10 +166,16 @@ def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: Progress) -
     job = get(ws, job_id)
     db = evcdb.workspace_db(ws)
     nodes, skipped = _nodes(ws, job["model"], job["version"], hosts)
-    db["jobs"].update(job_id, {"skipped_nodes": json.dumps(skipped), "state": "running"})
+    with evcdb.transaction(db):  # under the job's lock: a shard still 'running' is stale
+        db["jobs"].update(job_id, {"skipped_nodes": json.dumps(skipped), "state": "running"})
+        db.execute(
+            "UPDATE shards SET state = 'interrupted', finished = COALESCE(finished, ?) "
+            "WHERE job_id = ? AND state = 'running'", [time.time(), job_id],
+        )  # fmt: skip
     pending = [r["item"] for r in db.query(
         "SELECT item FROM results WHERE job_id = ? AND state = 'pending' ORDER BY item", [job_id]
     )]  # fmt: skip
+    ran_before = db.execute("SELECT 1 FROM shards WHERE job_id = ? LIMIT 1", [job_id]).fetchone()
     params = json.loads(job["params"])
     tputs = throughputs(ws, job["model"], job["version"])
     stats = [schedule.NodeStats(n, throughput=tputs.get(n)) for n in nodes]
@@ -169,6 +191,8 @@ def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: Progress) -
         for n in nodes for _ in range(RUNNERS_PER_NODE)
     ]  # fmt: skip
     try:  # from the first thread's start: a Ctrl-C while the others start is caught too
+        if ran_before:
+            _clean_nodes(ws, job, nodes, progress)
         with progress.task(f"job {job_id}") as line:
             for t in threads:
                 t.start()
@@ -184,46 +208,75 @@ def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: Progress) -
                 "UPDATE shards SET state = 'interrupted', finished = ? "
                 "WHERE job_id = ? AND state = 'running'", [time.time(), job_id],
             )  # fmt: skip
+        progress.log(f"removing job {job_id}'s files from the nodes (Ctrl-C again skips it)")
+        with contextlib.suppress(Exception, KeyboardInterrupt):  # never hides the interrupt
+            _clean_nodes(ws, job, nodes, progress)
         raise Interrupted(
             f"Job {job_id} interrupted; its pending items stay pending: "
             f"`evc infer resume {job_id}` runs them."
         ) from None
-    _fail_leftovers(db, job_id, queue)
-    _finish(db, job_id)
+    try:
+        _finish(db, job_id, runner)
+    except sqlite3.OperationalError as exc:  # e.g. "database is locked" past the busy timeout
+        raise EVCError(
+            f"Job {job_id} ran, but its end could not be recorded ({exc}); what it stored is "
+            f"kept: `evc infer resume {job_id}` runs the items still pending."
+        ) from None
     shutil.rmtree(job_dir(ws, job_id) / "shards", ignore_errors=True)
     return status(ws, job_id)
 
 
-def _fail_leftovers(db, job_id: str, queue: schedule.WorkQueue) -> None:
-    """Items of shards that failed for good, or that no node could take, get error rows."""
+def _clean_nodes(ws: Workspace, job: dict, nodes: list[str], progress: Progress) -> None:
+    """Remove what earlier runs of ``job`` left in the nodes' model folders (shards the
+    server has not run yet, answers nobody read), so that the server runs none of them
+    and the module still waiting for one (after Ctrl-C, it lives on) gives up. Best
+    effort: a node that does not answer keeps its files, which cannot answer another
+    dispatch."""
+    try:
+        run = run_playbook(
+            ws, "infer_cleanup.yml", ",".join(nodes), progress=progress,
+            extravars={"evc_serve_dir": f"{JOBS_DIR}/models/{job['model']}",
+                       "evc_prefix": f"{job['id']}-"},
+        )  # fmt: skip
+    except EVCError as exc:
+        progress.log(f"could not remove job {job['id']}'s files from the nodes: {exc}")
+        return
+    removed = sum(len(h.outputs.get("remove", {}).get("removed") or []) for h in run.hosts.values())
+    if removed:
+        progress.log(f"removed {removed} files an earlier run of job {job['id']} left on the nodes")
+
+
+def _finish(db, job_id: str, runner: _Runner) -> None:
+    """Record the job's end: the shard rows the database refused while it ran; items of
+    shards that failed for good, or that no node could take, get their error; so does
+    any item still pending (a bug's doing), so every item ends ok or with a reason."""
+    queue = runner.queue
+    gone = "; ".join(f"{n} {why}" for n, why in runner.dropped.items()) or "none ran it"
     reasons = [(s, f"failed after {s.attempt} attempt(s): {s.error}") for s in queue.failures()]
-    reasons += [(s, f"no node left to run it (last error: {s.error})") for s in queue.stranded()]
+    reasons += [(s, f"no node left to run it ({s.error or gone})") for s in queue.stranded()]
+    now = time.time()
     with evcdb.transaction(db):
+        for shard_id, row in runner.unstored:
+            db["shards"].update(shard_id, row)
         for shard, reason in reasons:
             db.conn.executemany(
                 "UPDATE results SET state = 'error', error = ? "
                 "WHERE job_id = ? AND item = ? AND state = 'pending'",
                 [(reason, job_id, item) for item in shard.items],
             )
-
-
-def _finish(db, job_id: str) -> None:
-    counts = next(iter(db.query(
-        "SELECT SUM(state = 'ok') AS ok, SUM(state = 'error') AS failed, "
-        "SUM(state = 'pending') AS pending FROM results WHERE job_id = ?", [job_id],
-    )))  # fmt: skip
-    job = next(iter(db.query("SELECT started FROM jobs WHERE id = ?", [job_id])))
-    now = time.time()
-    db["jobs"].update(
-        job_id,
-        {
-            "ok": counts["ok"] or 0,
-            "failed": counts["failed"] or 0,
-            "state": "interrupted" if counts["pending"] else "complete",
-            "finished": now,
-            "makespan_s": round(now - job["started"], 3),
-        },
-    )
+        db.execute(
+            "UPDATE results SET state = 'error', error = 'no shard reported it' "
+            "WHERE job_id = ? AND state = 'pending'", [job_id],
+        )  # fmt: skip
+        counts = next(iter(db.query(
+            "SELECT SUM(state = 'ok') AS ok, SUM(state = 'error') AS failed "
+            "FROM results WHERE job_id = ?", [job_id],
+        )))  # fmt: skip
+        job = next(iter(db.query("SELECT started FROM jobs WHERE id = ?", [job_id])))
+        db["jobs"].update(job_id, {
+            "ok": counts["ok"] or 0, "failed": counts["failed"] or 0, "state": "complete",
+            "finished": now, "makespan_s": round(now - job["started"], 3),
+        })  # fmt: skip
 
 
 class _Runner:
@@ -233,6 +286,8 @@ class _Runner:
         self.ws, self.job, self.queue = ws, job, queue
         self.stop = threading.Event()
         self.done_items = 0
+        self.unstored: list[tuple[int, dict]] = []  # shard rows the database refused
+        self.dropped: dict[str, str] = {}  # node -> why it was given up
         self._lock = threading.Lock()
         params = json.loads(job["params"])
         self.params = {k: params.get(k) for k in ("conf", "iou", "imgsz")}
@@ -245,114 +300,125 @@ class _Runner:
     def work(self, node: str) -> None:
         failures = 0
         while not self.stop.is_set() and (shard := self.queue.take(node)) is not None:
+            if self.stop.is_set():  # taken while Ctrl-C was handled: not sent
+                return
             outcome, error = self._run_shard(node, shard)
             if self.stop.is_set():
                 return
             if outcome == "done":
                 failures = 0
             elif outcome == "lost":
-                self.queue.node_lost(node)
+                self._drop(node, f"was lost: {error}")
                 return
-            else:
+            else:  # re-run elsewhere; only the node's own failures count against it
                 self.queue.failed(shard, node, error)
-                failures += 1
+                failures += outcome == "failed"
                 if failures >= BROKEN_AFTER:  # e.g. its model container is gone
-                    self.queue.node_lost(node)
+                    self._drop(node, f"failed {failures} shards in a row: {error}")
                     return
 
+    def _drop(self, node: str, why: str) -> None:
+        with self._lock:
+            self.dropped.setdefault(node, why)
+        self.queue.node_lost(node)
+
     def _run_shard(self, node: str, shard: schedule.Shard) -> tuple[str, str | None]:
+        """Run ``shard`` on ``node``: ('done' | 'failed' | 'lost' | 'unstored', why).
+        Never raises: whatever goes wrong is this shard's failure, with its reason, so
+        the thread lives on and the queue always hears of the shard. 'unstored': the
+        database refused its results (locked past the busy timeout), no fault of the
+        node's."""
         db = evcdb.workspace_db(self.ws)
-        name = f"{self.job['id']}-{shard.index}-{shard.attempt}"
-        started = time.time()
-        shard_id = (
-            db["shards"]
-            .insert(
-                {
-                    "job_id": self.job["id"],
-                    "idx": shard.index,
-                    "node": node,
-                    "attempt": shard.attempt,
-                    "items": len(shard.items),
-                    "state": "running",
-                    "started": started,
-                },  # fmt: skip
-            )
-            .last_pk
-        )
+        name = dispatch_name(self.job["id"], shard.index, shard.attempt)
         archive = self.dir / f"{name}.tar"
+        shard_id = None
         try:
-            self._archive(shard, archive)
+            shard_id = db["shards"].insert({
+                "job_id": self.job["id"], "idx": shard.index, "node": node,
+                "attempt": shard.attempt, "items": len(shard.items), "state": "running",
+                "started": time.time(),
+            }).last_pk  # fmt: skip
+            outcome, error = self._dispatch(db, node, shard, shard_id, name, archive)
+        except sqlite3.Error as exc:
+            outcome, error = "unstored", f"the job database: {exc}"
+        except Exception as exc:  # a removed device, ansible that did not run, a bug
+            outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            archive.unlink(missing_ok=True)
+        if outcome != "done" and shard_id is not None:
+            state = "interrupted" if self.stop.is_set() else outcome.replace("unstored", "failed")
+            row = {"state": state, "finished": time.time(), "error": error}
+            try:
+                db["shards"].update(shard_id, row)
+            except sqlite3.Error:  # stored when the job ends
+                with self._lock:
+                    self.unstored.append((shard_id, row))
+        return outcome, error
+
+    def _dispatch(self, db, node: str, shard, shard_id: int, name: str, archive):
+        """Archive the shard, run it on the node, store its results."""
+        try:
+            refused = build_archive(archive, Path(self.job["data_dir"]), shard.items, self.params)
+        except OSError as exc:
+            return "failed", f"cannot stage the shard: {exc}"
+        sent = [i for i in shard.items if i not in refused]
+        records: dict[str, Record] = {}
+        if self.stop.is_set():  # after Ctrl-C's cleanup of the nodes has begun
+            return "failed", "interrupted before it was sent"
+        if sent:  # else every item was refused: nothing to send
             run = run_playbook(
                 self.ws, "infer_shard.yml", node,
-                task_timeout=SHARD_TIMEOUT_S + 2 * len(shard.items) + 30,
+                task_timeout=SHARD_TIMEOUT_S + 2 * len(sent) + 30,
                 extravars={
                     "evc_model": self.job["model"], "evc_shard": name,
                     "evc_archive": str(archive), "evc_jobs_dir": JOBS_DIR,
-                    "evc_timeout": SHARD_TIMEOUT_S + 2 * len(shard.items),
+                    "evc_timeout": SHARD_TIMEOUT_S + 2 * len(sent),
                 },
             )  # fmt: skip
             host = run.hosts[node]
             if host.state == "unreachable":
-                outcome, error = "lost", host.message or "unreachable"
-            elif host.state == "failed":
-                outcome, error = "failed", f"{host.failed_task}: {host.message}"
-            else:
-                text = host.outputs.get("results", {}).get("jsonl", "")
-                outcome, error = self._ingest(db, shard, shard_id, node, text)
-        except OSError as exc:
-            outcome, error = "failed", f"cannot stage the shard: {exc}"
-        finally:
-            archive.unlink(missing_ok=True)
-        if outcome != "done":
-            state = "interrupted" if self.stop.is_set() else outcome
-            db["shards"].update(shard_id, {"state": state, "finished": time.time(), "error": error})
-        return outcome, error
+                return "lost", host.message or "unreachable"
+            if host.state == "failed":
+                return "failed", f"{host.failed_task}: {host.message}"
+            try:
+                records = parse_answer(host.outputs.get("results", {}).get("jsonl", ""), sent)
+            except ValueError as exc:
+                return "failed", f"unusable results: {exc}"
+        return self._ingest(db, shard, shard_id, node, records, refused)
 
-    def _archive(self, shard: schedule.Shard, path: Path) -> None:
-        """The shard as the model server reads it: ``shard.json`` (parameters) + items."""
-        root = Path(self.job["data_dir"])
-        params = json.dumps(self.params).encode()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(path, "w") as tar:
-            info = tarfile.TarInfo("shard.json")
-            info.size = len(params)
-            tar.addfile(info, io.BytesIO(params))
-            for item in shard.items:
-                tar.add(root / item, arcname=item)
-
-    def _ingest(self, db, shard, shard_id: int, node: str, text: str):
-        try:
-            records = {r["item"]: r for r in map(json.loads, filter(None, text.splitlines()))}
-        except (ValueError, KeyError, TypeError) as exc:
-            return "failed", f"unreadable results: {exc}"
-        missing = set(shard.items) - set(records)
-        if missing:
-            return "failed", f"the results lack {len(missing)} of {len(shard.items)} items"
-        busy_s = sum(records[i].get("latency_ms") or 0 for i in shard.items) / 1000
-        if not self.queue.done(shard, busy_s):  # a stale report (node given up): drop it
+    def _ingest(self, db, shard, shard_id: int, node: str, records: dict[str, Record],
+                refused: dict[str, str]) -> tuple[str, None]:  # fmt: skip
+        """Store the shard's results in one transaction, then report it done (a failed
+        transaction leaves its items pending for the retry). Exactly once: a result
+        only turns a pending row final, so a late or repeated report changes nothing."""
+        if not self.queue.holds(shard):  # a stale report (node given up): drop it
             return "lost", "report came after the node was given up"
         with evcdb.transaction(db):
-            for item in shard.items:
-                self._ingest_item(db, records[item], shard_id, node, shard.attempt)
+            for rec in records.values():
+                self._ingest_item(db, rec, shard_id, node, shard.attempt)
+            for item, why in refused.items():
+                self._ingest_item(db, Record(item=item, ok=False, error=f"not sent: {why}"),
+                                  shard_id, None, shard.attempt)  # fmt: skip
             db["shards"].update(shard_id, {"state": "done", "finished": time.time()})
+        self.queue.done(shard, sum(r.latency_ms or 0 for r in records.values()) / 1000)
         with self._lock:
             self.done_items += len(shard.items)
         return "done", None
 
-    def _ingest_item(self, db, rec: dict, shard_id: int, node: str, attempt: int) -> None:
+    def _ingest_item(self, db, rec: Record, shard_id: int, node: str | None, attempt: int):
         cursor = db.execute(
             "UPDATE results SET state = ?, error = ?, latency_ms = ?, width = ?, height = ?, "
             "node = ?, shard_id = ?, attempt = ? WHERE job_id = ? AND item = ? "
             "AND state = 'pending'",
-            ["ok" if rec["ok"] else "error", rec.get("error"), rec.get("latency_ms"),
-             rec.get("width"), rec.get("height"), node, shard_id, attempt, self.job["id"],
-             rec["item"]],
+            ["ok" if rec.ok else "error", None if rec.ok else rec.error or "failed on the node",
+             rec.latency_ms, rec.width, rec.height, node, shard_id, attempt, self.job["id"],
+             rec.item],
         )  # fmt: skip
         if cursor.rowcount != 1:
             return  # already final: exactly once
         db["detections"].insert_all(
-            {"job_id": self.job["id"], "item": rec["item"], "label": d["label"],
-             "class_id": d.get("class_id"), "score": d["score"], "x": d["box"][0],
-             "y": d["box"][1], "w": d["box"][2], "h": d["box"][3]}
-            for d in rec.get("detections") or []
+            {"job_id": self.job["id"], "item": rec.item, "label": d.label,
+             "class_id": d.class_id, "score": d.score, "x": d.box[0], "y": d.box[1],
+             "w": d.box[2], "h": d.box[3]}
+            for d in rec.detections or []
         )  # fmt: skip

@@ -4,8 +4,11 @@
 results, which it returns. Its action plugin (action_plugins/evc_shard.py) has
 uploaded the archive to ``upload``; a rename puts it in the inbox whole.
 
-Fails fast when the container is not running or its server stopped beating, and on
-timeout; on any failure the shard's files are removed so nothing runs late.
+Fails fast when the container is not running or its server stopped beating, when
+the shard leaves the inbox unanswered (the server deletes a shard only after writing
+its answer, so the controller's cleanup withdrew it: this module is left over from an
+interrupted run), and on timeout; on any failure the shard's files are removed so
+nothing runs late. NAME is unique per dispatch: no other module reads this answer.
 """
 
 import os
@@ -15,6 +18,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 POLL_S = 0.1
 CHECK_CONTAINER_S = 5.0
+WITHDRAWN_AFTER_S = 5.0  # the server writes the answer just after it removes the shard
 
 
 def _read_and_remove(path):
@@ -64,6 +68,7 @@ def main():
     alive = os.path.join(p["serve_dir"], "serve.alive")
     start = time.time()
     checked = 0.0
+    gone_since = None
     _hand_over(p["upload"], inbox)
 
     def fail(msg):
@@ -77,6 +82,15 @@ def main():
         if os.path.exists(error):
             fail("the model server refused the shard: " + _read_and_remove(error))
         now = time.time()
+        if os.path.exists(inbox):
+            gone_since = None
+        elif gone_since is None:
+            gone_since = now
+        elif now - gone_since > WITHDRAWN_AFTER_S:
+            fail(
+                "the shard left the inbox unanswered (withdrawn by the controller's cleanup, "
+                "or dropped by the model server)"
+            )
         if now - checked >= CHECK_CONTAINER_S:
             checked = now
             if not _container_running(module, p["container"]):

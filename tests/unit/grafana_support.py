@@ -13,9 +13,7 @@ replaces ``$__from``/``$__to`` again and applies its macros, matched by
 
 from __future__ import annotations
 
-import json
 import re
-import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -23,9 +21,10 @@ from pathlib import Path
 from evc import db as evcdb
 from evc import devices, registry
 from evc import logs as telemetry
-from evc.ansible import HostResult, RunResult, resolve_hosts
+from evc.ansible import HostResult, RunResult
 from evc.infer import runner as jobs
-from evc.model import catalogue, deploy
+from evc.model import deploy
+from tests.unit.fake_fleet import FakeFleet, add_devices, add_model
 
 # ----------------------------------------------------------------- rendering
 
@@ -92,82 +91,6 @@ def variable_values(db, dashboard: dict, t_from: float, t_to: float, pick=None) 
 # ----------------------------------------------------------------- a filled database
 
 
-class FakeFleet:
-    """Stands in for ansible-runner and the nodes behind ``run_playbook``.
-
-    Runs are recorded with ``evc.db.record_run`` exactly as the real one does;
-    ``infer_shard.yml`` answers the results.jsonl lines a node's model server would.
-    """
-
-    def __init__(self, down=(), flaky=()):
-        self.down, self.flaky = set(down), set(flaky)
-
-    def __call__(self, ws, name, target="all", *, extravars=None, **_):
-        hosts = resolve_hosts(ws.inventory, target)
-        started = time.time()
-        results = {}
-        for h in hosts:
-            if h in self.down:
-                why = "ssh: connect to host: No route to host"
-                results[h] = HostResult(h, "unreachable", unreachable=1, message=why)
-            elif name == "infer_shard.yml":
-                results[h] = self._shard(h, extravars)
-            else:
-                results[h] = HostResult(h, "changed", ok=3, changed=1)
-        time.sleep(0.05)
-        bad = any(r.state in ("failed", "unreachable") for r in results.values())
-        run = RunResult(name, target, uuid.uuid4().hex[:12], "", started, time.time(),
-                        2 if bad else 0, results)  # fmt: skip
-        evcdb.record_run(evcdb.workspace_db(ws), run)
-        return run
-
-    def _shard(self, host: str, extravars: dict) -> HostResult:
-        if host in self.flaky:  # its first shard fails, later ones work
-            self.flaky.discard(host)
-            return HostResult(host, "failed", failed=1, failed_task="run shard",
-                              message="container evc-model-faces is not running")  # fmt: skip
-        with tarfile.open(extravars["evc_archive"]) as tar:
-            items = [m.name for m in tar.getmembers() if m.isfile() and m.name != "shard.json"]
-        lines = []
-        for i, item in enumerate(items):
-            if "corrupt" in item:
-                lines.append({"item": item, "ok": False, "error": "cannot identify image file"})
-                continue
-            dets = [{"label": "face", "class_id": 0, "score": 0.91, "box": [177, 66, 95, 95]}]
-            if i % 2:
-                dets.append(
-                    {"label": "person", "class_id": 1, "score": 0.55, "box": [5, 5, 80, 200]}
-                )
-            lines.append({"item": item, "ok": True, "latency_ms": 30.0 + 7 * i, "width": 640,
-                          "height": 480, "detections": dets})  # fmt: skip
-        time.sleep(0.05)
-        jsonl = "".join(json.dumps(line) + "\n" for line in lines)
-        return HostResult(host, "changed", ok=1, changed=1, outputs={"results": {"jsonl": jsonl}})
-
-
-DEVICES = [
-    {"name": "node1", "host": "10.0.0.11", "groups": ["edge", "cam"], "lat": 52.52, "lon": 13.40,
-     "status": "online", "arch": "arm64", "accelerator": "nvidia:orin"},
-    {"name": "node2", "host": "10.0.0.12", "groups": ["edge"], "lat": 48.14, "lon": 11.58,
-     "status": "online", "arch": "amd64", "accelerator": "none"},
-    {"name": "node3", "host": "10.0.0.13", "groups": [], "lat": None, "lon": None,
-     "status": "offline", "arch": "amd64", "accelerator": "none"},
-]  # fmt: skip
-
-
-def _devices(ws, db, now: float) -> None:
-    with evcdb.transaction(db):
-        db["devices"].insert_all(
-            evcdb.device_row({**d, "labels": {"site": d["name"][-1]}, "added_at": now - 7200,
-                              "last_seen": now - 30, "os": "Debian 12", "kernel": "6.1",
-                              "cpu_count": 4, "mem_bytes": 4 << 30, "disk_bytes": 64 << 30,
-                              "docker_version": "20.10.24", "missed": 3 if d["name"] == "node3"
-                              else 0})
-            for d in DEVICES
-        )  # fmt: skip
-    devices.regenerate_inventory(ws, db)
-
-
 def record_telemetry(db, now: float) -> None:
     """90 one-minute telemetry rounds through ``evc.logs.ingest`` and
     ``evc.devices.record_liveness``; node3 stops answering near the end (offline)."""
@@ -199,29 +122,19 @@ def record_telemetry(db, now: float) -> None:
         devices.record_liveness(db, run, offline_after=3, now=at)
 
 
-def _model(ws, version: str, now: float) -> None:
-    catalogue.save(ws, catalogue.Model(
-        name="faces", version=version, runtime="face-haar", task="detect", arch="amd64",
-        owner="vision", image=f"registry:5000/evc/faces:{version}-amd64",
-        image_id="sha256:" + "ab" * 32, size_bytes=210_000_000, weights_source=None,
-        weights_digest=None, built_at=now - 3600, build_s=42.0, selftest={"detections": 1},
-        registry_digest="sha256:" + "cd" * 32, pushed_size=80_000_000, pushed_at=now - 3500,
-    ))  # fmt: skip
-
-
 def populate(ws, monkeypatch, data: Path) -> float:
     """Fill the workspace database through EVC's functions; returns the time they ran."""
     now = time.time()
     db = evcdb.workspace_db(ws)
-    _devices(ws, db, now)
+    add_devices(ws, db, now)
     record_telemetry(db, now)
     fleet = FakeFleet(down={"node3"}, flaky={"node2"})
     monkeypatch.setattr(deploy, "run_playbook", fleet)
     monkeypatch.setattr(jobs, "run_playbook", fleet)
     fleet(ws, "facts.yml", "all")
     registry.save(ws, registry.RegistrySettings(hosts=["registry"]))  # deploys pull from it
-    _model(ws, "1.0", now)
-    _model(ws, "1.1", now)
+    add_model(ws, "1.0", now)
+    add_model(ws, "1.1", now)
     deploy.deploy(
         ws, deploy.DeployOptions(ref="faces:1.0", target="all")
     )  # node3 unreachable: failed row
