@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from evc import db as evcdb
-from evc import devices
+from evc import devices, registry
 from evc.ansible import HostResult, RunResult, resolve_hosts
 from evc.model import catalogue
 
@@ -183,7 +183,10 @@ def add_devices(ws, db, now: float, rows: list[dict] = DEVICES) -> None:
 
 
 def add_model(ws, version: str, now: float, name: str = "faces") -> None:
-    """A built and pushed model NAME:VERSION in the catalogue."""
+    """A built and pushed model NAME:VERSION in the catalogue (and the registry settings
+    that deploys pull it through)."""
+    if not (registry.files(ws).root / "registry.json").exists():
+        registry.save(ws, registry.RegistrySettings(hosts=["registry"]))
     catalogue.save(ws, catalogue.Model(
         name=name, version=version, runtime="face-haar", task="detect", arch="amd64",
         owner="vision", image=f"registry:5000/evc/{name}:{version}-amd64",

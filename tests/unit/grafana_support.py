@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from evc import db as evcdb
-from evc import devices, registry
+from evc import devices
 from evc import logs as telemetry
 from evc.ansible import HostResult, RunResult
 from evc.infer import runner as jobs
@@ -132,7 +132,6 @@ def populate(ws, monkeypatch, data: Path) -> float:
     monkeypatch.setattr(deploy, "run_playbook", fleet)
     monkeypatch.setattr(jobs, "run_playbook", fleet)
     fleet(ws, "facts.yml", "all")
-    registry.save(ws, registry.RegistrySettings(hosts=["registry"]))  # deploys pull from it
     add_model(ws, "1.0", now)
     add_model(ws, "1.1", now)
     deploy.deploy(
