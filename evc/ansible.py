@@ -28,7 +28,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from evc.config import Workspace
 from evc.db import record_run, workspace_db
@@ -277,16 +277,16 @@ def _passwords(path: Path, secrets: dict[str, str], extravars: dict) -> dict[str
     return out
 
 
-def _start_run(artifacts: Path, ident: str) -> int:
+def _start_run(artifacts: Path, ident: str) -> BinaryIO:
     """Make the run's artifacts folder, locked: it is made under a hidden name, its lock
-    taken, then renamed into place, so no pruner ever sees it unlocked. Returns the
-    lock's descriptor; the lock lasts until it is closed (or the process ends)."""
+    taken, then renamed into place, so no pruner ever sees it unlocked. The lock lasts
+    until the returned file is closed (or the process ends)."""
     hidden = artifacts / f".{ident}"
     hidden.mkdir(mode=0o700, parents=True)
-    fd = os.open(hidden / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    lock = open(hidden / RUN_LOCK, "wb")  # noqa: SIM115 - closed by the caller's with
+    fcntl.flock(lock, fcntl.LOCK_EX)
     os.rename(hidden, artifacts / ident)
-    return fd
+    return lock
 
 
 def prune_runs(artifacts: Path, keep: int = KEEP_RUNS) -> None:
@@ -425,29 +425,28 @@ def run_playbook(
     artifacts = ws.artifacts_dir / "artifacts"
     ident = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     started = time.time()
-    lock = _start_run(artifacts, ident)
-    try:
-        with contextlib.suppress(OSError):  # housekeeping only: the next run tries again
-            prune_runs(artifacts, KEEP_RUNS)
-        with progress.task(f"{path.name} on {target}") as line:
-            collector = _Collector(hosts, line)
-            runner = ansible_runner.run(
-                private_data_dir=str(ws.artifacts_dir),
-                ident=ident,
-                playbook=str(path),
-                inventory=str(inventory),
-                limit=target,
-                extravars=unsafe(extravars),
-                envvars={**ansible_env(ws, forks, task_timeout), **(env or {})},
-                passwords=passwords,
-                event_handler=collector,
-                status_handler=_scrub_when_running,
-                quiet=True,
-                suppress_env_files=True,  # else env/passwords holds the secrets in clear
-            )
-    finally:
-        scrub_command_file(artifacts / ident)  # again, should the run have stopped early
-        os.close(lock)
+    with _start_run(artifacts, ident):
+        try:
+            with contextlib.suppress(OSError):  # housekeeping only: the next run tries again
+                prune_runs(artifacts, KEEP_RUNS)
+            with progress.task(f"{path.name} on {target}") as line:
+                collector = _Collector(hosts, line)
+                runner = ansible_runner.run(
+                    private_data_dir=str(ws.artifacts_dir),
+                    ident=ident,
+                    playbook=str(path),
+                    inventory=str(inventory),
+                    limit=target,
+                    extravars=unsafe(extravars),
+                    envvars={**ansible_env(ws, forks, task_timeout), **(env or {})},
+                    passwords=passwords,
+                    event_handler=collector,
+                    status_handler=_scrub_when_running,
+                    quiet=True,
+                    suppress_env_files=True,  # else env/passwords holds the secrets in clear
+                )
+        finally:
+            scrub_command_file(artifacts / ident)  # again, should the run have stopped early
     if runner.status not in ("successful", "failed"):
         raise EVCError(
             f"ansible-playbook {path.name} did not run ({runner.status}, rc={runner.rc}); "

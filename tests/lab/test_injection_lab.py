@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from evc import db as evcdb
 from evc.ansible import run_playbook
 from tests.conftest import evc
 from tests.lab.conftest import evc_json
@@ -45,7 +44,7 @@ def env(lab_session, marker):
 
 
 def _host(ws, node: str) -> str:
-    return evcdb.workspace_db(ws)["devices"].get(node)["host"]
+    return evc_json("device", "show", node, env={"EVC_HOME": str(ws.root)})["host"]
 
 
 def test_every_checked_field_refuses_a_template(lab_ws, env, payload, tmp_path):
@@ -122,11 +121,8 @@ def owned(trusted, env, payload):
         evc("model", "delete", f"tplo:{version}", "--force", env=env)
 
 
-def _items(ws, job_id: str) -> dict[str, str]:
-    rows = evcdb.workspace_db(ws).query(
-        "SELECT item, state FROM results WHERE job_id = ?", [job_id]
-    )
-    return {r["item"]: r["state"] for r in rows}
+def _items(env, job_id: str) -> dict[str, str]:
+    return {r["item"]: r["state"] for r in evc_json("infer", "results", job_id, env=env)}
 
 
 def test_owner_and_data_set_names_are_text_through_the_cli(lab_ws, env, payload, owned, pictures):
@@ -135,7 +131,7 @@ def test_owner_and_data_set_names_are_text_through_the_cli(lab_ws, env, payload,
     assert deployed["ok"], deployed
     job = evc_json("infer", "run", "tplo:1", "node1", "--data", pictures, env=env)
     assert job["state"] == "complete", job
-    assert _items(lab_ws, job["id"]) == {"astronaut.jpg": "ok", f"{FILE_PAYLOAD}.jpg": "ok"}
+    assert _items(env, job["id"]) == {"astronaut.jpg": "ok", f"{FILE_PAYLOAD}.jpg": "ok"}
 
 
 def test_run_config_values_are_refused_or_text(lab_ws, env, payload, owned, pictures, tmp_path):
@@ -175,7 +171,7 @@ def test_run_config_values_are_refused_or_text(lab_ws, env, payload, owned, pict
             {"do": "model.push", "with": {"ref": "tplo:2"}},
             {"do": "model.deploy", "target": "tprun",
              "with": {"ref": "tplo:2", "memory": "256m"}},
-            {"do": "infer.run", "target": "tprun",
+            {"name": "infer", "do": "infer.run", "target": "tprun",
              "with": {"model": "tplo:2", "data": str(pictures)}},
             {"do": "device.check", "target": "tprun"},
         ],
@@ -187,9 +183,9 @@ def test_run_config_values_are_refused_or_text(lab_ws, env, payload, owned, pict
         assert proc.returncode == 0, proc.stderr + proc.stdout
         assert evc_json("device", "show", "tprun", env=env)["labels"] == {"note": payload}
         assert evc_json("model", "show", "tplo:2", env=env)["owner"] == payload
-        db = evcdb.workspace_db(lab_ws)
-        (job,) = db.query("SELECT id FROM jobs WHERE model = 'tplo' AND version = '2'")
-        assert _items(lab_ws, job["id"]) == {"astronaut.jpg": "ok", f"{FILE_PAYLOAD}.jpg": "ok"}
+        steps = {s["name"]: s for s in json.loads(proc.stdout)["steps"]}
+        job_id = steps["infer"]["detail"]["id"]
+        assert _items(env, job_id) == {"astronaut.jpg": "ok", f"{FILE_PAYLOAD}.jpg": "ok"}
     finally:
         evc("model", "undeploy", "tplo", "tprun", env=env)
         evc("device", "remove", "tprun", env=env)

@@ -206,7 +206,7 @@ def test_prune_keeps_the_newest_and_every_run_in_progress(tmp_path):
         locks[ident] = ansible._start_run(arts, ident)
         _aged(arts / ident, 100 - i)
     for ident in ("old-done", "mid-done", "new1", "new2"):
-        os.close(locks.pop(ident))  # those runs ended
+        locks.pop(ident).close()  # those runs ended
     legacy = arts / "before-locks"  # from before runs were locked
     legacy.mkdir()
     (legacy / "stdout").write_text("x")
@@ -214,7 +214,7 @@ def test_prune_keeps_the_newest_and_every_run_in_progress(tmp_path):
     (arts / ".being-made").mkdir()
     prune_runs(arts, keep=2)
     assert sorted(p.name for p in arts.iterdir()) == [".being-made", "new1", "new2", "old-running"]
-    os.close(locks.pop("old-running"))
+    locks.pop("old-running").close()
     prune_runs(arts, keep=2)
     assert sorted(p.name for p in arts.iterdir()) == [".being-made", "new1", "new2"]
 
