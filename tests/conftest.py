@@ -65,9 +65,11 @@ print(json.dumps(found))
 """
 
 
-def files_holding(ws, *secrets: str) -> list[Path]:
-    """Files EVC writes in clear (inventory, database, Ansible artifacts) that hold a secret."""
-    places = [ws.inventory, *(ws.root / "db").glob("evc.db*"), ws.private_dir / "runs"]
+def files_holding(ws, *secrets: str, places: list[Path] | None = None) -> list[Path]:
+    """Files EVC writes in clear (inventory, database, Ansible artifacts; or the files
+    and folders in ``places``) that hold a secret."""
+    if places is None:
+        places = [ws.inventory, *(ws.root / "db").glob("evc.db*"), ws.private_dir / "runs"]
     proc = subprocess.run(
         [sys.executable, "-c", _FIND],
         input=json.dumps([list(map(str, places)), list(secrets)]),
