@@ -19,6 +19,7 @@ from evc.inventory import InventoryHost
 from tests.conftest import files_holding
 
 PLAYBOOKS = Path(__file__).parent / "playbooks"
+LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
 
 
 def payload(marker: Path) -> str:
@@ -27,11 +28,8 @@ def payload(marker: Path) -> str:
 
 @pytest.fixture
 def local(workspace):
-    inventory.write(
-        workspace.inventory,
-        [InventoryHost("box", "127.0.0.1")],
-        {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
-    )
+    """The workspace with one host, ``box``: this machine, reached without SSH."""
+    inventory.write(workspace.inventory, [InventoryHost("box", "127.0.0.1")], LOCAL)
     return workspace
 
 
@@ -49,15 +47,7 @@ def test_every_value_reaches_the_play_as_literal_text(workspace, tmp_path):
         "box", payload(markers["host"]), user=payload(markers["user"]),
         labels={"site": payload(markers["label"])},
     )  # fmt: skip
-    inventory.write(
-        workspace.inventory,
-        [box],
-        {
-            "ansible_connection": "local",
-            "ansible_python_interpreter": sys.executable,
-            "evc_note": payload(markers["note"]),
-        },
-    )
+    inventory.write(workspace.inventory, [box], {**LOCAL, "evc_note": payload(markers["note"])})
     run = run_playbook(
         workspace,
         str(PLAYBOOKS / "values.yml"),
