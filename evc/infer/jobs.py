@@ -7,12 +7,30 @@ A job's items are fixed when it is created and each item gets one ``results`` ro
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from evc import db as evcdb
 from evc.config import Workspace
 from evc.errors import Result, UsageError
+
+MAX_KEYPOINTS = 1000  # per detection: more than any pose or face-mesh model gives
+
+
+def keypoints_json(points) -> str | None:
+    """A detection's keypoints as the JSON stored for it: the well-formed points of what a
+    node reported (a name and finite x, y), at most MAX_KEYPOINTS; None when there are none.
+    A node is not trusted, so nothing else of what it sent is kept."""
+    if not isinstance(points, list):
+        return None
+    kept = [
+        {"name": str(p.get("name"))[:64], "x": float(p["x"]), "y": float(p["y"])}
+        for p in points[:MAX_KEYPOINTS]
+        if isinstance(p, dict)
+        and all(isinstance(p.get(k), int | float) and math.isfinite(p[k]) for k in ("x", "y"))
+    ]
+    return json.dumps(kept) if kept else None
 
 
 @dataclass
@@ -62,9 +80,10 @@ def results(ws: Workspace, job_id: str) -> list[dict]:
     db = evcdb.workspace_db(ws)
     dets: dict[str, list] = {}
     for d in db.query(
-        "SELECT item, label, class_id, score, x, y, w, h FROM detections WHERE job_id = ? "
-        "ORDER BY id", [job_id],
+        "SELECT item, label, class_id, score, x, y, w, h, keypoints FROM detections "
+        "WHERE job_id = ? ORDER BY id", [job_id],
     ):  # fmt: skip
+        d["keypoints"] = json.loads(d["keypoints"]) if d["keypoints"] else None
         dets.setdefault(d.pop("item"), []).append(d)
     rows = db.query("SELECT * FROM results WHERE job_id = ? ORDER BY item", [job_id])
     return [{**r, "detections": dets.get(r["item"], [])} for r in rows]

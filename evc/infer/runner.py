@@ -28,7 +28,7 @@ from evc.ansible import resolve_hosts, run_playbook
 from evc.config import Workspace
 from evc.errors import Interrupted, UsageError
 from evc.infer.data import stage_items
-from evc.infer.jobs import JobResult, get, job_dir, status, throughputs
+from evc.infer.jobs import JobResult, get, job_dir, keypoints_json, status, throughputs
 from evc.model import catalogue
 from evc.model.deployments import JOBS_DIR, current, deployed_on
 from evc.names import ModelOrRef, Target
@@ -353,6 +353,7 @@ class _Runner:
         db["detections"].insert_all(
             {"job_id": self.job["id"], "item": rec["item"], "label": d["label"],
              "class_id": d.get("class_id"), "score": d["score"], "x": d["box"][0],
-             "y": d["box"][1], "w": d["box"][2], "h": d["box"][3]}
+             "y": d["box"][1], "w": d["box"][2], "h": d["box"][3],
+             "keypoints": keypoints_json(d.get("keypoints"))}
             for d in rec.get("detections") or []
         )  # fmt: skip
