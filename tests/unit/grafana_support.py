@@ -133,8 +133,10 @@ class FakeFleet:
             if "corrupt" in item:
                 lines.append({"item": item, "ok": False, "error": "cannot identify image file"})
                 continue
-            eyes = [{"name": "right_eye", "x": 203.3, "y": 100.9},
-                    {"name": "left_eye", "x": 247.4, "y": 108.2}]
+            eyes = [
+                {"name": "right_eye", "x": 203.3, "y": 100.9},
+                {"name": "left_eye", "x": 247.4, "y": 108.2},
+            ]
             dets = [{"label": "face", "class_id": 0, "score": 0.91, "box": [177, 66, 95, 95],
                      "keypoints": eyes}]  # fmt: skip
             if i % 2:
