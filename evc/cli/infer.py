@@ -131,11 +131,12 @@ def results(
             f"results of {job}",
             ["item", "state", "node", "detections", "error"],
             [[r["item"], r["state"], r["node"] or "-",
-              "\n".join(map(_detection, r["detections"])), r["error"] or ""] for r in rows],
+              "\n".join(map(describe_detection, r["detections"])), r["error"] or ""]
+             for r in rows],
         )  # fmt: skip
 
 
-def _detection(d: dict) -> str:
+def describe_detection(d: dict) -> str:
     """One detection of the results table: label, score, box, and its keypoints below."""
     x, y, w, h = (round(d[k]) for k in ("x", "y", "w", "h"))
     text = f"{d['label']} {d['score']:.2f} at {x},{y} {w}x{h}"
