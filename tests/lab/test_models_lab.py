@@ -105,7 +105,8 @@ def test_face_blaze_weights_come_from_mediapipe_and_find_the_face_with_keypoints
     labels = docker_client().images.get(built["image"]).labels
     assert labels["evc.model.weights.digest"] == built["weights_digest"]
     assert built["weights_digest"].startswith("sha256:")
-    assert built["size_bytes"] < 300 * 10**6, built["size_bytes"]  # no MediaPipe, no OpenCV
+    # the base (~250 MB) and ~145 MB of packages: no MediaPipe, no OpenCV (face-haar: ~490 MB)
+    assert built["size_bytes"] < 420 * 10**6, built["size_bytes"]
     _json("model", "push", "blaze:1.0", env=lab_env)
 
     results, summary = run_on_node(lab_ws, "node3", built["image"], images_in)
