@@ -62,8 +62,9 @@ def weighted_nms(boxes: np.ndarray, points: np.ndarray, scores: np.ndarray, iou:
     order = np.argsort(-scores, kind="stable")
     out = []
     while order.size:
-        overlap = iou_with(boxes[order[0]], boxes[order])
-        group, order = order[overlap > iou], order[overlap <= iou]
+        merge = iou_with(boxes[order[0]], boxes[order]) > iou
+        merge[0] = True  # the best box itself, whatever iou is (1.0 merges nothing else)
+        group, order = order[merge], order[~merge]
         weights = scores[group][:, None] / scores[group].sum()
         merged = (boxes[group] * weights).sum(0), (points[group] * weights).sum(0)
         out.append((*merged, scores[group[0]]))

@@ -146,6 +146,7 @@ def test_anchors_match_the_model_outputs_and_weighted_nms_merges_overlaps():
     (box, pts, score), (box2, _, score2) = rt.weighted_nms(boxes, points, scores, 0.3)
     assert np.allclose(box, [0.25, 0.25, 10.25, 10.25]) and np.allclose(pts, [3, 3])
     assert score == 0.9 and score2 == 0.8 and np.allclose(box2, boxes[2])
+    assert len(rt.weighted_nms(boxes, points, scores, 1.0)) == 3  # nothing merged, and it ends
 
 
 def test_selftest_face_blaze(blaze_home):
