@@ -84,8 +84,10 @@ def test_demo_run_config_end_to_end(lab_ws, lab_session, demo_run):
         assert f["label"] == "face" and abs(f["x"] - BLAZE_FACES[f["item"]]) < 20 and f["w"] > 60
         points = json.loads(f["keypoints"])
         assert [p["name"] for p in points][:2] == ["right_eye", "left_eye"] and len(points) == 6
-        for p in points:
-            assert f["x"] <= p["x"] <= f["x"] + f["w"] and f["y"] <= p["y"] <= f["y"] + f["h"]
+        x, y, w, h = f["x"], f["y"], f["w"], f["h"]
+        for p in points:  # an ear of a face turned aside (the cameraman's) may stick out
+            m = w / 4 if p["name"].endswith("_ear") else 0
+            assert x - m <= p["x"] <= x + w + m and y - m <= p["y"] <= y + h + m, (f, p)
 
     # The run ends with what each model found per image.
     table = proc.stdout[proc.stdout.index("found per image") :]
