@@ -299,6 +299,12 @@ def _scenarios(db: sqlite_utils.Database) -> None:
     )
 
 
+def _keypoints(db: sqlite_utils.Database) -> None:
+    """Named points of a detection, where the model gives them (issue 20): the JSON list of
+    ``{"name", "x", "y"}`` (pixels) that evc-infer writes; NULL for a model without them."""
+    db.execute("ALTER TABLE detections ADD COLUMN keypoints TEXT")
+
+
 # Applied in order, once each; never edit or reorder a released entry, append a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_core", _core),
@@ -307,6 +313,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0004_jobs", _jobs),
     ("0005_telemetry", _telemetry),
     ("0006_scenarios", _scenarios),
+    ("0007_keypoints", _keypoints),
 ]
 
 
