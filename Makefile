@@ -24,8 +24,10 @@ demo: setup
 	$(BIN)/evc lab up --nodes 3
 	$(BIN)/evc run run_cfg/demo.yaml $(if $(YOLO_WEIGHTS),--var "yolo_weights=$(YOLO_WEIGHTS)")
 
+# The lab tests (one lab, one worker) and the unit tests (the other worker) run side
+# by side: the lab's time is mostly waiting on nodes.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 setup: system-packages venv docker-engine
 

@@ -10,8 +10,10 @@ EVC = [sys.executable, "-m", "evc"]
 
 
 def evc(*args, env=None, check=None, timeout=600, input=None, cwd=None):
-    """Run the real `evc` command; returns CompletedProcess (text)."""
-    full_env = {**os.environ, **(env or {})}
+    """Run the real `evc` command; returns CompletedProcess (text). Tables are 200
+    columns wide unless ``env`` says otherwise: what a test looks for is not cut by a
+    long temporary path (xdist's are longer)."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     proc = subprocess.run(
         [*EVC, *map(str, args)],
         capture_output=True,
