@@ -71,3 +71,23 @@ def trusted(lab_session):
     evc("cert", "push", "all", env=env, check=0)
     yield lab_session[0]
     evc("cert", "revoke", "all", env=env, check=0)
+
+
+DEPLOYED = "ifaces"  # the model of the `deployed` fixture
+
+
+@pytest.fixture(scope="session")
+def deployed(lab_session):
+    """DEPLOYED:1 (face-haar) running on node1 and node2, node3 without it, for the
+    modules that run jobs on it (built, pushed and deployed once a session). The nodes'
+    trust is revoked again afterwards, as the other lab tests expect; a running container
+    needs none."""
+    env = {"EVC_HOME": str(lab_session[0].root)}
+    evc("cert", "push", "all", env=env, check=0)
+    evc_json("model", "build", DEPLOYED, "--runtime", "face-haar", "--version", "1", env=env)
+    evc_json("model", "push", f"{DEPLOYED}:1", env=env)
+    evc_json("model", "deploy", f"{DEPLOYED}:1", "node1,node2", env=env)
+    evc("cert", "revoke", "all", env=env, check=0)
+    yield
+    evc("model", "undeploy", DEPLOYED, "all", env=env)
+    evc("model", "delete", f"{DEPLOYED}:1", "--force", env=env)

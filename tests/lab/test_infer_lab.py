@@ -17,22 +17,10 @@ from evc.engine import docker_client
 from evc.infer import runner
 from evc.lab.nodes import Nodes
 from tests.conftest import evc
+from tests.lab.conftest import DEPLOYED as MODEL
 from tests.lab.conftest import evc_json as _json
 
-MODEL = "ifaces"
 PICTURES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field")
-
-
-@pytest.fixture(scope="module")
-def deployed(lab_session, trusted):
-    """MODEL:1 (face-haar) running on node1 and node2; node3 has no model."""
-    env = {"EVC_HOME": str(lab_session[0].root)}
-    _json("model", "build", MODEL, "--runtime", "face-haar", "--version", "1", env=env)
-    _json("model", "push", f"{MODEL}:1", env=env)
-    _json("model", "deploy", f"{MODEL}:1", "node1,node2", env=env)
-    yield
-    evc("model", "undeploy", MODEL, "all", env=env)
-    evc("model", "delete", f"{MODEL}:1", "--force", env=env)
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,22 @@ from evc import logs as telemetry
 from evc.lab.fleet import Lab
 from evc.lab.nodes import Nodes
 from tests.conftest import EVC, evc
+from tests.lab.conftest import DEPLOYED as MODEL
 from tests.lab.conftest import evc_json
-
-# `deployed`: a fixture, face-haar MODEL:1 running on node1 and node2.
-from tests.lab.test_infer_lab import MODEL, deployed  # noqa: F401
 
 NODES = ["node1", "node2", "node3"]
 
 
 def _cpu(result) -> dict[str, float]:
     return {h: (v["sample"] or {}).get("cpu_pct") for h, v in result["hosts"].items()}
+
+
+def _until(check, what: str, seconds: float = 120) -> None:
+    """Poll ``check`` until it is true (no fixed sleeps: the machine may be slow)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} after {seconds} s"
+        time.sleep(0.2)
 
 
 def _devices(env) -> dict[str, dict]:
@@ -63,7 +69,7 @@ def test_cpu_burner_raises_its_node_only(lab_ws, lab_env):
     loop = "while :; do :; done"
     burner.exec_run(["timeout", "40", "sh", "-c", f"{loop} & {loop}"], detach=True)
     try:
-        time.sleep(2)
+        _until(lambda: burner.exec_run(["pgrep", "-f", loop]).exit_code == 0, "burner")
         during = [_cpu(evc_json("logs", "collect", "lab", env=lab_env)) for _ in range(2)]
     finally:
         burner.exec_run(["pkill", "-f", loop])
@@ -123,16 +129,22 @@ def test_monitor_and_an_inference_job_share_the_database(lab_ws, lab_env, pictur
         stderr=subprocess.PIPE,
         text=True,
     )
+    db = evcdb.workspace_db(lab_ws)
+    started = time.time()
+
+    def rounds_since(t: float) -> bool:  # a monitor round stored its samples after t
+        return db.execute("SELECT COUNT(*) FROM metrics WHERE at >= ?", [t]).fetchone()[0] > 0
+
     try:
-        time.sleep(3)
+        _until(lambda: rounds_since(started), "monitor round")
         job = evc("infer", "run", MODEL, "node1,node2", "--data", pictures, "--json",
                   env=lab_env)  # fmt: skip
         # A third writer: a large ingest holds the write lock for a while; the monitor waits.
-        db = evcdb.workspace_db(lab_ws)
         fake = [{"node": "bulk", "at": i, "cpu_pct": 1.0} for i in range(1, 200_001)]
         assert telemetry.ingest(db, fake) == len(fake)
         db.execute("DELETE FROM metrics WHERE node = 'bulk'")
-        time.sleep(2)
+        ingested = time.time()
+        _until(lambda: rounds_since(ingested), "monitor round after the bulk ingest")
     finally:
         monitor.send_signal(signal.SIGTERM)
         out, err = monitor.communicate(timeout=180)
