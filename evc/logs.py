@@ -53,7 +53,7 @@ _INSERT_CONTAINERS = (
     "INSERT INTO container_status (node, at, name, image, state, restarts) "
     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
-PRUNED_TABLES = ("metrics", "container_status", "node_events")
+PRUNED_TABLES = ("metrics", "container_status", "node_events", "action_events")
 PRUNE_BATCH = 5000  # rows per delete transaction: other writers wait milliseconds, not minutes
 EXPORT_FORMATS = ("csv",)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.I)
@@ -300,7 +300,8 @@ def export_csv(
 
 
 def prune(ws: Workspace, older_than_s: float) -> dict[str, Any]:
-    """Delete telemetry rows (metrics, container_status, node_events) older than
+    """Delete telemetry rows (metrics, container_status, node_events) and the progress
+    lines of `evc serve`'s actions (action_events) older than
     ``older_than_s``, in short batches; returns the cutoff and rows deleted per table."""
     db = evcdb.workspace_db(ws)
     cutoff = time.time() - older_than_s

@@ -84,6 +84,28 @@ def job_lock(ws: Workspace, job_id: str, progress: Progress = SILENT) -> Iterato
         os.close(fd)  # releases the flock
 
 
+def holder(ws: Workspace, job_id: str) -> str | None:
+    """Who runs the job now ('pid N on HOST since HH:MM:SS'), or None when nobody holds
+    its lock (a job left 'running' then is resumable: its runner is gone)."""
+    path = job_dir(ws, job_id) / "lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        named = _holder(fd)
+        if named is None:  # released locks are emptied: no need to probe
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return named
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None  # a holder that died without releasing it
+    finally:
+        os.close(fd)
+
+
 def _holder(fd: int) -> str | None:
     """Who the lock file names: 'pid N on HOST since HH:MM:SS', or None when it is empty."""
     try:
