@@ -29,6 +29,7 @@ from evc.cli import (
     token,
 )
 from evc.cli.monitor import monitor
+from evc.cli.serve import serve
 
 app = typer.Typer(
     name="evc",
@@ -79,6 +80,7 @@ def init(
 
 
 app.command("monitor")(monitor)
+app.command("serve")(serve)
 
 
 def main() -> None:

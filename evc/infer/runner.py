@@ -88,6 +88,12 @@ class RunOptions(Options):
     )
 
 
+class ResumeOptions(Options):
+    """Run the pending items of an interrupted job (on other nodes with ``target``)."""
+
+    target: Target | None = arg(None, help="Nodes to use (default: the job's target).")
+
+
 def run(
     ws: Workspace,
     options: RunOptions,
