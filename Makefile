@@ -17,10 +17,12 @@ DOCKERD_WAIT ?= 60
 
 # The demo itself is a run-config: run_cfg/demo.yaml (trust, build, deploy, infer,
 # telemetry, dashboards); `evc run run_cfg/demo.yaml --dry-run` shows its plan.
+# YOLO_WEIGHTS=PATH (a YOLO .pt or .onnx) adds the yolo steps, skipped without it.
+YOLO_WEIGHTS ?=
 demo: setup
 	$(BIN)/evc init .
 	$(BIN)/evc lab up --nodes 3
-	$(BIN)/evc run run_cfg/demo.yaml
+	$(BIN)/evc run run_cfg/demo.yaml $(if $(YOLO_WEIGHTS),--var "yolo_weights=$(YOLO_WEIGHTS)")
 
 test: setup
 	$(BIN)/python -m pytest

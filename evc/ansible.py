@@ -4,27 +4,43 @@ Every fleet operation calls :func:`run_playbook` and gets a :class:`RunResult` t
 says, per host, ok / changed / failed / unreachable / skipped, with the failing
 task's message. Fast defaults: forks scaled to the targets, SSH pipelining,
 ControlPersist, no fact gathering unless a playbook asks, a per-task timeout.
+
+What reaches a play is data: every string in the extra vars (and in the inventory,
+:mod:`evc.inventory`) is marked unsafe, so a value is never rendered as a template on
+the controller. A secret reaches a play through a ``vars_prompt`` answered over
+ansible-runner's pty, never through the environment, the command line or a file.
+Each run's artifacts folder is locked while the run lasts, and EVC prunes old ones
+itself (:func:`prune_runs`): ansible-runner's own rotation deletes folders of other
+processes' runs in progress.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
+import shutil
+import stat
 import sys
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from evc.config import Workspace
 from evc.db import record_run, workspace_db
 from evc.errors import EVCError, Result, UsageError
+from evc.inventory import unsafe
 from evc.progress import SILENT, Progress
 from evc.resources import playbook as bundled_playbook
 
 MAX_FORKS = 100
+KEEP_RUNS = 200  # run folders kept in .evc/runs/artifacts
+RUN_LOCK = ".evc-run.lock"  # in a run's folder, locked (flock) while the run lasts
+_INVENTORY_LOCK = threading.Lock()
 HOST_STATES = ("ok", "changed", "failed", "unreachable", "skipped")
 # Keys of a module result that are noise in a stored result.
 _DROP = ("invocation", "diff", "stdout_lines", "stderr_lines")
@@ -86,15 +102,16 @@ def resolve_hosts(inventory: Path, target: str) -> list[str]:
 
     if not inventory.is_file():
         raise UsageError(f"No inventory at {inventory}: add devices or run `evc lab up` first.")
-    manager = InventoryManager(loader=DataLoader(), sources=[str(inventory)])
-    try:
-        hosts = [h.name for h in manager.list_hosts(target)]
-    except (AnsibleError, IndexError) as exc:  # '~(', 'lab[99]'; IndexError: a bare '!' or '&'
-        why = exc if isinstance(exc, AnsibleError) else "'!' and '&' need a name after them"
-        raise UsageError(
-            f"Target {target!r} is not a pattern Ansible can use ({why}). Use a host name, "
-            "a group or an Ansible pattern such as 'group:&other'."
-        ) from None
+    with _INVENTORY_LOCK:  # Ansible's first load of a plugin is not thread-safe
+        manager = InventoryManager(loader=DataLoader(), sources=[str(inventory)])
+        try:
+            hosts = [h.name for h in manager.list_hosts(target)]
+        except (AnsibleError, IndexError) as exc:  # '~(', 'lab[99]'; IndexError: a bare '!' or '&'
+            why = exc if isinstance(exc, AnsibleError) else "'!' and '&' need a name after them"
+            raise UsageError(
+                f"Target {target!r} is not a pattern Ansible can use ({why}). Use a host name, "
+                "a group or an Ansible pattern such as 'group:&other'."
+            ) from None
     if not hosts:
         groups = sorted(g for g in manager.groups if g not in ("all", "ungrouped"))
         known = ", ".join(groups) if groups else "none"
@@ -106,14 +123,34 @@ def resolve_hosts(inventory: Path, target: str) -> list[str]:
 
 
 def control_dir(ws: Workspace) -> Path:
-    """SSH ControlPersist sockets of this workspace: a short path (sockets max 108 chars)."""
+    """SSH ControlPersist sockets of this workspace: a short path (sockets max 108 chars).
+
+    It lives in the shared /tmp, so it must be ours and closed to everyone else: ssh
+    sends its sessions over whatever socket it finds there, and anyone who can write
+    to the folder could plant one. A folder that fails the check is refused, not used.
+    """
     import hashlib
     import tempfile
 
     tag = hashlib.sha256(str(ws.root).encode()).hexdigest()[:10]
     path = Path(tempfile.gettempdir()) / f"evc-cp-{tag}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    return path
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "not a folder (a link or a file)"
+    elif info.st_uid != os.getuid():
+        problem = f"owned by uid {info.st_uid}, not by you (uid {os.getuid()})"
+    elif info.st_mode & 0o077:
+        problem = f"open to group or others (mode {stat.S_IMODE(info.st_mode):04o}, not 0700)"
+    else:
+        return path
+    raise EVCError(
+        f"The SSH control socket folder {path} is {problem}: anyone who can write there "
+        "could plant a socket that EVC's SSH sessions would use, so EVC will not use it. "
+        f"Remove it (as its owner or root: rm -rf {path}) and run again; EVC makes it "
+        "anew, yours and 0700."
+    )
 
 
 def close_connections(ws: Workspace, address: str | None = None) -> int:
@@ -198,16 +235,107 @@ def scrub_command_file(artifact_dir: Path) -> None:
     os.replace(tmp, path)
 
 
+def _scrub_when_running(status: dict, runner_config: Any) -> None:
+    """ansible-runner writes the command file just before it reports 'running' and
+    starts ansible-playbook: cut it then, so no event (or lack of one) is waited for."""
+    if status.get("status") == "running":
+        scrub_command_file(Path(runner_config.artifact_dir))
+
+
+def _passwords(path: Path, secrets: dict[str, str], extravars: dict) -> dict[str, str]:
+    """ansible-runner ``passwords``: each secret answers the play's ``vars_prompt`` of its name.
+
+    The value goes through the pty to ansible-playbook's prompt (no echo), so it is in
+    no environment, command line or artifact. The prompt must be private, unsafe (else
+    a value with braces is rendered as a template), without a default, with a prompt
+    text of its own (the pattern answers wherever that text is printed), and its name
+    must not be an extra var (Ansible then skips the prompt).
+    """
+    if not secrets:
+        return {}
+    from ansible.module_utils.parsing.convert_bool import boolean
+    from ansible.parsing.dataloader import DataLoader
+
+    try:
+        plays = DataLoader().load_from_file(str(path)) or []
+        asks = {i.get("name"): i for play in plays for i in play.get("vars_prompt") or []}
+    except Exception as exc:  # noqa: BLE001 - any parse problem: say which playbook
+        raise EVCError(f"{path}: cannot read its vars_prompt ({exc}).") from None
+    texts = [str(asks.get(n, {}).get("prompt", n)) + ": " for n in secrets]
+    out = {}
+    for (name, value), text in zip(secrets.items(), texts, strict=True):
+        ask = asks.get(name, {})
+        if (
+            not ask
+            or name in extravars
+            or not boolean(ask.get("private", True), strict=False)
+            or not boolean(ask.get("unsafe", False), strict=False)
+            or "default" in ask
+            or text == name + ": "
+            or "{" in text
+            or sum(text in t for t in texts) > 1
+        ):
+            raise EVCError(
+                f"{path.name} must ask for the secret {name!r} with a vars_prompt of that "
+                "name that is private and unsafe, has no default and a prompt text of its "
+                "own (not the name, no braces, not part of another prompt); and "
+                f"{name!r} must not be an extra var."
+            )
+        out[re.escape(text)] = value
+    return out
+
+
+def _start_run(artifacts: Path, ident: str) -> BinaryIO:
+    """Make the run's artifacts folder, locked: it is made under a hidden name, its lock
+    taken, then renamed into place, so no pruner ever sees it unlocked. The lock lasts
+    until the returned file is closed (or the process ends)."""
+    hidden = artifacts / f".{ident}"
+    hidden.mkdir(mode=0o700, parents=True)
+    lock = open(hidden / RUN_LOCK, "wb")  # noqa: SIM115 - closed by the caller's with
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    os.rename(hidden, artifacts / ident)
+    return lock
+
+
+def prune_runs(artifacts: Path, keep: int = KEEP_RUNS) -> None:
+    """Delete the run folders older than the newest ``keep``, except those whose run
+    is still going (its lock is held, by any process).
+
+    Several EVC processes prune at once: a folder another one is deleting may vanish
+    at any point, which is fine. A folder without a lock file is from before runs
+    were locked, or is being deleted.
+    """
+    found = []
+    for entry in os.scandir(artifacts):
+        if entry.name.startswith("."):  # a run being made
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            found.append((entry.stat(follow_symlinks=False).st_mtime, entry.path))
+    found.sort(reverse=True)
+    for _, folder in found[keep:]:
+        try:
+            fd = os.open(os.path.join(folder, RUN_LOCK), os.O_RDONLY)
+        except FileNotFoundError:
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its run is going on
+            continue
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
 class _Collector:
     """Turns ansible-runner events into per-host results and a progress status."""
 
-    def __init__(self, hosts: list[str], progress: Progress, artifact_dir: Path):
+    def __init__(self, hosts: list[str], progress: Progress):
         self.hosts = {h: HostResult(host=h) for h in hosts}
         self.task = ""
         self.progress = progress
         self.done: set[str] = set()
-        self.artifact_dir = artifact_dir
-        self.scrubbed = False
 
     def _update(self) -> None:
         counts = {s: 0 for s in ("failed", "unreachable")}
@@ -220,9 +348,6 @@ class _Collector:
         )
 
     def __call__(self, event: dict) -> bool:
-        if not self.scrubbed:  # the command file is written just before the first event
-            scrub_command_file(self.artifact_dir)
-            self.scrubbed = True
         kind = event.get("event", "")
         data = event.get("event_data", {})
         host = data.get("host")
@@ -291,13 +416,12 @@ def run_playbook(
 ) -> RunResult:
     """Run a bundled playbook (or a path) against ``target`` and return per-host results.
 
-    Secrets never go in ``extravars`` (ansible-runner puts them on the command line and
-    in ``artifacts/*/command``) nor in the environment (also in ``command``). Each one of
-    ``secrets`` answers the play's ``vars_prompt`` of that name, declared with
-    ``prompt: NAME``, ``private: true`` and ``unsafe: true`` (else the answer is a
-    template): ansible-runner types it into ansible-playbook's terminal, so it is in no
-    argument, environment or file (with ``suppress_env_files``, which keeps it out of
-    ``env/passwords``). An answer is one terminal line: at most 4095 characters.
+    Every string in ``extravars`` reaches the play as data, never as a template.
+    ``extravars`` are stored in the artifacts and on the command line, so a secret goes
+    in ``secrets`` (name -> value): each answers the play's private, unsafe
+    ``vars_prompt`` of that name (:func:`_passwords`), typed into ansible-playbook's
+    terminal, so it is in no argument, environment or file. An answer is one terminal
+    line: at most 4095 characters.
     """
     import ansible_runner
 
@@ -306,27 +430,34 @@ def run_playbook(
     if any(len(v) > 4095 or "\n" in v for v in (secrets or {}).values()):
         raise EVCError("a secret for a vars_prompt must be one line of at most 4095 characters")
     path = Path(name) if os.sep in name else bundled_playbook(name)
+    extravars = extravars or {}
+    passwords = _passwords(path, secrets or {}, extravars)
     forks = max(1, min(len(hosts), MAX_FORKS))
-    ws.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = ws.artifacts_dir / "artifacts"
     ident = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     started = time.time()
-    with progress.task(f"{path.name} on {target}") as line:
-        collector = _Collector(hosts, line, ws.artifacts_dir / "artifacts" / ident)
-        runner = ansible_runner.run(
-            private_data_dir=str(ws.artifacts_dir),
-            ident=ident,
-            playbook=str(path),
-            inventory=str(inventory),
-            limit=target,
-            extravars=extravars or {},
-            envvars=ansible_env(ws, forks, task_timeout),
-            passwords={rf"{re.escape(k)}: ?$": v for k, v in (secrets or {}).items()},
-            event_handler=collector,
-            quiet=True,
-            suppress_env_files=True,
-            rotate_artifacts=200,
-        )
-    scrub_command_file(Path(runner.config.artifact_dir))
+    with _start_run(artifacts, ident):
+        try:
+            with contextlib.suppress(OSError):  # housekeeping only: the next run tries again
+                prune_runs(artifacts, KEEP_RUNS)
+            with progress.task(f"{path.name} on {target}") as line:
+                collector = _Collector(hosts, line)
+                runner = ansible_runner.run(
+                    private_data_dir=str(ws.artifacts_dir),
+                    ident=ident,
+                    playbook=str(path),
+                    inventory=str(inventory),
+                    limit=target,
+                    extravars=unsafe(extravars),
+                    envvars=ansible_env(ws, forks, task_timeout),
+                    passwords=passwords,
+                    event_handler=collector,
+                    status_handler=_scrub_when_running,
+                    quiet=True,
+                    suppress_env_files=True,  # else env/passwords holds the secrets in clear
+                )
+        finally:
+            scrub_command_file(artifacts / ident)  # again, should the run have stopped early
     if runner.status not in ("successful", "failed"):
         raise EVCError(
             f"ansible-playbook {path.name} did not run ({runner.status}, rc={runner.rc}); "

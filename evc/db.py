@@ -299,6 +299,12 @@ def _scenarios(db: sqlite_utils.Database) -> None:
     )
 
 
+def _keypoints(db: sqlite_utils.Database) -> None:
+    """Named points of a detection, where the model gives them (issue 20): the JSON list of
+    ``{"name", "x", "y"}`` (pixels) that evc-infer writes; NULL for a model without them."""
+    db.execute("ALTER TABLE detections ADD COLUMN keypoints TEXT")
+
+
 def _api(db: sqlite_utils.Database) -> None:
     """`evc serve` (issue 18): API tokens, the actions its worker runs, and their events.
 
@@ -359,7 +365,8 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0004_jobs", _jobs),
     ("0005_telemetry", _telemetry),
     ("0006_scenarios", _scenarios),
-    ("0007_api", _api),
+    ("0007_keypoints", _keypoints),
+    ("0008_api", _api),
 ]
 
 

@@ -1,4 +1,9 @@
-"""Ansible inventory (YAML) written atomically from a list of host records."""
+"""Ansible inventory (YAML) written atomically from a list of host records.
+
+Every string value in it is marked unsafe (:func:`unsafe`): Ansible templates host
+vars, so a label value such as ``{{ lookup('pipe', ...) }}`` would otherwise run on
+the controller whenever a play reads it. In the inventory it is data.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -28,23 +34,43 @@ class InventoryHost:
         }
 
 
+def unsafe(value: Any) -> Any:
+    """``value`` with every string in it marked as data for Ansible, recursively.
+
+    ``{"__ansible_unsafe": "..."}`` is the serialised form ansible-core (2.19) honours
+    in JSON extra vars and JSON inventories: the string is used as it is, never
+    rendered as a template, and still works with filters (``| int``, ``| bool``),
+    lookups and as a dict index. ``wrap_var`` objects are no use here: they lose the
+    mark when ansible-runner serialises extra vars to JSON. Dict keys stay as they
+    are: Ansible never templates them.
+    """
+    if isinstance(value, str):
+        return {"__ansible_unsafe": value}
+    if isinstance(value, dict):
+        return {k: unsafe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [unsafe(v) for v in value]
+    return value
+
+
 GENERATED_NOTE = "written by EVC from the device database; edits are overwritten"
 
 
 def render(hosts: Iterable[InventoryHost], all_vars: dict | None = None) -> dict:
     """The inventory as a dict: every host under all.hosts, plus one entry per group.
 
-    ``all_vars`` go to all.vars: paths and settings only, never a secret.
+    ``all_vars`` go to all.vars: paths and settings only, never a secret. Every string
+    value (addresses, users, labels, all.vars) is marked unsafe; names are keys.
     """
     all_hosts: dict[str, dict] = {}
     groups: dict[str, dict] = {}
     for h in sorted(hosts, key=lambda h: h.name):
-        all_hosts[h.name] = h.hostvars()
+        all_hosts[h.name] = unsafe(h.hostvars())
         for g in h.groups:
             groups.setdefault(g, {"hosts": {}})["hosts"][h.name] = None
     out = {"all": {"hosts": all_hosts, "children": dict(sorted(groups.items()))}}
     if all_vars:
-        out["all"]["vars"] = dict(all_vars)
+        out["all"]["vars"] = unsafe(dict(all_vars))
     return out
 
 

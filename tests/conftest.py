@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -43,16 +44,37 @@ def write_settings(root: Path, text: str) -> None:
     (root / "evc.yaml").write_text(text)
 
 
-def files_holding(ws, *secrets: str) -> list[Path]:
-    """Files EVC writes in clear (inventory, database, Ansible artifacts) that hold a secret."""
-    places = [ws.inventory, *(ws.root / "db").glob("evc.db*")]
-    places += (ws.private_dir / "runs").rglob("*")
-    found = []
-    for path in places:
+# Reads the files in a child process: a process that opens and closes the database's
+# files drops its own SQLite locks on them (POSIX locks belong to the process, and
+# any close releases them), and its connection then reads a stale database (and can
+# corrupt it by writing). The secrets go on stdin, never on a command line.
+_FIND = """
+import json, sys
+from pathlib import Path
+places, secrets = json.load(sys.stdin)
+found = []
+for place in map(Path, places):
+    for path in [place, *sorted(place.rglob("*"))] if place.is_dir() else [place]:
         try:
             text = path.read_bytes().decode("latin-1")
         except (IsADirectoryError, FileNotFoundError):  # a folder; a WAL file just merged
             continue
         if any(s in text for s in secrets):
-            found.append(path)
-    return found
+            found.append(str(path))
+print(json.dumps(found))
+"""
+
+
+def files_holding(ws, *secrets: str, places: list[Path] | None = None) -> list[Path]:
+    """Files EVC writes in clear (inventory, database, Ansible artifacts; or the files
+    and folders in ``places``) that hold a secret."""
+    if places is None:
+        places = [ws.inventory, *(ws.root / "db").glob("evc.db*"), ws.private_dir / "runs"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _FIND],
+        input=json.dumps([list(map(str, places)), list(secrets)]),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [Path(p) for p in json.loads(proc.stdout)]

@@ -116,19 +116,30 @@ def results(
         print_json(rows)
     elif csv:
         import csv as csvlib
+        import json as jsonlib
 
         cols = ["item", "state", "node", "error", "latency_ms", "label", "score"]
-        cols += ["x", "y", "w", "h"]
+        cols += ["x", "y", "w", "h", "keypoints"]
         writer = csvlib.DictWriter(sys.stdout, cols, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
             for d in r["detections"] or [{}]:
-                writer.writerow({**r, **d})
+                points = d.get("keypoints")
+                writer.writerow({**r, **d, "keypoints": jsonlib.dumps(points) if points else ""})
     else:
         print_table(
             f"results of {job}",
             ["item", "state", "node", "detections", "error"],
             [[r["item"], r["state"], r["node"] or "-",
-              ", ".join(f"{d['label']} {d['score']:.2f}" for d in r["detections"]),
-              r["error"] or ""] for r in rows],
+              "\n".join(map(describe_detection, r["detections"])), r["error"] or ""]
+             for r in rows],
         )  # fmt: skip
+
+
+def describe_detection(d: dict) -> str:
+    """One detection of the results table: label, score, box, and its keypoints below."""
+    x, y, w, h = (round(d[k]) for k in ("x", "y", "w", "h"))
+    text = f"{d['label']} {d['score']:.2f} at {x},{y} {w}x{h}"
+    points = d.get("keypoints") or []
+    named = (f"{p.get('name', i)} {round(p['x'])},{round(p['y'])}" for i, p in enumerate(points))
+    return text + ("\n  " + ", ".join(named) if points else "")

@@ -57,6 +57,8 @@ def _print_plan(scenario, selected) -> None:
             else (f"{s.target}: {', '.join(s.hosts)}" if s.hosts is not None else s.target)
         )
         what = Text.assemble(f"{s.what}\n", (s.command, "dim"))
+        if s.skipped_because and s.index in chosen:
+            what.append(f"\n{s.skipped_because}", "yellow")
         rows.append([str(s.index), s.name, s.kind, hosts, state, what])
     print_table(f"plan of {scenario.path}", ["#", "step", "do", "targets", "", "what"], rows)
     if not scenario.targets_checked:
@@ -108,6 +110,7 @@ def start(
         print_json(run)
     else:
         _print_run(run)
+        _print_found(ws, run)
     if run["state"] != "success":
         raise typer.Exit(1)
 
@@ -123,6 +126,11 @@ class _Live:
 
         from evc.console import line, out, styled
 
+        if event == "skip":
+            line(
+                styled(f"{step.name}  skipped", "dim"), f": {step.skipped_because}", soft_wrap=True
+            )
+            return
         if event == "start":
             self.n += 1
             where = f" on {step.target}" + (f" ({len(step.hosts)} hosts)" if step.hosts else "")
@@ -166,6 +174,45 @@ def _print_run(run: dict) -> None:
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _print_found(ws, run: dict) -> None:
+    """What the run's inference jobs found, per image: one column per job (its model), the
+    labels with their counts, or the one detection with its box and keypoints."""
+    from collections import Counter
+
+    from evc.cli.infer import describe_detection
+    from evc.console import print_table
+    from evc.errors import UsageError
+    from evc.infer import jobs
+
+    found: dict[str, dict[int, str]] = {}
+    columns = []
+    for step in run["steps"]:
+        job = step["detail"] if step["kind"] == "infer.run" else None
+        if not isinstance(job, dict) or "id" not in job:
+            continue
+        try:
+            rows = jobs.results(ws, job["id"])
+        except UsageError:  # the job was deleted since
+            continue
+        columns.append(f"{job.get('model')}:{job.get('version')}\n{job['id']}")
+        for r in rows:
+            dets = r["detections"]
+            counts = Counter(d["label"] for d in dets).most_common()
+            cell = (
+                f"{r['state']}: {r['error'] or ''}" if r["state"] != "ok"
+                else describe_detection(dets[0]) if len(dets) == 1
+                else ", ".join(f"{n} {label}" for label, n in counts) or "-"
+            )  # fmt: skip
+            found.setdefault(r["item"], {})[len(columns) - 1] = cell
+    if columns:
+        print_table(
+            "found per image (`evc infer results JOB` has every box)",
+            ["image", *columns],
+            [[item, *(cells.get(i, "") for i in range(len(columns)))]
+             for item, cells in sorted(found.items())],
+        )  # fmt: skip
 
 
 def _secs(step: dict) -> str:
@@ -234,8 +281,10 @@ def show(
     from evc.console import print_json
     from evc.run import execute as scenario_runs
 
-    run = scenario_runs.get_run(workspace(), run_id)
+    ws = workspace()
+    run = scenario_runs.get_run(ws, run_id)
     if json:
         print_json(run)
     else:
         _print_run(run)
+        _print_found(ws, run)

@@ -211,13 +211,15 @@ def inference() -> dict:
               "node was left to run them."),
         table("Recent detections",
               f"""SELECT s.finished AS at, d.job_id AS job, d.item, r.node, d.label,
-                         ROUND(d.score, 3) AS score, d.x, d.y, d.w, d.h
+                         ROUND(d.score, 3) AS score, d.x, d.y, d.w, d.h, d.keypoints
                   FROM detections AS d
                   JOIN results AS r ON r.job_id = d.job_id AND r.item = d.item
                   JOIN shards AS s ON s.id = r.shard_id JOIN jobs AS j ON j.id = r.job_id
                   WHERE {in_range("s.finished")} AND {any_of("r.node", "node")}
                     AND {any_of("j.model", "model")}
-                  ORDER BY d.id DESC LIMIT 200""", time=("at",)),
+                  ORDER BY d.id DESC LIMIT 200""", time=("at",),
+              description="keypoints: the detection's named points, JSON [{name, x, y}] in "
+              "pixels, for models that give them (face-blaze: eyes, nose, mouth, ears)."),
     ]  # fmt: skip
     return dashboard(
         "evc-inference", "EVC / Inference",

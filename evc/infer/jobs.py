@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import socket
 import time
@@ -24,6 +25,23 @@ from evc.config import Workspace
 from evc.errors import EVCError, Result, UsageError
 from evc.infer.data import open_item
 from evc.progress import SILENT, Progress
+
+MAX_KEYPOINTS = 1000  # per detection: more than any pose or face-mesh model gives
+
+
+def keypoints_json(points) -> str | None:
+    """A detection's keypoints as the JSON stored for it: the well-formed points of what a
+    node reported (a name and finite x, y), at most MAX_KEYPOINTS; None when there are none.
+    A node is not trusted, so nothing else of what it sent is kept."""
+    if not isinstance(points, list):
+        return None
+    kept = [
+        {"name": str(p.get("name"))[:64], "x": float(p["x"]), "y": float(p["y"])}
+        for p in points[:MAX_KEYPOINTS]
+        if isinstance(p, dict)
+        and all(isinstance(p.get(k), int | float) and math.isfinite(p[k]) for k in ("x", "y"))
+    ]
+    return json.dumps(kept) if kept else None
 
 
 @dataclass
@@ -210,9 +228,10 @@ def results(ws: Workspace, job_id: str) -> list[dict]:
     db = evcdb.workspace_db(ws)
     dets: dict[str, list] = {}
     for d in db.query(
-        "SELECT item, label, class_id, score, x, y, w, h FROM detections WHERE job_id = ? "
-        "ORDER BY id", [job_id],
+        "SELECT item, label, class_id, score, x, y, w, h, keypoints FROM detections "
+        "WHERE job_id = ? ORDER BY id", [job_id],
     ):  # fmt: skip
+        d["keypoints"] = json.loads(d["keypoints"]) if d["keypoints"] else None
         dets.setdefault(d.pop("item"), []).append(d)
     rows = db.query("SELECT * FROM results WHERE job_id = ? ORDER BY item", [job_id])
     return [{**r, "detections": dets.get(r["item"], [])} for r in rows]

@@ -33,7 +33,7 @@ from evc.ansible import resolve_hosts, run_playbook
 from evc.config import Workspace
 from evc.errors import EVCError, Interrupted, UsageError
 from evc.infer.data import stage_items
-from evc.infer.jobs import JobResult, get, job_dir, job_lock, status, throughputs
+from evc.infer.jobs import JobResult, get, job_dir, job_lock, keypoints_json, status, throughputs
 from evc.infer.shards import Record, build_archive, dispatch_name, parse_answer
 from evc.model import catalogue
 from evc.model.deployments import JOBS_DIR, current, deployed_on
@@ -467,6 +467,6 @@ class _Runner:
         db["detections"].insert_all(
             {"job_id": self.job["id"], "item": rec.item, "label": d.label,
              "class_id": d.class_id, "score": d.score, "x": d.box[0], "y": d.box[1],
-             "w": d.box[2], "h": d.box[3]}
+             "w": d.box[2], "h": d.box[3], "keypoints": keypoints_json(d.keypoints)}
             for d in rec.detections or []
         )  # fmt: skip

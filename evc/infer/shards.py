@@ -15,7 +15,7 @@ import json
 import secrets
 import tarfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
@@ -65,6 +65,7 @@ class Detection(_Strict):
     class_id: int | None = None
     score: Annotated[FiniteFloat, Field(ge=0, le=1)]
     box: tuple[NonNegative, NonNegative, NonNegative, NonNegative]
+    keypoints: Any = None  # checked point by point: jobs.keypoints_json
 
 
 class Record(_Strict):

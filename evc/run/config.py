@@ -51,6 +51,8 @@ class StepFile(BaseModel):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     target: str | None = None
     when: bool | str = True
+    # shown (plan, run table, record) when ``when`` skips the step: why, and how to run it
+    skip_note: str | None = Field(None, max_length=1000)
     continue_on_error: bool = False
 
 
@@ -64,6 +66,12 @@ class Step:
     run: bool  # what ``when`` said
     continue_on_error: bool = False
     hosts: list[str] | None = None  # the target's hosts; None when not resolved
+    skip_note: str | None = None  # why ``when`` skips it and how to run it
+
+    @property
+    def skipped_because(self) -> str | None:
+        """The note of a step that ``when`` skips (None for a step that runs)."""
+        return None if self.run else self.skip_note or "skipped: its when: is false"
 
     @property
     def what(self) -> str:
@@ -86,6 +94,7 @@ class Step:
             "hosts": self.hosts,
             "run": self.run,
             "continue_on_error": self.continue_on_error,
+            "skip_note": self.skip_note,
             "options": self.options.model_dump(mode="json") if self.options else {},
             "what": self.what,
             "command": self.command,
@@ -266,7 +275,10 @@ def _step(i: int, raw: Any, base: Path, variables: dict, problems: Problems) -> 
     if options is None:
         return None
     target = getattr(options, TARGET, None)
-    return Step(i + 1, spec.name or spec.do, spec.do, options, target, run, spec.continue_on_error)
+    return Step(
+        i + 1, spec.name or spec.do, spec.do, options, target, run, spec.continue_on_error,
+        skip_note=spec.skip_note,
+    )  # fmt: skip
 
 
 def _target(spec: StepFile, where: tuple, problems: Problems) -> str | None | bool:

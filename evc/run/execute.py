@@ -26,7 +26,8 @@ from evc.run import capabilities
 from evc.run.config import ENROL, Scenario, Step
 from evc.run.variables import VAR_RE
 
-# on_step(event, step, outcome): event is "start" or "end"; outcome is None at "start"
+# on_step(event, step, outcome): event is "start", "end" or "skip" (``when`` is false);
+# outcome is None but at "end"
 Listener = Callable[[str, Step, capabilities.Outcome | None], None]
 
 
@@ -107,6 +108,7 @@ def execute(
                 "state": "not_selected"
                 if s.index not in chosen
                 else ("pending" if s.run else "skipped"),
+                "summary": s.skipped_because if s.index in chosen else None,
             }
             for s in scenario.steps
         )
@@ -116,6 +118,8 @@ def execute(
     try:
         for step in selected:
             if not step.run:
+                if on_step:
+                    on_step("skip", step, None)
                 continue
             if stopped_at:
                 _update(db, run_id, step, {"state": "not_run"})

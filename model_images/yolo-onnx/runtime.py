@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
+from evc_infer.inputs import letterbox, unletterbox
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-PAD = 114
+PAD = 114  # the grey Ultralytics letterboxes with
 MAX_DET = 300
 
 
@@ -40,29 +40,6 @@ def is_end2end(meta: dict) -> bool:
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return False
     return isinstance(args, dict) and args.get("nms") is True
-
-
-def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float, tuple]:
-    """Resize keeping the aspect ratio, centred on a (h, w) = ``size`` canvas of grey 114.
-
-    Returns (canvas, scale, (left, top)): canvas pixel = original pixel * scale + pad.
-    """
-    th, tw = size
-    h, w = image.shape[:2]
-    scale = min(th / h, tw / w)
-    nw, nh = min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
-    if (nw, nh) != (w, h):
-        image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))
-    left, top = (tw - nw) // 2, (th - nh) // 2
-    canvas = np.full((th, tw, 3), PAD, np.uint8)
-    canvas[top : top + nh, left : left + nw] = image
-    return canvas, scale, (left, top)
-
-
-def unletterbox(boxes_xyxy: np.ndarray, scale: float, pad: tuple) -> np.ndarray:
-    """Boxes on the letterbox canvas back to original pixels."""
-    left, top = pad
-    return (boxes_xyxy - np.array([left, top, left, top], np.float32)) / scale
 
 
 def decode(output: np.ndarray, conf: float, end2end: bool, nc: int | None = None):
@@ -125,7 +102,7 @@ class OnnxDetector:
 
     def predict(self, image_rgb: np.ndarray, conf: float, iou: float, imgsz: int) -> list[dict]:
         side = -(-imgsz // 32) * 32  # a dynamic input still wants a multiple of the stride
-        canvas, scale, pad = letterbox(image_rgb, self.fixed_size or (side, side))
+        canvas, scale, pad = letterbox(image_rgb, self.fixed_size or (side, side), PAD)
         x = np.ascontiguousarray(canvas.transpose(2, 0, 1)[None], dtype=self.dtype)
         x /= 255
         output = self.session.run(None, {self.input_name: x})[0]

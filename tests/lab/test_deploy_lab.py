@@ -87,6 +87,7 @@ def test_deploy_is_health_checked_recorded_and_idempotent(lab_ws, lab_env, versi
             "true",
             "map[/tmp:rw,nosuid,nodev,noexec,size=64m]",
         ]
+        assert _running(lab_ws, node, "{{.HostConfig.Memory}}") == str(1 << 30)  # the default
         assert _on_node(lab_ws, node, "stat", "-c", "%u:%g %a", jobs, f"{jobs}/inbox",
                         f"{jobs}/outbox").splitlines() == ["10001:10001 700"] * 3  # fmt: skip
     owners = _on_node(lab_ws, "node1", "find", jobs, "!", "-uid", "10001")

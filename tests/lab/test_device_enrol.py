@@ -6,7 +6,7 @@ import pytest
 
 from evc import db as evcdb
 from evc.lab.nodes import Nodes
-from tests.conftest import evc
+from tests.conftest import evc, files_holding
 
 PASSWORD = "Lab-only-S3cret-4-test"
 
@@ -77,16 +77,7 @@ def test_copy_key_installs_the_controller_key_and_stores_no_password(
         assert pub in keys.decode()
         evc("device", "ping", "edge2", env=lab_env, check=0)  # key login works now
         # The password is nowhere EVC writes: database, inventory, artifacts, output.
-        blobs = [
-            ok.stdout,
-            ok.stderr,
-            (lab_ws.root / "db" / "evc.db").read_bytes().decode("latin-1"),
-        ]
-        blobs += [
-            p.read_text(errors="replace")
-            for p in lab_ws.root.rglob("*")
-            if p.is_file() and p.suffix not in (".db",) and "keys" not in p.parts
-        ]
-        assert not [b for b in blobs if PASSWORD in b]
+        assert PASSWORD not in ok.stdout + ok.stderr
+        assert files_holding(lab_ws, PASSWORD, places=[lab_ws.root]) == []
     finally:
         evc("device", "remove", "edge2", env=lab_env)

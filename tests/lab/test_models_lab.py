@@ -1,4 +1,5 @@
-"""Model images for real: build face-haar and yolo-onnx, push them, run each on a lab node."""
+"""Model images for real: build face-haar, face-blaze and yolo-onnx, push them, run each on
+a lab node."""
 
 import io
 import json
@@ -97,6 +98,35 @@ def test_face_haar_builds_pushes_and_finds_the_astronaut(lab_ws, lab_env, truste
     x, y, w, h = astronaut["detections"][0]["box"]
     assert abs(x - 177) <= 10 and abs(y - 66) <= 10 and abs(w - 95) <= 10 and abs(h - 95) <= 10
     assert summary["runtime"] == "face-haar" and "opencv" in json.dumps(summary["versions"])
+
+
+def test_face_blaze_weights_come_from_mediapipe_and_find_the_face_with_keypoints(
+    lab_ws, lab_env, trusted, images_in
+):
+    built = _json(
+        "model", "build", "blaze", "--runtime", "face-blaze", "--version", "1.0", env=lab_env,
+    )  # fmt: skip
+    assert built["selftest"]["selftest"] == "ok" and built["selftest"]["detections"] == 1
+    assert built["weights_source"] == "mediapipe==0.10.18"
+    labels = docker_client().images.get(built["image"]).labels
+    assert labels["evc.model.weights.digest"] == built["weights_digest"]
+    assert built["weights_digest"].startswith("sha256:")
+    # the base (~250 MB) and ~145 MB of packages: no MediaPipe, no OpenCV (face-haar: ~490 MB)
+    assert built["size_bytes"] < 420 * 10**6, built["size_bytes"]
+    _json("model", "push", "blaze:1.0", env=lab_env)
+
+    results, summary = run_on_node(lab_ws, "node3", built["image"], images_in)
+    _check_contract(results, summary, [p.name for p in images_in.iterdir()])
+    found = {r["item"]: r["detections"] for r in results if r["ok"]}
+    assert found["coffee.jpg"] == []
+    (face,) = found["astronaut.png"]
+    x, y, w, h = face["box"]
+    assert abs(x - 177) <= 10 and abs(y - 66) <= 10 and abs(w / 95 - 1) <= 0.15, face
+    names = [p["name"] for p in face["keypoints"]]
+    assert names == ["right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear"]
+    assert all(x <= p["x"] <= x + w and y <= p["y"] <= y + h for p in face["keypoints"])
+    assert summary["runtime"] == "face-blaze" and "ai_edge_litert" in summary["versions"]
+    _json("model", "delete", "blaze:1.0", env=lab_env)
 
 
 def test_yolo_onnx_from_a_yaml_model(lab_ws, lab_env, trusted, images_in, tmp_path):

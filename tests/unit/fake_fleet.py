@@ -150,7 +150,12 @@ def _answer_lines(items: list[str]) -> list[dict]:
         if "corrupt" in item:
             lines.append({"item": item, "ok": False, "error": "cannot identify image file"})
             continue
-        dets = [{"label": "face", "class_id": 0, "score": 0.91, "box": [177, 66, 95, 95]}]
+        eyes = [
+            {"name": "right_eye", "x": 203.3, "y": 100.9},
+            {"name": "left_eye", "x": 247.4, "y": 108.2},
+        ]
+        dets = [{"label": "face", "class_id": 0, "score": 0.91, "box": [177, 66, 95, 95],
+                 "keypoints": eyes}]  # fmt: skip
         if i % 2:
             dets.append({"label": "person", "class_id": 1, "score": 0.55, "box": [5, 5, 80, 200]})
         lines.append({"item": item, "ok": True, "latency_ms": 30.0 + 7 * i, "width": 640,

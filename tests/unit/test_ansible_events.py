@@ -1,7 +1,6 @@
 """ansible-runner events -> per-host results (pure parsing, no Ansible run)."""
 
 import json
-from pathlib import Path
 
 from evc.ansible import RunResult, _Collector, scrub_command_file
 from evc.progress import SILENT
@@ -12,7 +11,7 @@ def _ev(kind, host=None, **data):
 
 
 def _run(events, hosts=("a", "b", "c", "d")):
-    c = _Collector(list(hosts), SILENT, Path("/nonexistent"))
+    c = _Collector(list(hosts), SILENT)
     for e in events:
         c(e)
     return RunResult("p.yml", "all", "id", "/x", 0.0, 1.0, 2, c.hosts)

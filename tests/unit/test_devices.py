@@ -126,8 +126,9 @@ def test_inventory_from_database_has_role_arch_and_accel_groups(workspace):
         "arch_amd64": {"nuc1"},
         "accel_jetson": {"orin1"},
     }
-    assert inv["all"]["hosts"]["nuc1"]["evc_labels"] == {"site": "lab"}
-    assert inv["all"]["vars"]["ansible_ssh_private_key_file"].endswith("/.evc/keys/id_ed25519")
+    assert inv["all"]["hosts"]["nuc1"]["evc_labels"] == {"site": {"__ansible_unsafe": "lab"}}
+    key_file = inv["all"]["vars"]["ansible_ssh_private_key_file"]["__ansible_unsafe"]
+    assert key_file.endswith("/.evc/keys/id_ed25519")
     assert "PRIVATE" not in workspace.inventory.read_text()
     # Ansible patterns resolve against it; an unknown group names the known ones.
     assert resolve_hosts(workspace.inventory, "workers:&arch_arm64") == ["orin1"]

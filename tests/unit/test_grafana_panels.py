@@ -129,3 +129,19 @@ def test_running_now_shows_the_latest_version_per_node(filled):
 @pytest.mark.parametrize("dashboard, panel", PANELS, ids=IDS)
 def test_panel_query_runs_on_an_empty_database(empty, dashboard, panel):
     _run(empty, dashboard, panel, (0, 2e9))  # no error: a fresh workspace shows empty panels
+
+
+def test_recent_detections_show_the_keypoints_a_node_reported(filled):
+    """Keypoints go from a node's results through ingestion to the panel, as JSON text;
+    a detection without them shows NULL."""
+    import json
+
+    db, time_range = filled
+    inference = next(d for d in DASHBOARDS if d["uid"] == "evc-inference")
+    panel = next(p for p in inference["panels"] if p["title"] == "Recent detections")
+    _, columns, rows = _run(db, inference, panel, time_range)
+    label, points = columns.index("label"), columns.index("keypoints")
+    faces = [json.loads(r[points]) for r in rows if r[label] == "face"]
+    assert faces and all([p["name"] for p in f] == ["right_eye", "left_eye"] for f in faces)
+    assert faces[0][0] == {"name": "right_eye", "x": 203.3, "y": 100.9}
+    assert {r[points] for r in rows if r[label] == "person"} == {None}

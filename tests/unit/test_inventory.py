@@ -15,11 +15,17 @@ def test_render_groups_and_hostvars(tmp_path):
     data = yaml.safe_load(path.read_text())
     assert list(data["all"]["hosts"]) == ["n1", "n2"]
     assert data["all"]["hosts"]["n1"]["ansible_port"] == 2222
+    # Every string value is data for Ansible (never a template); names are keys.
     assert data["all"]["vars"] == {
-        "ansible_user_dir": "/k",
-        "evc_generated": inventory.GENERATED_NOTE,
+        "ansible_user_dir": {"__ansible_unsafe": "/k"},
+        "evc_generated": {"__ansible_unsafe": inventory.GENERATED_NOTE},
     }
-    assert data["all"]["hosts"]["n2"]["evc_labels"] == {"hw": "nuc"}
+    assert data["all"]["hosts"]["n2"] == {
+        "ansible_host": {"__ansible_unsafe": "10.0.0.2"},
+        "ansible_port": 22,
+        "ansible_user": {"__ansible_unsafe": "root"},
+        "evc_labels": {"hw": {"__ansible_unsafe": "nuc"}},
+    }
     assert set(data["all"]["children"]["lab"]["hosts"]) == {"n1", "n2"}
     assert set(data["all"]["children"]["profile_nuc"]["hosts"]) == {"n2"}
 
@@ -46,3 +52,12 @@ def test_emitted_text_is_yaml_that_round_trips_awkward_names(tmp_path):
     assert yaml.safe_load(text) == expected  # it is YAML for Ansible...
     assert json.loads(text) == expected  # ...and JSON, which Ansible parses fast
     assert text.count("\n") >= 8  # one host per line, not one long line
+
+
+def test_unsafe_marks_every_string_and_keeps_keys_and_other_values():
+    value = {"a": "x", "n": [1, "y", ("z",)], "d": {"k": None, "b": True, "f": 1.5}}
+    assert inventory.unsafe(value) == {
+        "a": {"__ansible_unsafe": "x"},
+        "n": [1, {"__ansible_unsafe": "y"}, [{"__ansible_unsafe": "z"}]],
+        "d": {"k": None, "b": True, "f": 1.5},
+    }

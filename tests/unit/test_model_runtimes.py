@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from evc_infer.contract import check_output, check_record
 from evc_infer.home import import_runtime
-from evc_infer.inputs import decode_image, find_inputs
+from evc_infer.inputs import decode_image, find_inputs, letterbox, unletterbox
 from PIL import Image
 
 from tests.unit.model_support import ASTRONAUT_FACE, MODEL_IMAGES, evc_infer, make_home, near
@@ -200,16 +200,15 @@ def test_is_end2end():
     [((100, 200), (320, 320), (50, 20, 90, 60)), ((480, 240), (256, 320), (30, 200, 200, 400))],
 )
 def test_letterbox_round_trip(shape, size, rect):
-    rt = runtime_module("yolo-onnx")
     image = np.zeros((*shape, 3), np.uint8)
     x1, y1, x2, y2 = rect
     image[y1:y2, x1:x2] = 255
-    canvas, scale, pad = rt.letterbox(image, size)
+    canvas, scale, pad = letterbox(image, size, 114)
     assert canvas.shape == (*size, 3) and canvas.dtype == np.uint8
     assert (canvas[0, 0] == 114).all() or (canvas[-1, -1] == 114).all()  # padded somewhere
     ys, xs = np.nonzero(canvas[..., 0] > 200)
     found = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
-    back = rt.unletterbox(found, scale, pad)[0]
+    back = unletterbox(found, scale, pad)[0]
     assert np.allclose(back, rect, atol=1.5), back
 
 
@@ -284,7 +283,8 @@ class Model:
         if w > 100:
             raise ValueError("too wide for this fake")
         return [
-            {"label": "half-out", "class_id": 1, "score": 0.512345, "box": [-5, h - 4, 20, 30]},
+            {"label": "half-out", "class_id": 1, "score": 0.512345, "box": [-5, h - 4, 20, 30],
+             "keypoints": [{"name": "in", "x": 3.04, "y": 45}, {"name": "out", "x": -2, "y": 99}]},
             {"label": "outside", "class_id": 2, "score": 0.5, "box": [w + 1, 0, 5, 5]},
             {"label": "nan", "class_id": 3, "score": 0.5, "box": [float("nan"), 0, 5, 5]},
         ]
@@ -308,9 +308,11 @@ def test_runner_clips_boxes_and_survives_model_errors(tmp_path):
     assert proc.returncode == 0, proc.stderr
     records, summary = assert_well_formed(inp / "out")
     small, wide = records
+    points = [{"name": "in", "x": 3.0, "y": 45.0}, {"name": "out", "x": 0.0, "y": 48.0}]
     assert small["detections"] == [
-        {"label": "half-out", "class_id": 1, "score": 0.5123, "box": [0.0, 44.0, 15.0, 4.0]}
-    ]
+        {"label": "half-out", "class_id": 1, "score": 0.5123, "box": [0.0, 44.0, 15.0, 4.0],
+         "keypoints": points}  # keypoints, where a runtime gives them, clipped and rounded too
+    ]  # fmt: skip
     assert wide["error"] == "model error: ValueError: too wide for this fake"
     assert (wide["width"], wide["detections"]) == (200, [])
     assert summary["versions"]["fake"] == "1" and summary["runtime"] == "fake"
@@ -391,11 +393,21 @@ def test_contract_checks_catch_malformed_records():
         "detections": [{"label": "x", "class_id": 0, "score": 0.5, "box": [10, 10, 20, 20]}],
     }
     assert check_record(good, "r") == []
-    bad_box = {**good, "detections": [{**good["detections"][0], "box": [90, 10, 20, 20]}]}
-    bool_id = {**good, "detections": [{**good["detections"][0], "class_id": True}]}
+    det = good["detections"][0]
+    with_points = [{**det, "keypoints": [{"name": "nose", "x": 15, "y": 20.5}]}]
+    assert check_record({**good, "detections": with_points}, "r") == []  # optional field
+
+    def with_det(**changes):
+        return {**good, "detections": [{**det, **changes}]}
+
     for bad in (
-        bad_box,
-        bool_id,
+        with_det(box=[90, 10, 20, 20]),
+        with_det(class_id=True),
+        with_det(keypoints={"nose": [15, 20]}),  # a list of points, not a mapping
+        with_det(keypoints=[{"name": "nose", "x": 15}]),  # no y
+        with_det(keypoints=[{"name": "nose", "x": 15, "y": 20, "z": 1}]),
+        with_det(keypoints=[{"name": "nose", "x": 101, "y": 20}]),  # outside the 100 px image
+        with_det(keypoints=[{"name": 7, "x": 15, "y": 20}]),
         {**good, "ok": False},
         {k: v for k, v in good.items() if k != "latency_ms"},
         {**good, "extra": 1},

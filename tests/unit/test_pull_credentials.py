@@ -183,7 +183,7 @@ def test_a_secret_is_data_never_a_template(workspace, tmp_path):
     path = tmp_path / "prompt.yml"
     path.write_text(yaml.safe_dump([{
         "hosts": "all", "gather_facts": False,
-        "vars_prompt": [{"name": "evc_test_secret", "prompt": "evc_test_secret",
+        "vars_prompt": [{"name": "evc_test_secret", "prompt": "EVC_TEST_SECRET",
                          "private": True, "unsafe": True}],
         "tasks": [{"ansible.builtin.copy": {"content": "{{ evc_test_secret }}",
                                             "dest": str(out)}, "no_log": True}],

@@ -52,7 +52,7 @@ def test_bundled_run_configs_resolve_on_a_lab_like_workspace(workspace):
     for name in ("demo.yaml", "rolling-update.yaml", "retire-node.yaml", "fleet.yaml"):
         s = scenario.load(RUN_CFG / name, ws=workspace)
         assert s.targets_checked
-        assert all(step.hosts for step in s.steps if step.target is not None)
+        assert all(step.hosts for step in s.steps if step.target is not None and step.run)
 
 
 def test_demo_does_what_the_issue_asks():
@@ -61,10 +61,47 @@ def test_demo_does_what_the_issue_asks():
     for kind in ("registry.up", "cert.push", "model.build", "model.push", "model.deploy",
                  "infer.run", "logs.collect", "grafana.build"):  # fmt: skip
         assert kind in kinds
-    built = {st.options.name for st in s.steps if st.kind == "model.build"}
-    assert built == {"face-haar", "yolo-onnx"}
+    built = {st.options.name: st.run for st in s.steps if st.kind == "model.build"}
+    assert built == {"face-haar": True, "face-blaze": True, "yolo-onnx": False}
     (data,) = {st.options.data for st in s.steps if st.kind == "infer.run"}
     assert data == RUN_CFG / "samples" and len(list(data.glob("*.jpg"))) >= 5
+
+
+def test_demo_runs_yolo_only_with_the_weights_given_and_says_how(tmp_path):
+    """No random weights: without --var yolo_weights every yolo step is skipped, with a note
+    saying how to add them; with it, they run on that file."""
+    s = scenario.load(RUN_CFG / "demo.yaml")
+    yolo = [st for st in s.steps if "yolo" in st.name]
+    assert [st.name for st in yolo] == ["build-yolo", "push-yolo", "deploy-yolo", "infer-yolo"]
+    for st in yolo:
+        assert not st.run and "--var yolo_weights=PATH" in st.skipped_because
+        assert "YOLO_WEIGHTS=PATH" in st.skipped_because and ".pt or .onnx" in st.skipped_because
+    assert all(st.run and st.skipped_because is None for st in s.steps if st not in yolo)
+    weights = tmp_path / "best.onnx"
+    weights.write_bytes(b"onnx")
+    s = scenario.load(RUN_CFG / "demo.yaml", parse_vars([f"yolo_weights={weights}"]))
+    build = next(st for st in s.steps if st.name == "build-yolo")
+    assert all(st.run for st in s.steps) and build.options.weights == weights
+
+
+def test_a_skipped_step_shows_its_note_in_the_plan_and_the_record(workspace, tmp_path):
+    path = write(tmp_path, """\
+version: 1
+vars: {extra: false}
+steps:
+  - {name: a, do: grafana.build, with: {out: out}}
+  - {name: b, do: model.push, with: {ref: "b:1"}, when: extra,
+     skip_note: "b needs --var extra=true"}
+  - {name: c, do: model.push, with: {ref: "c:1"}, when: extra}
+""")  # fmt: skip
+    plan = evc("run", path, "--dry-run", check=0, env={"COLUMNS": "200"}).stdout
+    assert "b needs --var extra=true" in plan and "skipped: its when: is false" in plan
+    proc = evc("run", path, check=0, env={"COLUMNS": "200"}, cwd=tmp_path)
+    assert proc.stdout.count("b needs --var extra=true") == 2  # as it passes, and in the table
+    rows = evcdb.workspace_db(workspace)["scenario_steps"].rows_where(order_by="idx")
+    got = {r["name"]: (r["state"], r["summary"]) for r in rows}
+    assert got["b"] == ("skipped", "b needs --var extra=true")
+    assert got["c"] == ("skipped", "skipped: its when: is false")
 
 
 def test_real_fleet_example_documents_every_field():
@@ -126,8 +163,8 @@ def test_plan_shows_the_equivalent_cli_command(tmp_path):
     commands = {st.name: st.command for st in s.steps}
     assert commands["deploy-faces"] == "evc model deploy face-haar:1.0 lab"
     assert commands["trust-registry"] == "evc cert push lab"
-    assert commands["build-yolo"] == (
-        "evc model build yolo-onnx --runtime yolo-onnx --version 1.0 --weights yolov8n.yaml --force"
+    assert commands["build-blaze"] == (
+        "evc model build face-blaze --runtime face-blaze --version 1.0 --force"
     )
     assert commands["infer-faces"].startswith("evc infer run face-haar:1.0 lab --data ")
     assert commands["infer-faces"].endswith("--shard-size 1")
@@ -297,7 +334,7 @@ def test_validate_works_without_a_workspace(tmp_path):
     proc = evc(
         "run", "validate", RUN_CFG / "demo.yaml", env={"EVC_HOME": ""}, check=0, cwd=tmp_path
     )
-    assert "valid, 13 steps (targets not resolved: no workspace)" in proc.stdout
+    assert "valid, 17 steps (targets not resolved: no workspace)" in proc.stdout
 
 
 def test_run_records_each_step_and_resumes_from_the_failed_one(workspace, tmp_path):
@@ -355,10 +392,13 @@ def _commented_commands() -> list[tuple[str, list[str]]]:
 
 
 @pytest.mark.parametrize("name, args", _commented_commands(), ids=lambda v: " ".join(v))
-def test_every_command_in_a_run_config_comment_works(workspace, name, args):
-    """Typed exactly as the comment shows (`--var version=1.1` is the string "1.1"), each one
-    is accepted; those that would run are run as --dry-run on a lab-like workspace."""
+def test_every_command_in_a_run_config_comment_works(workspace, name, args, tmp_path):
+    """Typed exactly as the comment shows (`--var version=1.1` is the string "1.1"; a PATH
+    the user fills in is a file), each one is accepted; those that would run are run as
+    --dry-run on a lab-like workspace."""
     lab_like(workspace)
+    (tmp_path / "weights.onnx").write_bytes(b"onnx")
+    args = [a.replace("=PATH", f"={tmp_path / 'weights.onnx'}") for a in args]
     if args[0] != "validate" and "--dry-run" not in args:
         args = [*args, "--dry-run"]
     root = RUN_CFG.parent

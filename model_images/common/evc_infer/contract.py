@@ -14,6 +14,8 @@ RESULT_FIELDS = {
     "detections": (list,),
 }
 DETECTION_FIELDS = {"label": (str,), "class_id": (int,), "score": NUMBER, "box": (list,)}
+OPTIONAL_FIELDS = {"keypoints": (list,)}  # named points of the object, where the model has them
+KEYPOINT_FIELDS = {"name": (str,), "x": NUMBER, "y": NUMBER}
 SUMMARY_FIELDS = {
     "runtime": (str,),
     "model": (dict, type(None)),
@@ -38,23 +40,39 @@ def _is(value, types) -> bool:
     return isinstance(value, types) and (bool in types or not isinstance(value, bool))
 
 
-def _fields(obj, fields: dict, where: str) -> list[str]:
+def _fields(obj, fields: dict, where: str, optional: dict | None = None) -> list[str]:
     if not isinstance(obj, dict):
         return [f"{where}: not an object"]
+    known = {**fields, **(optional or {})}
     problems = [f"{where}: missing {k}" for k in fields if k not in obj]
-    problems += [f"{where}: unexpected {k}" for k in obj if k not in fields]
+    problems += [f"{where}: unexpected {k}" for k in obj if k not in known]
     problems += [
         f"{where}: {k} is {type(obj[k]).__name__}"
-        for k, types in fields.items()
+        for k, types in known.items()
         if k in obj and not _is(obj[k], types)
     ]
     return problems
 
 
+def _inside(x, y, width: int, height: int) -> bool:
+    return -SLACK <= x <= width + SLACK and -SLACK <= y <= height + SLACK
+
+
+def check_keypoints(points: list, width: int, height: int, where: str) -> list[str]:
+    problems = []
+    for i, point in enumerate(points):
+        found = _fields(point, KEYPOINT_FIELDS, f"{where} keypoint {i}")
+        if not found and not _inside(point["x"], point["y"], width, height):
+            found = [f"{where} keypoint {i}: ({point['x']}, {point['y']}) not inside the image"]
+        problems += found
+    return problems
+
+
 def check_detection(det, width: int, height: int, where: str) -> list[str]:
-    problems = _fields(det, DETECTION_FIELDS, where)
+    problems = _fields(det, DETECTION_FIELDS, where, OPTIONAL_FIELDS)
     if problems:
         return problems
+    problems = check_keypoints(det.get("keypoints", []), width, height, where)
     if not 0 <= det["score"] <= 1:
         problems.append(f"{where}: score {det['score']} outside 0..1")
     box = det["box"]

@@ -62,3 +62,29 @@ def decode_image(path: Path, max_pixels: int) -> np.ndarray:
         raise
     except Exception as exc:
         raise DecodeError(f"cannot decode image: {one_line(exc)}") from None
+
+
+def letterbox(
+    image: np.ndarray, size: tuple[int, int], fill: int
+) -> tuple[np.ndarray, float, tuple]:
+    """Resize keeping the aspect ratio, centred on a (h, w) = ``size`` canvas of ``fill``.
+
+    Returns (canvas, scale, (left, top)): canvas pixel = original pixel * scale + pad.
+    """
+    th, tw = size
+    h, w = image.shape[:2]
+    scale = min(th / h, tw / w)
+    nw, nh = min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
+    if (nw, nh) != (w, h):
+        image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))
+    left, top = (tw - nw) // 2, (th - nh) // 2
+    canvas = np.full((th, tw, 3), fill, np.uint8)
+    canvas[top : top + nh, left : left + nw] = image
+    return canvas, scale, (left, top)
+
+
+def unletterbox(coords: np.ndarray, scale: float, pad: tuple) -> np.ndarray:
+    """Canvas coordinates back to original pixels: rows of x, y pairs (x1, y1, x2, y2 for
+    boxes; x, y, x, y, ... for keypoints)."""
+    offset = np.resize(np.asarray(pad, np.float32), coords.shape[-1])
+    return (coords - offset) / scale

@@ -15,8 +15,21 @@ from evc_infer import UsageError, one_line
 from evc_infer.inputs import DEFAULT_TYPES, DecodeError, decode_image, find_inputs
 
 
+def finish_keypoint(point: dict, width: int, height: int) -> dict:
+    """A keypoint in contract form: clipped to the image, rounded to 0.1 px."""
+    x, y = (float(point[k]) for k in ("x", "y"))
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError(f"keypoint {point.get('name')!r} is not a finite point")
+    return {
+        "name": str(point["name"]),
+        "x": round(min(max(x, 0.0), width), 1),
+        "y": round(min(max(y, 0.0), height), 1),
+    }
+
+
 def finish_detection(det: dict, width: int, height: int) -> dict | None:
-    """A runtime's detection in contract form: box clipped to the image, rounded to 0.1 px.
+    """A runtime's detection in contract form: box (and keypoints, where the runtime gives
+    them) clipped to the image, rounded to 0.1 px.
 
     None for a box with no area left inside the image.
     """
@@ -27,12 +40,15 @@ def finish_detection(det: dict, width: int, height: int) -> dict | None:
     y1, y2 = (round(min(max(v, 0.0), height), 1) for v in (y, y + h))
     if x2 <= x1 or y2 <= y1:
         return None
-    return {
+    out = {
         "label": str(det["label"]),
         "class_id": int(det["class_id"]),
         "score": round(min(max(float(det["score"]), 0.0), 1.0), 4),
         "box": [x1, y1, round(x2 - x1, 1), round(y2 - y1, 1)],
     }
+    if det.get("keypoints") is not None:
+        out["keypoints"] = [finish_keypoint(p, width, height) for p in det["keypoints"]]
+    return out
 
 
 def infer_one(model, path: Path, item: str, params: dict, max_pixels: int) -> dict:
