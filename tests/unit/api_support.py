@@ -121,6 +121,65 @@ def running(ws, *args: str, tokens: dict | None = None, **kw) -> Iterator[Server
         stop(server)
 
 
+CHROMIUM = "/usr/bin/chromium"  # Debian's, never one that `playwright install` fetches
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking"]
+
+
+@dataclass
+class Console:
+    """A headless Chromium page on the server's console; every console message and
+    page error is kept (a CSP violation shows up there)."""
+
+    page: object
+    server: Server
+    shots: Path
+    errors: list[str] = field(default_factory=list)
+
+    def login(self, role: str) -> None:
+        self.page.goto(self.server.url + "/")
+        self.page.fill("#token", self.server.tokens[role])
+        self.page.click("#login-form button[type=submit]")
+        self.page.wait_for_selector("#live.on", timeout=15_000)
+
+    def open(self, hash_: str, name: str | None = None) -> float:
+        """Go to ``#/hash_``; wait until its page is drawn; seconds it took (a screenshot
+        under ``shots`` as ``name``.png)."""
+        started = time.monotonic()
+        url = f"{self.server.url}/#/{hash_}"
+        if self.page.url == url:
+            self.page.reload()  # the token stays in the tab's session storage
+        else:
+            self.page.goto(url)
+        page = hash_.split("/")[0]
+        self.page.wait_for_selector(f"#view[data-page={page}][data-load-ms]", timeout=15_000)
+        took = time.monotonic() - started
+        if name:
+            self.shot(name)
+        return took
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
+
+
+@contextmanager
+def console(server: Server, shots: Path) -> Iterator[Console]:
+    """A fresh browser on ``server``'s console, its screenshots going to ``shots``."""
+    from playwright.sync_api import sync_playwright
+
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.set_default_timeout(30_000)
+            out = Console(page, server, shots)
+            page.on("pageerror", lambda e: out.errors.append(f"page error: {e}"))
+            page.on("console", lambda m: out.errors.extend([m.text] if m.type == "error" else []))
+            yield out
+        finally:
+            browser.close()
+
+
 def _serve_with_fake_fleet() -> None:
     from evc import devices, logs
     from evc.cli import main
