@@ -337,17 +337,19 @@ pages.results = {
     if (this.minScore) params.set("min_score", this.minScore);
     const id = encodeURIComponent(this.job);
     const page = await api(`/api/jobs/${id}/results?${params}`);
+    const drawn = [];
     const figures = page.items.map((r) => {
       const canvas = h("canvas", { width: r.width || 320, height: r.height || 240 });
       const boxes = (r.detections || []).map((d) => h("li", { class: "box", "data-label": d.label, "data-score": d.score, "data-box": `${d.x},${d.y},${d.w},${d.h}` },
         `${d.label} ${(d.score * 100).toFixed(0)} % at (${Math.round(d.x)}, ${Math.round(d.y)}, ${Math.round(d.w)}, ${Math.round(d.h)})`));
-      this.image(canvas, r);
+      drawn.push(this.image(canvas, r));
       return h("figure", { class: "result", "data-item": r.item },
         canvas, h("figcaption", {}, h("b", {}, r.item), " ", badge(r.state), ` ${r.node || ""}`,
           r.error ? h("p", { class: "error" }, r.error) : null,
           boxes.length ? h("ul", {}, boxes) : h("p", { class: "muted" }, r.state === "ok" ? "Nothing detected." : "")));
     });
     where.replaceChildren(h("div", { class: "gallery" }, figures), pager(page, (p) => { this.page = p; this.gallery(where); }));
+    await Promise.all(drawn); // the page counts as drawn once its images are
   },
   async image(canvas, r) {
     const ctx = canvas.getContext("2d");
