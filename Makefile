@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := docker.io docker-registry debootstrap openssh-client tar iproute2 ca-certificates \
-                busybox-static openssl
+                busybox-static openssl chromium
 DOCKERD_LOG ?= /var/log/evc-dockerd.log
 DOCKERD_WAIT ?= 60
 
@@ -23,6 +23,10 @@ demo: setup
 	$(BIN)/evc init .
 	$(BIN)/evc lab up --nodes 3
 	$(BIN)/evc run run_cfg/demo.yaml $(if $(YOLO_WEIGHTS),--var "yolo_weights=$(YOLO_WEIGHTS)")
+	@echo
+	@echo "The web console on this lab: make a token, start the server, open the URL:"
+	@echo "  $(BIN)/evc token create me --role operator   (shown once: paste it at login)"
+	@echo "  $(BIN)/evc serve --data-root run_cfg          (then open http://127.0.0.1:8080/)"
 
 # The lab tests (one lab, one worker) and the unit tests (the other worker) run side
 # by side: the lab's time is mostly waiting on nodes.
@@ -78,6 +82,7 @@ bench: setup
 	$(BIN)/python bench/infer_strategies.py
 	$(BIN)/python bench/telemetry.py
 	$(BIN)/python bench/lab_up.py
+	$(BIN)/python bench/api.py
 
 clean:
 	-$(BIN)/evc lab down

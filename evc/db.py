@@ -305,6 +305,58 @@ def _keypoints(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE detections ADD COLUMN keypoints TEXT")
 
 
+def _api(db: sqlite_utils.Database) -> None:
+    """`evc serve` (issue 18): API tokens, the actions its worker runs, and their events.
+
+    A token is stored only as the SHA-256 of its random 256-bit secret. An action is one
+    long piece of work the server ran for a caller (a deploy, a job, a run-config):
+    ``ref`` names what it made (a job or run id), ``host``/``pid`` the server that ran
+    it, so a restart can tell its own dead actions from another server's live ones.
+    ``action_events`` holds its state changes and progress lines, which the event
+    stream of every server reads.
+    """
+    db.executescript(
+        """
+        CREATE TABLE api_tokens (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+            hash TEXT NOT NULL UNIQUE,
+            created REAL NOT NULL,
+            expires REAL,
+            revoked REAL,
+            last_used REAL
+        );
+        CREATE TABLE actions (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            params TEXT NOT NULL DEFAULT '{}',
+            who TEXT,
+            state TEXT NOT NULL CHECK (state IN
+                ('queued', 'running', 'ok', 'failed', 'cancelled', 'interrupted')),
+            ref TEXT,
+            created REAL NOT NULL,
+            started REAL,
+            ended REAL,
+            summary TEXT,
+            result TEXT,
+            host TEXT,
+            pid INTEGER
+        );
+        CREATE INDEX actions_created ON actions(created);
+        CREATE INDEX actions_ref ON actions(ref);
+        CREATE TABLE action_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            action_id TEXT NOT NULL REFERENCES actions(id) ON DELETE CASCADE,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('state', 'log', 'status')),
+            message TEXT NOT NULL
+        );
+        CREATE INDEX action_events_action ON action_events(action_id, id);
+        CREATE INDEX action_events_at ON action_events(at);
+        """
+    )
+
+
 # Applied in order, once each; never edit or reorder a released entry, append a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_core", _core),
@@ -314,6 +366,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0005_telemetry", _telemetry),
     ("0006_scenarios", _scenarios),
     ("0007_keypoints", _keypoints),
+    ("0008_api", _api),
 ]
 
 
@@ -466,14 +519,16 @@ def audit(
     duration_s: float,
     *,
     flags: Collection[str] = (),
+    user: str | None = None,
 ) -> None:
     """One audit_log row: who ran which command, how it ended and how long it took.
     Secrets in ``args`` are masked (evc.redact); ``flags`` are the options that take
-    no value."""
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = None
+    no value; ``user`` defaults to the OS user (the API gives ``token:NAME``)."""
+    if user is None:
+        try:
+            user = getpass.getuser()
+        except Exception:
+            user = None
     with transaction(db):
         db.execute(
             "INSERT INTO audit_log (at, user, command, args, exit_code, duration_s) "

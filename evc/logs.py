@@ -53,7 +53,7 @@ _INSERT_CONTAINERS = (
     "INSERT INTO container_status (node, at, name, image, state, restarts) "
     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
-PRUNED_TABLES = ("metrics", "container_status", "node_events")
+PRUNED_TABLES = ("metrics", "container_status", "node_events", "action_events")
 PRUNE_BATCH = 5000  # rows per delete transaction: other writers wait milliseconds, not minutes
 EXPORT_FORMATS = ("csv",)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.I)
@@ -236,25 +236,58 @@ def show(ws: Workspace, node: str | None = None, since_s: float = 3600.0, bucket
         args,
     ):
         containers.setdefault(r.pop("node"), []).append(r)
-    series: dict[str, dict[str, list]] = {}
-    for r in db.query(
-        "SELECT node, MIN(CAST((at - ?) * ? / ? AS INTEGER), ?) AS b, "
-        "AVG(cpu_pct) AS cpu, AVG(mem_pct) AS mem FROM metrics "
-        "WHERE at >= ? AND (? IS NULL OR node = ?) GROUP BY node, b",
-        [start, buckets, since_s, buckets - 1, *args],
-    ):
-        s = series.setdefault(r["node"], {"cpu_pct": [None] * buckets, "mem_pct": [None] * buckets})
-        s["cpu_pct"][r["b"]] = None if r["cpu"] is None else round(r["cpu"], 2)
-        s["mem_pct"][r["b"]] = None if r["mem"] is None else round(r["mem"], 2)
+    sparks = series(db, None if node is None else [node], start, since_s, buckets)
     views = []
     for d in devices:
         sample = _decoded(latest.get(d["name"]))
         empty = {"cpu_pct": [None] * buckets, "mem_pct": [None] * buckets}
         views.append(
             {**d, "sample": sample, "containers": containers.get(d["name"], []),
-             "series": series.get(d["name"], empty), "since_s": since_s}
+             "series": sparks.get(d["name"], empty), "since_s": since_s}
         )  # fmt: skip
     return views
+
+
+SERIES_METRICS = ("cpu_pct", "mem_pct", "disk_pct", "temp_max_c", "load1", "net_rx_bps",
+                  "net_tx_bps", "gpu_util_pct", "npu_util_pct")  # fmt: skip
+
+
+def series(
+    db,
+    nodes: list[str] | None,
+    start: float,
+    since_s: float,
+    buckets: int,
+    metrics: tuple[str, ...] = ("cpu_pct", "mem_pct"),
+) -> dict[str, dict[str, list]]:
+    """Per node (all when ``nodes`` is None), each metric's mean in ``buckets`` equal
+    slices of ``since_s`` seconds from ``start`` (oldest first; None where no sample fell)."""
+    bad = [m for m in metrics if m not in SERIES_METRICS]
+    if bad:
+        raise UsageError(f"No metric {bad[0]!r}; choose from {', '.join(SERIES_METRICS)}.")
+    means = ", ".join(f"AVG({m}) AS {m}" for m in metrics)
+    among = "" if nodes is None else f"AND node IN ({', '.join('?' * len(nodes))})"
+    out: dict[str, dict[str, list]] = {}
+    for r in db.query(
+        f"SELECT node, MIN(CAST((at - ?) * ? / ? AS INTEGER), ?) AS b, {means} FROM metrics "
+        f"WHERE at >= ? {among} GROUP BY node, b",
+        [start, buckets, since_s, buckets - 1, start, *(nodes or [])],
+    ):
+        s = out.setdefault(r["node"], {m: [None] * buckets for m in metrics})
+        for m in metrics:
+            s[m][r["b"]] = None if r[m] is None else round(r[m], 2)
+    return out
+
+
+def latest(db, nodes: list[str]) -> dict[str, dict]:
+    """Each node's latest sample (temps and net decoded), for a page of nodes."""
+    marks = ", ".join("?" * len(nodes))
+    rows = db.query(
+        f"SELECT m.* FROM metrics m JOIN (SELECT node, MAX(at) AS at FROM metrics "
+        f"WHERE node IN ({marks}) GROUP BY node) l ON m.node = l.node AND m.at = l.at",
+        nodes,
+    )
+    return {r["node"]: _decoded(r) for r in rows}
 
 
 def export_csv(
@@ -300,7 +333,8 @@ def export_csv(
 
 
 def prune(ws: Workspace, older_than_s: float) -> dict[str, Any]:
-    """Delete telemetry rows (metrics, container_status, node_events) older than
+    """Delete telemetry rows (metrics, container_status, node_events) and the progress
+    lines of `evc serve`'s actions (action_events) older than
     ``older_than_s``, in short batches; returns the cutoff and rows deleted per table."""
     db = evcdb.workspace_db(ws)
     cutoff = time.time() - older_than_s

@@ -156,15 +156,24 @@ def systemd_unit(
     ws: Workspace, interval: float, target: str = "all", offline_after: int | None = None
 ) -> str:
     """A systemd service unit that runs this monitor for this workspace."""
-    args = [*evc_command(), "monitor", target, "--interval", f"{interval:g}"]
+    args = ["monitor", target, "--interval", f"{interval:g}"]
     if offline_after:
         args += ["--offline-after", str(offline_after)]
+    return service_unit(
+        ws, "monitor", "fleet monitor", args, "SIGTERM to evc only: it finishes the current "
+        "round and exits 0.",
+    )  # fmt: skip
+
+
+def service_unit(ws: Workspace, service: str, what: str, args: list[str], on_stop: str) -> str:
+    """A systemd service unit ``evc-SERVICE-WORKSPACE`` that runs ``evc ARGS`` for this
+    workspace (`evc monitor --systemd-unit`, `evc serve --systemd-unit`)."""
     return f"""\
-# EVC fleet monitor for workspace {ws.name!r} ({ws.root}).
-# Install: save as /etc/systemd/system/evc-monitor-{ws.name}.service, then
-#   systemctl daemon-reload && systemctl enable --now evc-monitor-{ws.name}
+# EVC {what} for workspace {ws.name!r} ({ws.root}).
+# Install: save as /etc/systemd/system/evc-{service}-{ws.name}.service, then
+#   systemctl daemon-reload && systemctl enable --now evc-{service}-{ws.name}
 [Unit]
-Description=EVC fleet monitor (workspace {ws.name})
+Description=EVC {what} (workspace {ws.name})
 Wants=network-online.target
 After=network-online.target
 
@@ -172,8 +181,8 @@ After=network-online.target
 Type=simple
 Environment={shlex.quote(f"EVC_HOME={ws.root}")}
 WorkingDirectory={ws.root}
-ExecStart={shlex.join(args)}
-# SIGTERM to evc only: it finishes the current round and exits 0.
+ExecStart={shlex.join([*evc_command(), *args])}
+# {on_stop}
 KillMode=mixed
 TimeoutStopSec=120
 Restart=on-failure

@@ -62,6 +62,11 @@ WORKSPACE_NAME = _pattern(
     "a name of lower-case letters, digits and '-', starting with a letter, at most 31 "
     "characters (it names containers, networks and the inventory folder)",
 )
+TOKEN_NAME = _pattern(
+    r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}",
+    "a token name: letters, digits, '.', '_', '@' or '-', starting with a letter or digit, "
+    "at most 64 characters (e.g. ci-deploy)",
+)
 SERIAL = _pattern(r"[1-9][0-9]{0,5}%?", "a batch size: a count like 2 or a percentage like 25%")
 
 
@@ -121,6 +126,7 @@ ModelOrRef = Annotated[str, AfterValidator(_model_or_ref)]
 Target = Annotated[str, AfterValidator(_target)]
 Memory = Annotated[str, AfterValidator(MEMORY)]
 Serial = Annotated[str, AfterValidator(SERIAL)]
+TokenName = Annotated[str, AfterValidator(TOKEN_NAME)]
 WorkspaceName = Annotated[str, AfterValidator(WORKSPACE_NAME)]
 Owner = Annotated[str, AfterValidator(_text(128))]
 LabelValue = Annotated[str, AfterValidator(_text(256))]

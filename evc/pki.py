@@ -163,8 +163,13 @@ def make_server_cert(
     hosts: list[str],
     days: int,
     valid_from: dt.datetime | None = None,
+    *,
+    key_path: Path | None = None,
+    cert_path: Path | None = None,
 ) -> None:
-    """A server key and certificate signed by ``files``' CA, with a SAN for every host.
+    """A server key and certificate signed by ``files``' CA, with a SAN for every host,
+    written to ``files``' server files (or ``key_path``/``cert_path``: the same CA signs
+    other servers' certificates, `evc serve --tls`).
 
     Valid from ``valid_from`` (default: five minutes ago, for clock skew) for ``days``;
     an explicit start makes expired or not-yet-valid certificates for tests.
@@ -197,14 +202,14 @@ def make_server_cert(
         .sign(ca_key, hashes.SHA256())
     )
     write_private(
-        files.server_key,
+        key_path or files.server_key,
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ),
     )
-    files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (cert_path or files.server_cert).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def bcrypt_hash(password: str, rounds: int = 10) -> str:

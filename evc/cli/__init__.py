@@ -14,8 +14,22 @@ from pathlib import Path
 import typer
 
 from evc import __version__
-from evc.cli import cert, db, device, grafana, infer, inventory, lab, logs, model, registry, run
+from evc.cli import (
+    cert,
+    db,
+    device,
+    grafana,
+    infer,
+    inventory,
+    lab,
+    logs,
+    model,
+    registry,
+    run,
+    token,
+)
 from evc.cli.monitor import monitor
+from evc.cli.serve import serve
 
 app = typer.Typer(
     name="evc",
@@ -35,6 +49,7 @@ app.add_typer(logs.app, name="logs")
 app.add_typer(grafana.app, name="grafana")
 app.add_typer(run.app, name="run")
 app.add_typer(db.app, name="db")
+app.add_typer(token.app, name="token")
 
 
 def _version(value: bool) -> None:
@@ -65,6 +80,7 @@ def init(
 
 
 app.command("monitor")(monitor)
+app.command("serve")(serve)
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ def prune(
     older_than: str = typer.Option(..., "--older-than", help="Age to delete: 30d, 12h, 2w, ..."),
     json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Delete telemetry (metrics, container states, node events) older than a duration."""
+    """Delete telemetry (metrics, container states, node events) and the API's action
+    progress lines older than a duration."""
     from evc import logs
     from evc.console import out, print_json
 

@@ -17,10 +17,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from evc import db as evcdb
+from evc import views
 from evc.config import Workspace
 from evc.errors import EVCError, Result, UsageError
+from evc.infer.data import open_item
 from evc.progress import SILENT, Progress
 
 MAX_KEYPOINTS = 1000  # per detection: more than any pose or face-mesh model gives
@@ -102,6 +105,28 @@ def job_lock(ws: Workspace, job_id: str, progress: Progress = SILENT) -> Iterato
         os.close(fd)  # releases the flock
 
 
+def holder(ws: Workspace, job_id: str) -> str | None:
+    """Who runs the job now ('pid N on HOST since HH:MM:SS'), or None when nobody holds
+    its lock (a job left 'running' then is resumable: its runner is gone)."""
+    path = job_dir(ws, job_id) / "lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        named = _holder(fd)
+        if named is None:  # released locks are emptied: no need to probe
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return named
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None  # a holder that died without releasing it
+    finally:
+        os.close(fd)
+
+
 def _holder(fd: int) -> str | None:
     """Who the lock file names: 'pid N on HOST since HH:MM:SS', or None when it is empty."""
     try:
@@ -122,6 +147,78 @@ def get(ws: Workspace, job_id: str) -> dict:
 def list_jobs(ws: Workspace, limit: int = 50) -> list[dict]:
     return list(
         evcdb.workspace_db(ws).query("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", [limit])
+    )
+
+
+def page(ws: Workspace, limit: int, offset: int, state: str | None = None) -> dict[str, Any]:
+    """Jobs, newest first."""
+    return views.page(
+        evcdb.workspace_db(ws), "FROM jobs WHERE (? IS NULL OR state = ?)", [state, state],
+        "created DESC", limit, offset,
+    )  # fmt: skip
+
+
+def results_page(
+    ws: Workspace,
+    job_id: str,
+    limit: int,
+    offset: int,
+    *,
+    state: str | None = None,
+    label: str | None = None,
+    min_score: float | None = None,
+) -> dict[str, Any]:
+    """A page of a job's items by name, each with its detections. With ``label`` or
+    ``min_score``, only the items with a detection of that label at that score or
+    above, and only those detections."""
+    get(ws, job_id)
+    db = evcdb.workspace_db(ws)
+    filtered = label is not None or min_score is not None
+    match = "job_id = ? AND (? IS NULL OR label = ?) AND score >= ?"
+    match_args = [job_id, label, label, min_score or 0.0]
+    where = "job_id = ? AND (? IS NULL OR state = ?)"
+    args: list[Any] = [job_id, state, state]
+    if filtered:
+        where += f" AND item IN (SELECT item FROM detections WHERE {match})"
+        args += match_args
+    out = views.page(db, f"FROM results WHERE {where}", args, "item", limit, offset)
+    items = [r["item"] for r in out["items"]]
+    dets: dict[str, list] = {}
+    if items:
+        for d in db.query(
+            "SELECT item, label, class_id, score, x, y, w, h FROM detections "
+            f"WHERE {match} AND item IN ({', '.join('?' * len(items))}) ORDER BY id",
+            [*match_args, *items],
+        ):
+            dets.setdefault(d.pop("item"), []).append(d)
+    out["items"] = [{**r, "detections": dets.get(r["item"], [])} for r in out["items"]]
+    return out
+
+
+def open_input(ws: Workspace, job_id: str, item: str):
+    """(open binary file, size) of one of the job's input items, read from the job's own
+    data folder under the rules of :func:`evc.infer.data.open_item` (a link out of the
+    folder is refused); a name that is not one of the job's items is a UsageError."""
+    job = get(ws, job_id)
+    db = evcdb.workspace_db(ws)
+    if db.execute("SELECT 1 FROM results WHERE job_id = ? AND item = ?", [job_id, item]).fetchone():
+        opened = open_item(Path(job["data_dir"]), item)
+        if not isinstance(opened, str):
+            return opened
+        raise UsageError(f"Item {item!r} of job {job_id} cannot be read: {opened}.")
+    raise UsageError(f"Job {job_id} has no item {item!r}.")
+
+
+def labels(ws: Workspace, job_id: str) -> list[dict]:
+    """The labels a job found: detections, items and best score of each."""
+    get(ws, job_id)
+    return list(
+        evcdb.workspace_db(ws).query(
+            "SELECT label, COUNT(*) AS detections, COUNT(DISTINCT item) AS items, "
+            "MAX(score) AS max_score FROM detections WHERE job_id = ? GROUP BY label "
+            "ORDER BY label",
+            [job_id],
+        )
     )
 
 
@@ -171,3 +268,34 @@ def throughputs(ws: Workspace, model: str, version: str, jobs: int = 5) -> dict[
         [model, version, jobs],
     )
     return {r["node"]: r["tput"] for r in rows}
+
+
+def progress(db, job: dict, shards: dict[str, int] | None = None) -> dict[str, Any]:
+    """A running job's progress from its rows (``job`` is its ``jobs`` row): items done
+    (ok + error) and pending, per node, and its shards by state."""
+    nodes: dict[str, dict[str, int]] = {}
+    counts = {"ok": 0, "error": 0, "pending": 0}
+    for node, state, n in db.execute(
+        "SELECT node, state, COUNT(*) FROM results WHERE job_id = ? GROUP BY node, state",
+        [job["id"]],
+    ):
+        counts[state] += n
+        if node is not None:
+            nodes.setdefault(node, {"ok": 0, "error": 0})[state] = n
+    if shards is None:
+        shards = dict(
+            db.execute(
+                "SELECT state, COUNT(*) FROM shards WHERE job_id = ? GROUP BY state", [job["id"]]
+            ).fetchall()
+        )
+    done = counts["ok"] + counts["error"]
+    return {
+        **job,
+        "done": done,
+        "ok_items": counts["ok"],
+        "error_items": counts["error"],
+        "pending": counts["pending"],
+        "percent": round(100 * done / job["items"], 1) if job["items"] else 100.0,
+        "nodes": nodes,
+        "shards": shards,
+    }

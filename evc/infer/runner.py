@@ -88,18 +88,45 @@ class RunOptions(Options):
     )
 
 
-def run(ws: Workspace, options: RunOptions, progress: Progress = SILENT) -> JobResult:
-    """Create a job over ``data`` on the nodes of ``target`` that run the model, and run it."""
-    o = options
+class ResumeOptions(Options):
+    """Run the pending items of an interrupted job (on other nodes with ``target``)."""
+
+    target: Target | None = arg(None, help="Nodes to use (default: the job's target).")
+
+
+def run(
+    ws: Workspace,
+    options: RunOptions,
+    progress: Progress = SILENT,
+    *,
+    stop: threading.Event | None = None,
+) -> JobResult:
+    """Create a job over ``data`` on the nodes of ``target`` that run the model, and run it.
+    ``stop`` set ends it the way Ctrl-C does (see :func:`resume`)."""
+    job_id, hosts, model = _prepare(ws, options)
+    with job_lock(ws, job_id, progress):
+        _create(ws, options, job_id, model, progress)
+        return _execute(ws, job_id, hosts, progress, stop)
+
+
+def create(ws: Workspace, options: RunOptions, progress: Progress = SILENT) -> str:
+    """Create a job (its items staged, each one pending) without running it, and return
+    its id: :func:`resume` runs it (the HTTP API answers with the id first)."""
+    job_id, _, model = _prepare(ws, options)
+    with job_lock(ws, job_id, progress):
+        _create(ws, options, job_id, model, progress)
+    return job_id
+
+
+def _prepare(ws: Workspace, o: RunOptions) -> tuple[str, list[str], catalogue.Model]:
+    """A new job id, the target's hosts and the model; refuses before anything is created."""
     hosts = resolve_hosts(ws.inventory, o.target)
     model = _model_for(ws, o.model, hosts)
-    _nodes(ws, model.name, model.version, hosts)  # refuse before creating anything
-    job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
-    with job_lock(ws, job_id, progress):
-        return _create_and_run(ws, o, job_id, model, hosts, progress)
+    _nodes(ws, model.name, model.version, hosts)
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4], hosts, model
 
 
-def _create_and_run(ws, o: RunOptions, job_id, model, hosts, progress: Progress) -> JobResult:
+def _create(ws, o: RunOptions, job_id: str, model: catalogue.Model, progress: Progress) -> None:
     data, target = o.data, o.target
     folder = job_dir(ws, job_id)
     try:
@@ -134,20 +161,28 @@ def _create_and_run(ws, o: RunOptions, job_id, model, hosts, progress: Progress)
             ({"job_id": job_id, "item": item, "state": "pending"} for item in items),
             batch_size=1000,
         )
-    return _execute(ws, job_id, hosts, progress)
 
 
 def resume(
-    ws: Workspace, job_id: str, *, target: str | None = None, progress: Progress = SILENT
+    ws: Workspace,
+    job_id: str,
+    *,
+    target: str | None = None,
+    progress: Progress = SILENT,
+    stop: threading.Event | None = None,
 ) -> JobResult:
-    """Run a job's pending items again (after Ctrl-C, or to retry on other nodes)."""
+    """Run a job's pending items again (after Ctrl-C, or to retry on other nodes).
+
+    ``stop`` set (by another thread: the HTTP API's cancel) ends the run as Ctrl-C does:
+    the shards running are abandoned and their items stay pending, the job is
+    'interrupted', its files are removed from the nodes, and Interrupted is raised."""
     get(ws, job_id)  # an unknown job is refused before its lock is made
     with job_lock(ws, job_id, progress):
         job = get(ws, job_id)
         if job["state"] == "complete":
             raise UsageError(f"Job {job_id} is complete; nothing to resume.")
         hosts = resolve_hosts(ws.inventory, target or job["target"])
-        return _execute(ws, job_id, hosts, progress)
+        return _execute(ws, job_id, hosts, progress, stop)
 
 
 def _nodes(ws, model: str, version: str, hosts: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -162,7 +197,13 @@ def _nodes(ws, model: str, version: str, hosts: list[str]) -> tuple[list[str], d
     return nodes, {h: f"{model}:{version} is not deployed here" for h in hosts if h not in running}
 
 
-def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: Progress) -> JobResult:
+class _Stopped(Exception):
+    """The caller's ``stop`` event was set: handled like Ctrl-C."""
+
+
+def _execute(
+    ws: Workspace, job_id: str, hosts: list[str], progress: Progress, stop: threading.Event | None
+) -> JobResult:
     job = get(ws, job_id)
     db = evcdb.workspace_db(ws)
     nodes, skipped = _nodes(ws, job["model"], job["version"], hosts)
@@ -197,10 +238,13 @@ def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: Progress) -
             for t in threads:
                 t.start()
             while any(t.is_alive() for t in threads):
+                if stop is not None and stop.is_set():
+                    raise _Stopped
                 line.status(runner.progress(len(pending)))
                 for t in threads:
                     t.join(timeout=0.5)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped) as exc:
+        by = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "stopped"
         runner.stop.set()
         with evcdb.transaction(db):  # job and its running shards change together
             db["jobs"].update(job_id, {"state": "interrupted"})
@@ -208,11 +252,13 @@ def _execute(ws: Workspace, job_id: str, hosts: list[str], progress: Progress) -
                 "UPDATE shards SET state = 'interrupted', finished = ? "
                 "WHERE job_id = ? AND state = 'running'", [time.time(), job_id],
             )  # fmt: skip
-        progress.log(f"removing job {job_id}'s files from the nodes (Ctrl-C again skips it)")
+        again = " (Ctrl-C again skips it)" if by == "Ctrl-C" else ""
+        progress.log(f"removing job {job_id}'s files from the nodes{again}")
         with contextlib.suppress(Exception, KeyboardInterrupt):  # never hides the interrupt
             _clean_nodes(ws, job, nodes, progress)
+        what = "interrupted" if by == "Ctrl-C" else "stopped"
         raise Interrupted(
-            f"Job {job_id} interrupted; its pending items stay pending: "
+            f"Job {job_id} {what}; its pending items stay pending: "
             f"`evc infer resume {job_id}` runs them."
         ) from None
     try:
@@ -393,6 +439,8 @@ class _Runner:
         only turns a pending row final, so a late or repeated report changes nothing."""
         if not self.queue.holds(shard):  # a stale report (node given up): drop it
             return "lost", "report came after the node was given up"
+        if self.stop.is_set():  # the job was stopped: its items stay pending, as promised
+            return "failed", "stopped before its results were stored"
         with evcdb.transaction(db):
             for rec in records.values():
                 self._ingest_item(db, rec, shard_id, node, shard.attempt)

@@ -20,7 +20,6 @@ from evc.names import Memory, ModelName, ModelRef, Serial, Target
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
 
-
 # Every model container has a memory limit: the bundled runtimes serve in well under
 # 1 GiB; a heavier model asks for more with --memory.
 DEFAULT_MEMORY = "1g"

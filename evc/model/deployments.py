@@ -7,6 +7,7 @@ A node's current deployment of a model is its latest row that is 'running' or
 from __future__ import annotations
 
 from evc import db as evcdb
+from evc import views
 from evc.config import Workspace
 
 JOBS_DIR = "/var/lib/evc/jobs"  # on the node; models/NAME is mounted at /jobs in its container
@@ -72,3 +73,14 @@ def previous(ws: Workspace, name: str, host: str, now: dict | None) -> dict | No
 def deployed_on(ws: Workspace, name: str, version: str) -> list[str]:
     """Nodes that currently run NAME:VERSION."""
     return [r["node"] for r in current(ws, name) if r["version"] == version]
+
+
+def history(
+    ws: Workspace, limit: int, offset: int, model: str | None = None, node: str | None = None
+) -> dict:
+    """Every deployment row (each action on each node), newest first."""
+    return views.page(
+        evcdb.workspace_db(ws),
+        "FROM deployments WHERE (? IS NULL OR model = ?) AND (? IS NULL OR node = ?)",
+        [model, model, node, node], "id DESC", limit, offset,
+    )  # fmt: skip

@@ -159,7 +159,11 @@ def _model_push(ws, o: publish.PushOptions, progress) -> Outcome:
 
 
 def _infer_run(ws, o: infer.RunOptions, progress) -> Outcome:
-    result = infer.run(ws, o, progress)
+    return job_outcome(infer.run(ws, o, progress))
+
+
+def job_outcome(result) -> Outcome:
+    """An inference job's result (evc.infer.jobs.JobResult) as an outcome."""
     j = result.job
     return Outcome(
         ok=result.ok,

@@ -8,22 +8,52 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
 
 from evc import db as evcdb
-from evc import redact
+from evc import redact, views
 from evc.config import Workspace
-from evc.errors import EVCError, UsageError
+from evc.errors import EVCError, Interrupted, UsageError
+from evc.options import Options, opt
 from evc.progress import SILENT, Progress
 from evc.run import capabilities
 from evc.run.config import ENROL, Scenario, Step
+from evc.run.variables import VAR_RE
 
 # on_step(event, step, outcome): event is "start", "end" or "skip" (``when`` is false);
 # outcome is None but at "end"
 Listener = Callable[[str, Step, capabilities.Outcome | None], None]
+
+
+def _var_name(value: str) -> str:
+    if not VAR_RE.match(value):
+        raise ValueError(f"{value[:80]!r} is not a variable name (letters, digits and '_')")
+    return value
+
+
+StepName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")]
+
+
+class StartOptions(Options):
+    """Run a run-config from the server's folder of run-configs (the HTTP API's body;
+    `evc run FILE --var ... --from ... --only ...` says the same on the command line)."""
+
+    vars: Annotated[
+        dict[Annotated[str, AfterValidator(_var_name)], Annotated[str, Field(max_length=4096)]],
+        Field(max_length=200),
+    ] = opt({}, help="NAME -> VALUE, overriding the file's vars (typed as declared).")
+    from_step: StepName | None = opt(None, help="Start at this step (resume a failed run).")
+    only: Annotated[list[StepName], Field(max_length=200)] = opt([], help="Run only these steps.")
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
 
 
 def _selection(start: str | None, only: list[str] | None) -> str | None:
@@ -42,13 +72,17 @@ def execute(
     progress: Progress = SILENT,
     on_step: Listener | None = None,
     trust_weights: bool = False,
+    run_id: str | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Run ``selected`` (steps of ``scenario``) and return the run as ``get_run`` does.
 
     ``trust_weights`` is the operator's permission to export pickled weights that are not
-    their own file (`evc run --trust-weights`)."""
+    their own file (`evc run --trust-weights`). ``run_id`` is the caller's (default: a
+    new one); ``stop`` set (from another thread) ends the run before its next step, as
+    'interrupted' (a step that is running finishes first)."""
     db = evcdb.workspace_db(ws)
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    run_id = run_id or new_run_id()
     chosen = {s.index for s in selected}
     with evcdb.transaction(db):
         db["scenario_runs"].insert(
@@ -90,6 +124,11 @@ def execute(
             if stopped_at:
                 _update(db, run_id, step, {"state": "not_run"})
                 continue
+            if stop is not None and stop.is_set():
+                raise Interrupted(
+                    f"Run {run_id} stopped before step {step.name!r}: "
+                    f"`evc run {scenario.path} --from {step.name}` goes on from there."
+                )
             outcome = _run_step(ws, db, run_id, scenario, step, progress, on_step, trust_weights)
             ok += outcome.ok
             failed += not outcome.ok
@@ -208,6 +247,14 @@ def get_run(ws: Workspace, run_id: str) -> dict[str, Any]:
             s[key] = json.loads(s[key]) if s[key] else None
         run["steps"].append(s)
     return run
+
+
+def page(ws: Workspace, limit: int, offset: int, state: str | None = None) -> dict[str, Any]:
+    """Runs, newest first."""
+    return views.page(
+        evcdb.workspace_db(ws), "FROM scenario_runs WHERE (? IS NULL OR state = ?)",
+        [state, state], "started DESC", limit, offset,
+    )  # fmt: skip
 
 
 def list_runs(ws: Workspace, limit: int = 50) -> list[dict[str, Any]]:

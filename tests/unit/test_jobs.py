@@ -378,3 +378,54 @@ def test_a_lock_whose_holder_is_gone_is_taken_over(workspace, fleet, data):
     assert result.ok
     assert any(f"from pid {holder.pid} on" in line for line in log.lines), log.lines
     assert lock.read_text() == ""  # released on exit
+
+
+def test_create_stages_a_pending_job_that_resume_runs(workspace, fleet, data):
+    """The HTTP API answers with the job's id before running it: ``create`` stages the
+    items (each pending) and holds no lock afterwards; ``resume`` runs it."""
+    job_id = runner.create(workspace, _options(data))
+    assert jobs.get(workspace, job_id)["started"] is None
+    assert {r["state"] for r in _rows(workspace, job_id).values()} == {"pending"}
+    assert jobs.holder(workspace, job_id) is None and not fleet.served()
+    assert runner.resume(workspace, job_id).ok
+    _check_every_item_once(workspace, job_id)
+
+
+def test_a_stop_event_ends_the_job_like_ctrl_c_and_leaves_it_resumable(workspace, fleet, data):
+    """A server's cancel: shards in flight are abandoned and their items stay pending
+    (a late answer is not stored), the job is interrupted and resumes to complete. The
+    lock names its holder while the job runs, and nobody once it stopped."""
+    release = threading.Event()
+
+    def slow(dispatch):
+        release.wait(30)
+        return jsonl(dispatch.lines)
+
+    for node in ("node1", "node2"):
+        fleet.plant(node, slow, slow)
+    job_id = runner.create(workspace, _options(data))
+    stop = threading.Event()
+    holders = []
+
+    def stop_once_running():
+        deadline = time.time() + 20
+        while time.time() < deadline and not any(
+            s["state"] == "running" for s in _shards(workspace, job_id)
+        ):
+            time.sleep(0.05)
+        holders.append(jobs.holder(workspace, job_id))
+        stop.set()
+
+    threading.Thread(target=stop_once_running, daemon=True).start()
+    with pytest.raises(Interrupted, match="stopped; its pending items stay pending"):
+        _in_thread(lambda: runner.resume(workspace, job_id, stop=stop))
+    assert holders and holders[0] and f"pid {os.getpid()}" in holders[0]
+    assert jobs.holder(workspace, job_id) is None
+    release.set()  # the abandoned shards' answers arrive now: too late to be stored
+    time.sleep(0.5)
+    assert jobs.get(workspace, job_id)["state"] == "interrupted"
+    assert {r["state"] for r in _rows(workspace, job_id).values()} == {"pending"}
+    assert {s["state"] for s in _shards(workspace, job_id)} == {"interrupted"}
+    assert ("infer_cleanup.yml", "node1,node2") in [c[:2] for c in fleet.calls]
+    assert runner.resume(workspace, job_id).ok
+    _check_every_item_once(workspace, job_id)

@@ -40,5 +40,7 @@ def test_wheel_carries_data_folders(tmp_path):
     assert any(n.startswith("evc/_data/grafana/") for n in names)
     assert "evc/_data/model_images/common/Dockerfile" in names  # the runtimes' shared one
     assert "evc/_data/model_images/ultralytics/Dockerfile" in names
+    for name in ("index.html", "console.js", "console.css", "favicon.svg"):  # evc serve's console
+        assert f"evc/api/static/{name}" in names
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert entry and "evc = evc.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()

@@ -344,7 +344,12 @@ def test_prune_deletes_only_old_rows_in_batches(workspace, monkeypatch):
          for t in (now - 31 * 86400, now - 3600)]
     )  # fmt: skip
     result = telemetry.prune(workspace, 30 * 86400)
-    assert result["deleted"] == {"metrics": 20, "container_status": 20, "node_events": 1}
+    assert result["deleted"] == {
+        "metrics": 20,
+        "container_status": 20,
+        "node_events": 1,
+        "action_events": 0,
+    }
     assert db["metrics"].count == db["container_status"].count == db["node_events"].count == 1
 
 
