@@ -250,7 +250,8 @@ def _cli(fleet, *args) -> None:
         assert str(args[-1]) in proc.stderr
 
 
-@settings(FUZZ, max_examples=4)
+# Each example starts an evc process: seconds on a loaded machine, so no deadline here.
+@settings(FUZZ, max_examples=4, deadline=None)
 @given(text=st.one_of(mutated(SEEDS), soup))
 def test_run_validate_cli(scratch, fleet, text):
     path = scratch / "cli.yaml"
@@ -258,7 +259,7 @@ def test_run_validate_cli(scratch, fleet, text):
     _cli(fleet, "run", "validate", "--json", path)
 
 
-@settings(FUZZ, max_examples=4)
+@settings(FUZZ, max_examples=4, deadline=None)
 @given(text=device_text, suffix=st.sampled_from([".csv", ".yaml"]))
 def test_device_import_cli(scratch, fleet, text, suffix):
     """Only lists the loader refuses: a valid one would be enrolled over SSH."""
