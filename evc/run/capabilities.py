@@ -149,13 +149,23 @@ def _cert_check(ws, o: certs.CheckOptions, progress) -> Outcome:
 
 
 def _model_build(ws, o: build.BuildOptions, progress, *, trust_weights: bool = False) -> Outcome:
-    m = build.build(ws, o, progress, trust_weights=trust_weights)
-    return Outcome(True, f"built {m.ref} ({m.image}) in {m.build_s} s", detail=m.to_dict())
+    models = build.build(ws, o, progress, trust_weights=trust_weights)
+    built = ", ".join(f"{m.image} in {m.build_s} s" for m in models)
+    return Outcome(True, f"built {models[0].ref}: {built}", detail=_variants_detail(models))
 
 
 def _model_push(ws, o: publish.PushOptions, progress) -> Outcome:
-    m = publish.push(ws, o, progress)
-    return Outcome(True, f"pushed {m.image} ({m.registry_digest})", detail=m.to_dict())
+    models = publish.push(ws, o, progress)
+    pushed = ", ".join(f"{m.arch} {m.registry_digest}" for m in models)
+    return Outcome(
+        True, f"pushed {models[0].ref} ({pushed}; index {models[0].index_digest})",
+        detail=_variants_detail(models),
+    )  # fmt: skip
+
+
+def _variants_detail(models) -> dict:
+    """The first variant's fields (what a one-arch step gave before) and every variant."""
+    return {**models[0].to_dict(), "variants": [m.to_dict() for m in models]}
 
 
 def _infer_run(ws, o: infer.RunOptions, progress) -> Outcome:
