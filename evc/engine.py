@@ -254,3 +254,59 @@ def ensure_image(
         tail = "".join(lines).strip().splitlines()[-8:]
         raise EVCError(f"{name} image build failed:\n" + "\n".join(tail)) from None
     return tag, True
+
+
+# The amd64 node's container engine, as an arm64 lab node carries it (see
+# base_images/node-arm64/Dockerfile): the binaries, then every library they load.
+ENGINE_BINARIES = (
+    "/usr/sbin/dockerd", "/usr/bin/docker", "/usr/bin/containerd",
+    "/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc", "/usr/sbin/docker-proxy",
+)  # fmt: skip
+_CUT_ENGINE = (
+    'set -e; files=$( (for b in "$@"; do echo "$b"; done; ldd "$@" | '
+    "awk '/=>/ {print $3} /ld-linux/ {print $1}') | sort -u); "
+    "tar -chf - $files 2>/dev/null"
+)
+
+
+def ensure_arm64_node_image(client, log: Log = _quiet) -> tuple[str, list[str]]:
+    """The arm64 lab node image (a hybrid: arm64 userland, amd64 engine); returns (tag,
+    images built now). Built under emulation once, then cached by content hash."""
+    import docker.errors
+
+    built = []
+    base, now = ensure_base_image(client, log)
+    built += [base] if now else []
+    node, now = ensure_image(client, "node", base, log)
+    built += [node] if now else []
+    arm_base, now = ensure_base_image(client, log, arch="arm64")
+    built += [arm_base] if now else []
+    context = IMAGE_DIR / "node-arm64"
+    scripts = [IMAGE_DIR / "node" / "node-init", IMAGE_DIR / "node" / "node-ready"]
+    files = [context / "Dockerfile", *scripts]
+    digest = content_digest(
+        "node-arm64-v1", arm_base, node, *(p.name + p.read_text() for p in files)
+    )
+    tag = f"{IMAGE_REPO}/node-arm64:{digest}"
+    if image_with_hash(client, tag, digest):
+        return tag, built
+    log(f"building the arm64 lab node image {tag} under emulation (a few minutes, once)")
+    with tempfile.TemporaryDirectory(prefix="evc-node-arm64-", dir="/var/tmp") as tmp:
+        root = Path(tmp)
+        for f in files:
+            shutil.copy(f, root / f.name)
+        engine_tar = client.containers.run(
+            node, ["sh", "-c", _CUT_ENGINE, "cut", *ENGINE_BINARIES],
+            entrypoint=[], remove=True, network_disabled=True, stderr=False,
+        )  # fmt: skip
+        (root / "engine.tar").write_bytes(engine_tar)
+        try:
+            client.images.build(
+                path=str(root), tag=tag, buildargs={"BASE": arm_base},
+                labels={HASH_LABEL: digest}, rm=True, forcerm=True, platform="linux/arm64",
+            )  # fmt: skip
+        except docker.errors.BuildError as exc:
+            lines = [c.get("stream", c.get("error", "")) for c in exc.build_log]
+            tail = "".join(lines).strip().splitlines()[-8:]
+            raise EVCError("node-arm64 image build failed:\n" + "\n".join(tail)) from None
+    return tag, built + [tag]
