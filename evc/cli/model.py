@@ -61,11 +61,12 @@ def _print_model(m, json: bool) -> None:
 
 
 def _print_models(models, json: bool) -> None:
-    """Each variant of a version, as built or pushed."""
+    """Each variant of a version, as built or pushed (JSON: catalogue.summary)."""
     from evc.console import print_json
+    from evc.model import catalogue
 
     if json:
-        print_json([m.to_dict() for m in models])
+        print_json(catalogue.summary(models))
         return
     for m in models:
         _print_model(m, json)

@@ -95,6 +95,12 @@ class Model:
         return {"ref": self.ref, **asdict(self)}
 
 
+def summary(models: list[Model]) -> dict:
+    """A version's variants as one dict: the first variant's fields (what a one-arch
+    version has always shown) and ``variants``, every variant's."""
+    return {**models[0].to_dict(), "variants": [m.to_dict() for m in models]}
+
+
 def pull_reference(ws: Workspace, model: Model) -> str:
     """What a node pulls and runs: the manifest recorded at push, by digest, at the
     registry's read-only endpoint. A tag pushed again (rebuilt, or by anyone holding
