@@ -82,6 +82,7 @@ bench: setup
 	$(BIN)/python bench/devices_scale.py
 	$(BIN)/python bench/cert_push.py
 	$(BIN)/python bench/model_images.py
+	$(BIN)/python bench/multi_arch.py
 	$(BIN)/python bench/infer_strategies.py
 	$(BIN)/python bench/telemetry.py
 	$(BIN)/python bench/lab_up.py
