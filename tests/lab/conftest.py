@@ -5,11 +5,12 @@ The lab has its own name and subnet so it never touches a demo lab on the same e
 
 import json
 import os
+import threading
 
 import pytest
 
 from evc.config import Workspace
-from evc.engine import docker_client
+from evc.engine import docker_client, ensure_arm64_node_image
 from evc.lab.network import free_subnet
 from tests.conftest import evc, write_settings
 
@@ -22,6 +23,17 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "/tests/lab/" in str(item.fspath):
             item.add_marker(pytest.mark.lab)
+    # The mixed-fleet module runs last; its arm64 images (minutes under emulation on a
+    # fresh machine) build in the background while the other lab tests run.
+    mixed = [i for i in items if i.fspath.basename == "test_mixed_fleet_lab.py"]
+    if mixed:
+        items[:] = [i for i in items if i not in mixed] + mixed
+        ARM64_IMAGES.start()
+
+
+ARM64_IMAGES = threading.Thread(
+    target=lambda: ensure_arm64_node_image(docker_client()), daemon=True
+)
 
 
 @pytest.fixture(scope="session")

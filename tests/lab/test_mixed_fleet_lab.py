@@ -15,7 +15,7 @@ from evc.engine import docker_client
 from evc.lab.network import free_subnet
 from evc.lab.nodes import Nodes
 from tests.conftest import evc, write_settings
-from tests.lab.conftest import LAB_NAME
+from tests.lab.conftest import ARM64_IMAGES, LAB_NAME
 from tests.lab.conftest import evc_json as _json
 
 MODEL = "mfaces"
@@ -31,6 +31,7 @@ LIST_TYPES = (
 def mixed(tmp_path_factory):
     """(workspace, env): a lab of nuc, rpi (amd64) and rpi-arm64 nodes that trust the
     registry, with MODEL:1 built for both arches (the default: the enrolled arches)."""
+    ARM64_IMAGES.join()  # started at collection (conftest); `lab up` builds what is left
     root = tmp_path_factory.mktemp("mixedws")
     name = f"{LAB_NAME}mx"
     subnet = free_subnet(docker_client(), f"evc-{name}", "172.30.0.0/24")
