@@ -265,7 +265,7 @@ ENGINE_BINARIES = (
 _CUT_ENGINE = (
     'set -e; files=$( (for b in "$@"; do echo "$b"; done; ldd "$@" | '
     "awk '/=>/ {print $3} /ld-linux/ {print $1}') | sort -u); "
-    "tar -chf - $files 2>/dev/null"
+    "tar -chf /out/engine.tar $files 2>/dev/null"
 )
 
 
@@ -295,11 +295,11 @@ def ensure_arm64_node_image(client, log: Log = _quiet) -> tuple[str, list[str]]:
         root = Path(tmp)
         for f in files:
             shutil.copy(f, root / f.name)
-        engine_tar = client.containers.run(
+        client.containers.run(  # into a bind mount: logs would mangle binary output
             node, ["sh", "-c", _CUT_ENGINE, "cut", *ENGINE_BINARIES],
-            entrypoint=[], remove=True, network_disabled=True, stderr=False,
+            entrypoint=[], remove=True, network_disabled=True,
+            volumes={str(root): {"bind": "/out", "mode": "rw"}},
         )  # fmt: skip
-        (root / "engine.tar").write_bytes(engine_tar)
         try:
             client.images.build(
                 path=str(root), tag=tag, buildargs={"BASE": arm_base},
