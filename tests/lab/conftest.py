@@ -19,7 +19,7 @@ from tests.conftest import evc, write_settings
 LAB_NAME = os.environ.get("EVC_TEST_LAB", "evctest")
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if "/tests/lab/" in str(item.fspath):
             item.add_marker(pytest.mark.lab)
@@ -28,12 +28,10 @@ def pytest_collection_modifyitems(items):
     mixed = [i for i in items if i.fspath.basename == "test_mixed_fleet_lab.py"]
     if mixed:
         items[:] = [i for i in items if i not in mixed] + mixed
-        ARM64_IMAGES.start()
-
-
-ARM64_IMAGES = threading.Thread(
-    target=lambda: ensure_arm64_node_image(docker_client()), daemon=True
-)
+        config.evc_arm64_images = threading.Thread(
+            target=lambda: ensure_arm64_node_image(docker_client()), daemon=True
+        )
+        config.evc_arm64_images.start()
 
 
 @pytest.fixture(scope="session")

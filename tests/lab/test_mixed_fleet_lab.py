@@ -15,7 +15,7 @@ from evc.engine import docker_client
 from evc.lab.network import free_subnet
 from evc.lab.nodes import Nodes
 from tests.conftest import evc, write_settings
-from tests.lab.conftest import ARM64_IMAGES, LAB_NAME
+from tests.lab.conftest import LAB_NAME
 from tests.lab.conftest import evc_json as _json
 
 MODEL = "mfaces"
@@ -28,10 +28,11 @@ LIST_TYPES = (
 
 
 @pytest.fixture(scope="module")
-def mixed(tmp_path_factory):
+def mixed(tmp_path_factory, pytestconfig):
     """(workspace, env): a lab of nuc, rpi (amd64) and rpi-arm64 nodes that trust the
     registry, with MODEL:1 built for both arches (the default: the enrolled arches)."""
-    ARM64_IMAGES.join()  # started at collection (conftest); `lab up` builds what is left
+    pytestconfig.evc_arm64_images.join()  # started at collection (conftest); `lab up`
+    # builds what is left if it failed
     root = tmp_path_factory.mktemp("mixedws")
     name = f"{LAB_NAME}mx"
     subnet = free_subnet(docker_client(), f"evc-{name}", "172.30.0.0/24")
@@ -58,7 +59,7 @@ def _on_node(ws, node: str, *cmd: str) -> str:
 def test_facts_report_each_nodes_own_arch(mixed):
     ws, env = mixed
     arches = {d["name"]: d["arch"] for d in _json("device", "list", env=env)}
-    assert arches == {"node1": "x86_64", "node2": "x86_64", "node3": "aarch64"}
+    assert arches == NODES  # as the facts script reports them, from the node itself
     assert _on_node(ws, "node3", "python3", "-c", "import platform; print(platform.machine())") \
         == "aarch64"  # fmt: skip
 
