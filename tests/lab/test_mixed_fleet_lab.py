@@ -93,6 +93,9 @@ def test_one_version_for_both_arches_each_node_runs_its_own(mixed):
 
 
 def test_a_job_uses_every_node_and_gives_the_emulated_one_less(mixed, tmp_path):
+    """One-item shards from a shared queue: every node takes work, whatever its arch,
+    and the emulated arm64 node is measured slower. The next job, paced by those
+    measurements (dynamic, no fixed shard size), gives it less than either amd64 node."""
     from PIL import Image
     from skimage import data
 
@@ -102,18 +105,23 @@ def test_a_job_uses_every_node_and_gives_the_emulated_one_less(mixed, tmp_path):
             Image.fromarray(getattr(data, name)()).save(tmp_path / f"{copy}-{name}.jpg")
     items = len(PICTURES) * 4
     jobs = []
-    for _ in range(2):  # the second job plans with the throughput the first measured
+    for extra in (["--shard-size", "1"], []):
         proc = evc("infer", "run", MODEL, "all", "--data", tmp_path, "--strategy", "dynamic",
-                   "--json", env=env, check=0, timeout=1200)  # fmt: skip
-        jobs.append(json.loads(proc.stdout))
-    for job in jobs:
-        assert job["status"] == "success" and set(job["nodes"]) == set(NODES)
+                   *extra, "--json", env=env, check=0, timeout=1200)  # fmt: skip
+        job = json.loads(proc.stdout)
+        assert job["status"] == "success"
         assert sum(n["items"] for n in job["nodes"].values()) == items
         status = _json("infer", "status", job["id"], env=env)
         assert status["state"] == "complete" and status["ok"] == items
-    nodes = jobs[-1]["nodes"]
-    print({n: v for n, v in nodes.items()})
-    assert nodes["node3"]["items"] < min(nodes["node1"]["items"], nodes["node2"]["items"])
+        jobs.append(job)
+    first, paced = (j["nodes"] for j in jobs)
+    print("items/s per node, one-item shards:", {n: v["throughput"] for n, v in first.items()})
+    print("items per node, paced:", {n: v["items"] for n, v in paced.items()})
+    assert set(first) == set(NODES)
+    assert first["node3"]["throughput"] < min(first["node1"]["throughput"],
+                                              first["node2"]["throughput"])  # fmt: skip
+    given = {n: paced.get(n, {}).get("items", 0) for n in NODES}
+    assert given["node3"] < min(given["node1"], given["node2"])
 
 
 def test_a_version_without_an_arm64_build_skips_the_arm64_node(mixed):
