@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from evc import engine
 from evc.config import Workspace
 from evc.engine import docker_client, ensure_arm64_node_image
 from evc.lab.network import free_subnet
@@ -28,10 +29,16 @@ def pytest_collection_modifyitems(config, items):
     mixed = [i for i in items if i.fspath.basename == "test_mixed_fleet_lab.py"]
     if mixed:
         items[:] = [i for i in items if i not in mixed] + mixed
-        config.evc_arm64_images = threading.Thread(
-            target=lambda: ensure_arm64_node_image(docker_client()), daemon=True
-        )
+        config.evc_arm64_images = threading.Thread(target=_arm64_images, daemon=True)
         config.evc_arm64_images.start()
+
+
+def _arm64_images() -> None:
+    """The arm64 node image and model base (each cached by content hash once built)."""
+    client = docker_client()
+    ensure_arm64_node_image(client)
+    base, _ = engine.ensure_base_image(client, arch="arm64")
+    engine.ensure_image(client, "model-base", base, arch="arm64")
 
 
 @pytest.fixture(scope="session")
