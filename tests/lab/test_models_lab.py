@@ -113,9 +113,11 @@ def test_face_blaze_weights_come_from_mediapipe_and_find_the_face_with_keypoints
     assert built["weights_digest"].startswith("sha256:")
     # the base (~250 MB) and ~145 MB of packages: no MediaPipe, no OpenCV (face-haar: ~490 MB)
     assert built["size_bytes"] < 420 * 10**6, built["size_bytes"]
-    _json("model", "push", "blaze:1.0", env=lab_env)
+    pushed = _json("model", "push", "blaze:1.0", env=lab_env)
 
-    results, summary = run_on_node(lab_ws, "node3", built["image"], images_in)
+    # Nodes pull from the read-only endpoint, by digest (they do not trust the write one).
+    ref = pinned(lab_ws, "blaze", pushed["registry_digest"])
+    results, summary = run_on_node(lab_ws, "node3", ref, images_in)
     _check_contract(results, summary, [p.name for p in images_in.iterdir()])
     found = {r["item"]: r["detections"] for r in results if r["ok"]}
     assert found["coffee.jpg"] == []
