@@ -9,11 +9,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := docker.io docker-registry debootstrap openssh-client tar iproute2 ca-certificates \
-                busybox-static openssl chromium
+                busybox-static openssl chromium qemu-user-static binfmt-support
 DOCKERD_LOG ?= /var/log/evc-dockerd.log
 DOCKERD_WAIT ?= 60
 
-.PHONY: demo test setup system-packages venv docker-engine lint bench clean
+.PHONY: demo test setup system-packages binfmt venv docker-engine lint bench clean
 
 # The demo itself is a run-config: run_cfg/demo.yaml (trust, build, deploy, infer,
 # telemetry, dashboards); `evc run run_cfg/demo.yaml --dry-run` shows its plan.
@@ -33,7 +33,16 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
-setup: system-packages venv docker-engine
+setup: system-packages binfmt venv docker-engine
+
+# arm64 images (model variants, the arm64 lab node) build and run here under qemu-user:
+# register its binfmt handler (F flag: the kernel keeps the interpreter open, so it works
+# inside containers), mounting binfmt_misc first if nothing has.
+binfmt: system-packages
+	@mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	@[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
+	@grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 || \
+	  { echo "qemu-aarch64 binfmt is registered but disabled"; exit 1; }
 
 system-packages:
 	@missing=""; \
@@ -79,6 +88,7 @@ bench: setup
 	$(BIN)/python bench/devices_scale.py
 	$(BIN)/python bench/cert_push.py
 	$(BIN)/python bench/model_images.py
+	$(BIN)/python bench/multi_arch.py
 	$(BIN)/python bench/infer_strategies.py
 	$(BIN)/python bench/telemetry.py
 	$(BIN)/python bench/lab_up.py

@@ -123,10 +123,26 @@ def content_digest(*parts: str | bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def ensure_base_image(client, log: Log = _quiet) -> tuple[str, bool]:
-    """Debian minbase from debootstrap, imported; returns (tag, built_now)."""
+def native_arch() -> str:
+    """This engine's architecture in Docker's words (amd64, arm64)."""
+    import platform
+
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def ensure_base_image(client, log: Log = _quiet, arch: str | None = None) -> tuple[str, bool]:
+    """Debian minbase from debootstrap for ``arch`` (default: native), imported;
+    returns (tag, built_now).
+
+    A foreign arch is bootstrapped under qemu-user (binfmt) and loaded as a one-layer
+    image whose config names that arch: ``docker import`` of Debian's Docker 20.10
+    ignores ``--platform``, and a build FROM an image of the wrong arch fails."""
     mirror = apt_mirror()
-    digest = content_digest("base-v1", SUITE, "minbase", mirror)
+    arch = arch or native_arch()
+    native = arch == native_arch()
+    parts = ("base-v1", SUITE, "minbase", mirror) + (() if native else (arch,))
+    digest = content_digest(*parts)
     tag = f"{IMAGE_REPO}/base:{digest}"
     if image_with_hash(client, tag, digest):
         return tag, False
@@ -134,33 +150,86 @@ def ensure_base_image(client, log: Log = _quiet) -> tuple[str, bool]:
         raise EVCError(
             "debootstrap is not installed (apt-get install debootstrap; `make` does it)."
         )
-    log(f"building base image {tag} with debootstrap from {mirror} (about 35 s)")
+    log(f"building {arch} base image {tag} with debootstrap from {mirror} "
+        f"({'about 35 s' if native else 'about 2 minutes under emulation'})")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="evc-rootfs-", dir="/var/tmp") as tmp:
         rootfs = Path(tmp) / "rootfs"
         proc = subprocess.run(
-            ["debootstrap", "--variant=minbase", SUITE, str(rootfs), mirror],
+            ["debootstrap", "--variant=minbase", f"--arch={arch}", SUITE, str(rootfs), mirror],
             capture_output=True,
             text=True,
         )
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
             raise EVCError(f"debootstrap failed (exit {proc.returncode}):\n{tail}")
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        try:
-            client.api.import_image(
-                src=tar.stdout,
-                repository=f"{IMAGE_REPO}/base",
-                tag=digest,
-                changes=[f"LABEL {HASH_LABEL}={digest}"],
-            )
-        finally:
-            tar.stdout.close()
-            tar.wait()
+        if native:
+            _import(client, rootfs, digest)
+        else:
+            _load(client, rootfs, Path(tmp), arch, tag, digest)
     return tag, True
 
 
-def ensure_image(client, name: str, base_tag: str, log: Log = _quiet) -> tuple[str, bool]:
-    """Image ``name`` built FROM the base from base_images/<name>; (tag, built_now)."""
+def _import(client, rootfs: Path, digest: str) -> None:
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    try:
+        client.api.import_image(
+            src=tar.stdout,
+            repository=f"{IMAGE_REPO}/base",
+            tag=digest,
+            changes=[f"LABEL {HASH_LABEL}={digest}"],
+        )
+    finally:
+        tar.stdout.close()
+        tar.wait()
+
+
+def _load(client, rootfs: Path, tmp: Path, arch: str, tag: str, digest: str) -> None:
+    """``docker load`` of ``rootfs`` as one layer, in the image-archive format, with
+    ``arch`` in its config."""
+    import json
+
+    layer = tmp / "layer.tar"
+    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(layer), "."], check=True)
+    diff_id = "sha256:" + _sha256(layer)
+    config = json.dumps(
+        {
+            "architecture": arch,
+            "os": "linux",
+            "config": {
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "Cmd": ["/bin/bash"],
+                "Labels": {HASH_LABEL: digest},
+            },
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }
+    ).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    (tmp / config_name).write_bytes(config)
+    manifest = [{"Config": config_name, "RepoTags": [tag], "Layers": ["layer.tar"]}]
+    (tmp / "manifest.json").write_text(json.dumps(manifest))
+    archive = tmp / "image.tar"
+    subprocess.run(
+        ["tar", "-C", str(tmp), "-cf", str(archive), "manifest.json", config_name, "layer.tar"],
+        check=True,
+    )
+    with archive.open("rb") as f:
+        client.api.load_image(f)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ensure_image(
+    client, name: str, base_tag: str, log: Log = _quiet, arch: str | None = None
+) -> tuple[str, bool]:
+    """Image ``name`` built FROM the base from base_images/<name>; (tag, built_now).
+    A foreign ``arch`` (its base built by :func:`ensure_base_image`) builds under
+    emulation."""
     import docker.errors
 
     context = IMAGE_DIR / name
@@ -178,9 +247,66 @@ def ensure_image(client, name: str, base_tag: str, log: Log = _quiet) -> tuple[s
             labels={HASH_LABEL: digest},
             rm=True,
             forcerm=True,
+            platform=f"linux/{arch}" if arch and arch != native_arch() else None,
         )
     except docker.errors.BuildError as exc:
         lines = [c.get("stream", c.get("error", "")) for c in exc.build_log]
         tail = "".join(lines).strip().splitlines()[-8:]
         raise EVCError(f"{name} image build failed:\n" + "\n".join(tail)) from None
     return tag, True
+
+
+# The amd64 node's container engine, as an arm64 lab node carries it (see
+# base_images/node-arm64/Dockerfile): the binaries, then every library they load.
+ENGINE_BINARIES = (
+    "/usr/sbin/dockerd", "/usr/bin/docker", "/usr/bin/containerd",
+    "/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc", "/usr/sbin/docker-proxy",
+)  # fmt: skip
+_CUT_ENGINE = (
+    'set -e; files=$( (for b in "$@"; do echo "$b"; done; ldd "$@" | '
+    "awk '/=>/ {print $3} /ld-linux/ {print $1}') | sort -u); "
+    "tar -chf /out/engine.tar $files 2>/dev/null"
+)
+
+
+def ensure_arm64_node_image(client, log: Log = _quiet) -> tuple[str, list[str]]:
+    """The arm64 lab node image (a hybrid: arm64 userland, amd64 engine); returns (tag,
+    images built now). Built under emulation once, then cached by content hash."""
+    import docker.errors
+
+    built = []
+    base, now = ensure_base_image(client, log)
+    built += [base] if now else []
+    node, now = ensure_image(client, "node", base, log)
+    built += [node] if now else []
+    arm_base, now = ensure_base_image(client, log, arch="arm64")
+    built += [arm_base] if now else []
+    context = IMAGE_DIR / "node-arm64"
+    scripts = [IMAGE_DIR / "node" / "node-init", IMAGE_DIR / "node" / "node-ready"]
+    files = [context / "Dockerfile", *scripts]
+    digest = content_digest(
+        "node-arm64-v1", arm_base, node, *(p.name + p.read_text() for p in files)
+    )
+    tag = f"{IMAGE_REPO}/node-arm64:{digest}"
+    if image_with_hash(client, tag, digest):
+        return tag, built
+    log(f"building the arm64 lab node image {tag} under emulation (a few minutes, once)")
+    with tempfile.TemporaryDirectory(prefix="evc-node-arm64-", dir="/var/tmp") as tmp:
+        root = Path(tmp)
+        for f in files:
+            shutil.copy(f, root / f.name)
+        client.containers.run(  # into a bind mount: logs would mangle binary output
+            node, ["sh", "-c", _CUT_ENGINE, "cut", *ENGINE_BINARIES],
+            entrypoint=[], remove=True, network_disabled=True,
+            volumes={str(root): {"bind": "/out", "mode": "rw"}},
+        )  # fmt: skip
+        try:
+            client.images.build(
+                path=str(root), tag=tag, buildargs={"BASE": arm_base},
+                labels={HASH_LABEL: digest}, rm=True, forcerm=True, platform="linux/arm64",
+            )  # fmt: skip
+        except docker.errors.BuildError as exc:
+            lines = [c.get("stream", c.get("error", "")) for c in exc.build_log]
+            tail = "".join(lines).strip().splitlines()[-8:]
+            raise EVCError("node-arm64 image build failed:\n" + "\n".join(tail)) from None
+    return tag, built + [tag]

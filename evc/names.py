@@ -107,6 +107,20 @@ def _target(value: str) -> str:
     return value
 
 
+ARCH_NAMES = ("amd64", "arm64")  # the arches EVC builds model images for
+
+
+def _arches(value: str) -> str:
+    """A comma-separated list of arches (``amd64,arm64``), each once."""
+    parts = value.split(",")
+    if not value or any(p not in ARCH_NAMES for p in parts) or len(set(parts)) != len(parts):
+        raise ValueError(
+            f"{value[:80]!r} is not a list of arches: {' or '.join(ARCH_NAMES)}, or both "
+            "separated by a comma (amd64,arm64)"
+        )
+    return value
+
+
 def _text(limit: int):
     def check(value: str) -> str:
         if len(value) > limit or _CONTROL.search(value):
@@ -128,6 +142,7 @@ Memory = Annotated[str, AfterValidator(MEMORY)]
 Serial = Annotated[str, AfterValidator(SERIAL)]
 TokenName = Annotated[str, AfterValidator(TOKEN_NAME)]
 WorkspaceName = Annotated[str, AfterValidator(WORKSPACE_NAME)]
+Arches = Annotated[str, AfterValidator(_arches)]
 Owner = Annotated[str, AfterValidator(_text(128))]
 LabelValue = Annotated[str, AfterValidator(_text(256))]
 

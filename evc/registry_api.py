@@ -96,6 +96,32 @@ class RegistryClient:
         )  # fmt: skip
         return response.headers.get("Docker-Content-Digest") if response is not None else None
 
+    def manifest_descriptor(self, repo: str, tag: str) -> dict | None:
+        """What an image index lists for the manifest under ``tag``: media type, digest,
+        size (bytes of the manifest as stored), and its platform from the image config."""
+        response = self._request(
+            "GET", f"{repo}/manifests/{tag}", missing_ok=True,
+            headers={"Accept": self.MANIFEST_TYPES},
+        )  # fmt: skip
+        if response is None:
+            return None
+        manifest = response.json()
+        config = self._request("GET", f"{repo}/blobs/{manifest['config']['digest']}").json()
+        return {
+            "mediaType": response.headers["Content-Type"].split(";")[0],
+            "digest": response.headers["Docker-Content-Digest"],
+            "size": len(response.content),
+            "platform": {"architecture": config["architecture"], "os": config["os"]},
+        }
+
+    def put_manifest(self, repo: str, tag: str, body: bytes, media_type: str) -> str:
+        """PUT a manifest (an image index) under ``tag``; its digest."""
+        response = self._request(
+            "PUT", f"{repo}/manifests/{tag}", ok=(201,), data=body,
+            headers={"Content-Type": media_type},
+        )  # fmt: skip
+        return response.headers["Docker-Content-Digest"]
+
     def delete(self, repo: str, tag: str) -> bool:
         """Delete the manifest a tag points to; False if there was no such tag."""
         digest = self.manifest_digest(repo, tag)

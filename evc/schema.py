@@ -341,6 +341,53 @@ def _api(db: sqlite_utils.Database) -> None:
     )
 
 
+_MODEL_COLUMNS = (
+    "name, version, runtime, task, arch, owner, image, image_id, size_bytes, weights_source, "
+    "weights_digest, built_at, build_s, selftest, registry_digest, pushed_size, pushed_at"
+)
+
+
+def _variants(db: sqlite_utils.Database) -> None:
+    """A model version has one row per arch (issue 16), and the image index pushed under
+    its version tag is recorded per version. SQLite cannot change a primary key: the
+    table is copied."""
+    db.executescript(
+        f"""
+        CREATE TABLE models_variants (
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            runtime TEXT NOT NULL,
+            task TEXT NOT NULL,
+            arch TEXT NOT NULL,
+            owner TEXT,
+            image TEXT NOT NULL,
+            image_id TEXT NOT NULL,
+            size_bytes INTEGER,
+            weights_source TEXT,
+            weights_digest TEXT,
+            built_at REAL NOT NULL,
+            build_s REAL,
+            selftest TEXT,
+            registry_digest TEXT,
+            pushed_size INTEGER,
+            pushed_at REAL,
+            PRIMARY KEY (name, version, arch)
+        );
+        INSERT INTO models_variants ({_MODEL_COLUMNS}) SELECT {_MODEL_COLUMNS} FROM models;
+        DROP TABLE models;
+        ALTER TABLE models_variants RENAME TO models;
+        CREATE TABLE model_indexes (
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            media_type TEXT NOT NULL,
+            pushed_at REAL NOT NULL,
+            PRIMARY KEY (name, version)
+        );
+        """
+    )
+
+
 # Applied in order, once each; never edit or reorder a released entry, append a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_core", _core),
@@ -351,4 +398,5 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0006_scenarios", _scenarios),
     ("0007_keypoints", _keypoints),
     ("0008_api", _api),
+    ("0009_variants", _variants),
 ]

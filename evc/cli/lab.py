@@ -53,7 +53,9 @@ def up(
         None,
         "--profile",
         "-p",
-        help="Hardware profile(s), assigned to nodes in turn: rpi, nuc, orin (default: all three).",
+        help="Hardware profile(s), assigned to nodes in turn (a,b or repeated): rpi, nuc, orin "
+        "(default: those "
+        "three), rpi-arm64 (an arm64 userland under qemu; see the README).",
     ),
     subnet: str = typer.Option(None, help="Lab network (default from evc.yaml, 172.28.0.0/24)."),
     json: bool = JSON,
@@ -65,7 +67,8 @@ def up(
 
     from .output import print_run
 
-    validate_request(nodes, list(profile or DEFAULT_PROFILES))  # before touching Docker
+    profile = [p for item in profile or [] for p in item.split(",")]  # -p a,b or -p a -p b
+    validate_request(nodes, profile or list(DEFAULT_PROFILES))  # before touching Docker
     lab = _lab()
     shown = progress(json)
     with shown.task("bringing the lab up"):

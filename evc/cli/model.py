@@ -48,9 +48,28 @@ def _print_model(m, json: bool) -> None:
         ("deployed on", ", ".join(m.deployed_on or []) or "-"),
         ("selftest", ", ".join(f"{k}={v}" for k, v in (m.selftest or {}).items())),
     ]
-    line(styled(m.ref, "bold"))
+    if m.index_digest:
+        rows.append(("index (version tag)", m.index_digest))
+    for v in m.variants or []:
+        if v["arch"] != m.arch:
+            rows.append(
+                (f"variant {v['arch']}", f"{v['image']} {v['registry_digest'] or 'not pushed'}")
+            )
+    line(styled(f"{m.ref} ({m.arch})", "bold"))
     for key, value in rows:
         line(f"  {key:22} ", value)
+
+
+def _print_models(models, json: bool) -> None:
+    """Each variant of a version, as built or pushed (JSON: catalogue.summary)."""
+    from evc.console import print_json
+    from evc.model import catalogue
+
+    if json:
+        print_json(catalogue.summary(models))
+        return
+    for m in models:
+        _print_model(m, json)
 
 
 def _in_registry(m):
@@ -66,7 +85,7 @@ def build(
     json: bool = JSON,
     verbose: bool = VERBOSE,
 ) -> None:
-    """Build a model image, run its selftest, tag it REGISTRY/evc/NAME:VERSION-ARCH.
+    """Build a model image per arch, run its selftest, tag it REGISTRY/evc/NAME:VERSION-ARCH.
 
     .pt weights are exported to ONNX here with ultralytics, which unpickles them: that runs
     any code inside the file. A .pt that is not your own file is refused unless
@@ -74,16 +93,16 @@ def build(
     """
     from evc.model import build as b
 
-    model = b.build(workspace(), options, progress(json, verbose), trust_weights=trust_weights)
-    _print_model(model, json)
+    models = b.build(workspace(), options, progress(json, verbose), trust_weights=trust_weights)
+    _print_models(models, json)
 
 
 @command(app, PushOptions)
 def push(options: PushOptions, json: bool = JSON) -> None:
-    """Push a built model to the registry; records its digest and size."""
+    """Push every arch of a built model, then its image index; records digests and sizes."""
     from evc.model import publish
 
-    _print_model(publish.push(workspace(), options, progress(json)), json)
+    _print_models(publish.push(workspace(), options, progress(json)), json)
 
 
 @app.command("list")
@@ -138,7 +157,8 @@ def delete(
     force: bool = typer.Option(False, help="Delete even while the version is deployed."),
     json: bool = JSON,
 ) -> None:
-    """Delete the tag in the registry, collect garbage, remove the catalogue entry."""
+    """Delete the version (every arch, its index) in the registry, collect garbage, remove
+    its catalogue rows."""
     from evc.console import print_json
     from evc.model import publish
 

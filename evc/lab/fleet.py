@@ -82,6 +82,10 @@ class Lab:
             result.images_built += [base] if built else []
             image, built = engine.ensure_image(self.client, "node", base, progress.log)
             result.images_built += [image] if built else []
+            images = {"amd64": image}
+            if any(PROFILES[p].arch == "arm64" for p in profiles):
+                images["arm64"], made = engine.ensure_arm64_node_image(self.client, progress.log)
+                result.images_built += [i for i in made if i not in result.images_built]
             timings["images_s"] = time.monotonic() - t0
             _, pubkey = controller_key(self.ws)
             network = c.network()
@@ -101,14 +105,14 @@ class Lab:
             for i in range(1, nodes + 1):
                 profile = PROFILES[profiles[(i - 1) % len(profiles)]]
                 wanted[f"node{i}"] = (i, profile, str(net[9 + i]))
-            image_id = self.client.images.get(image).id
+            image_ids = {arch: self.client.images.get(i).id for arch, i in images.items()}
             for container in c.containers():
                 spec = wanted.get(container.labels.get("evc.lab.node"))
                 stale = (
                     spec is None
                     or container.labels.get("evc.lab.profile") != spec[1].name
                     or container.labels.get("evc.lab.ip") != spec[2]
-                    or container.image.id != image_id
+                    or container.image.id != image_ids[spec[1].arch]
                 )
                 if stale:
                     c.remove(container)
@@ -116,7 +120,7 @@ class Lab:
             for node, (index, profile, ip) in wanted.items():
                 container = existing.get(node)
                 if container is None:
-                    container = c.create(node, index, profile, ip, image, pubkey)
+                    container = c.create(node, index, profile, ip, images[profile.arch], pubkey)
                     undo.append(lambda x=container: c.remove(x))
                     result.created.append(f"node {node}")
                 if container.status != "running":
@@ -182,7 +186,7 @@ class Lab:
             devices.Device(
                 name=n.name,
                 host=n.ip,
-                groups=["lab", f"profile_{n.profile}"],
+                groups=["lab", "profile_" + n.profile.replace("-", "_")],
                 labels={"lab": self.name, "profile": n.profile, **PROFILES[n.profile].labels},
             )
             for n in nodes.values()
@@ -239,7 +243,12 @@ class Lab:
             import docker.errors
 
             removed["kept_in_use"] = []
-            for repo in ("node", "registry", "base"):  # the base last: the others sit on it
+            for repo in (
+                "node",
+                "node-arm64",
+                "registry",
+                "base",
+            ):  # the base last: the others sit on it
                 for image in self.client.images.list(name=f"{engine.IMAGE_REPO}/{repo}"):
                     try:
                         self.client.images.remove(image.id, force=True)

@@ -36,6 +36,7 @@ class Profile:
     cpus: float
     mem_gib: float
     labels: dict[str, str]
+    arch: str = "amd64"  # arm64: the hybrid node of base_images/node-arm64 (README)
 
 
 PROFILES = {
@@ -46,6 +47,20 @@ PROFILES = {
         Profile(
             "orin", 1.5, 4, {"hw": "jetson-orin-nano", "class": "large", "accelerator": "none"}
         ),
+        # arm64 userland under qemu-user: several times slower than the hardware it
+        # stands for, so it gets a whole CPU.
+        Profile(
+            "rpi-arm64",
+            1.0,
+            2,
+            {
+                "hw": "raspberry-pi-5",
+                "class": "small",
+                "accelerator": "none",
+                "emulated": "qemu-user",
+            },
+            arch="arm64",
+        ),  # fmt: skip
     )
 }
 DEFAULT_PROFILES = ("rpi", "nuc", "orin")
@@ -76,7 +91,9 @@ def validate_request(nodes: int, profiles: list[str]) -> None:
         raise UsageError(
             f"Unknown profile {unknown[0]!r}; known profiles: {', '.join(PROFILES)} "
             "("
-            + "; ".join(f"{p.name}: {p.cpus} CPU, {p.mem_gib:g} GiB" for p in PROFILES.values())
+            + "; ".join(
+                f"{p.name}: {p.cpus} CPU, {p.mem_gib:g} GiB, {p.arch}" for p in PROFILES.values()
+            )
             + ")."
         )
     cpus = os.cpu_count() or 1

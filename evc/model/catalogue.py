@@ -1,18 +1,20 @@
-"""The model catalogue (the ``models`` table): names, references, one row per version.
+"""The model catalogue (the ``models`` table): names, references, one row per variant.
 
-A version is ``NAME:VERSION``; its image is ``REGISTRY/evc/NAME:VERSION-ARCH`` (the tag
-the controller builds and pushes), and once pushed, nodes run it by the digest recorded
-at push (:func:`pull_reference`).
+A version is ``NAME:VERSION``, built for one or more arches; each variant's image is
+``REGISTRY/evc/NAME:VERSION-ARCH`` (the tag the controller builds and pushes), and once
+pushed, a node runs its own arch's variant by the digest recorded at push
+(:func:`pull_reference`). The version tag itself is an image index of every variant
+(``model_indexes``), so a plain pull by tag gets the puller's arch.
 """
 
 from __future__ import annotations
 
 import json
-import platform
+import time
 from dataclasses import asdict, dataclass
 
 from evc import db as evcdb
-from evc import names, registry
+from evc import engine, names, registry
 from evc.config import Workspace
 from evc.errors import EVCError, UsageError
 from evc.model.deployments import current, deployed_on
@@ -34,7 +36,12 @@ def parse_ref(ref: str) -> tuple[str, str]:
 
 
 def native_arch() -> str:
-    return _MACHINE_ARCH.get(platform.machine(), platform.machine())
+    return engine.native_arch()
+
+
+def docker_arch(machine: str | None) -> str | None:
+    """A device's arch as facts report it (x86_64, aarch64) in Docker's words."""
+    return _MACHINE_ARCH.get(machine, machine) if machine else None
 
 
 @dataclass
@@ -60,6 +67,8 @@ class Model:
     pushed_at: float | None = None
     in_registry: bool | None = None  # filled by list_models/show, not stored
     deployed_on: list[str] | None = None  # likewise, from the deployments table
+    index_digest: str | None = None  # likewise: the version tag's image index, once pushed
+    variants: list[dict] | None = None  # filled by show: every arch of the version
 
     @property
     def ref(self) -> str:
@@ -77,13 +86,19 @@ class Model:
 
     def to_row(self) -> dict:
         row = asdict(self)
-        row.pop("in_registry")
-        row.pop("deployed_on")
+        for key in ("in_registry", "deployed_on", "index_digest", "variants"):
+            row.pop(key)
         row["selftest"] = json.dumps(self.selftest) if self.selftest is not None else None
         return row
 
     def to_dict(self) -> dict:
         return {"ref": self.ref, **asdict(self)}
+
+
+def summary(models: list[Model]) -> dict:
+    """A version's variants as one dict: the first variant's fields (what a one-arch
+    version has always shown) and ``variants``, every variant's."""
+    return {**models[0].to_dict(), "variants": [m.to_dict() for m in models]}
 
 
 def pull_reference(ws: Workspace, model: Model) -> str:
@@ -94,23 +109,60 @@ def pull_reference(ws: Workspace, model: Model) -> str:
     return f"{address}/{repository(model.name)}@{model.registry_digest}"
 
 
-def get(ws: Workspace, ref: str) -> Model:
+def variants(ws: Workspace, ref: str) -> list[Model]:
+    """Every arch of NAME:VERSION (sorted by arch), or a usage error if there is none."""
     name, version = parse_ref(ref)
-    rows = list(
-        evcdb.workspace_db(ws).query(
-            "SELECT * FROM models WHERE name = ? AND version = ?", [name, version]
-        )
+    rows = evcdb.workspace_db(ws).query(
+        "SELECT * FROM models WHERE name = ? AND version = ? ORDER BY arch", [name, version]
     )
-    if not rows:
+    found = [Model.from_row(r) for r in rows]
+    if not found:
         raise UsageError(f"no model {ref} in the catalogue; `evc model list` shows what there is")
-    return Model.from_row(rows[0])
+    index = index_of(ws, name, version)
+    for m in found:
+        m.index_digest = index["digest"] if index else None
+    return found
+
+
+def get(ws: Workspace, ref: str, arch: str | None = None) -> Model:
+    """One variant of NAME:VERSION: ``arch``'s, else this builder's, else the first."""
+    found = variants(ws, ref)
+    by_arch = {m.arch: m for m in found}
+    if arch is not None:
+        if arch not in by_arch:
+            raise UsageError(f"no {arch} build of {ref}: build it with --arch {arch}")
+        return by_arch[arch]
+    return by_arch.get(native_arch(), found[0])
 
 
 def save(ws: Workspace, model: Model) -> None:
     db = evcdb.workspace_db(ws)
     with evcdb.transaction(db):
-        db.execute("DELETE FROM models WHERE name = ? AND version = ?", [model.name, model.version])
+        db.execute(
+            "DELETE FROM models WHERE name = ? AND version = ? AND arch = ?",
+            [model.name, model.version, model.arch],
+        )
         db["models"].insert(model.to_row())
+
+
+def index_of(ws: Workspace, name: str, version: str) -> dict | None:
+    """The image index pushed under NAME:VERSION's tag (digest, media_type), if any."""
+    rows = evcdb.workspace_db(ws).query(
+        "SELECT * FROM model_indexes WHERE name = ? AND version = ?", [name, version]
+    )
+    return next(iter(rows), None)
+
+
+def save_index(ws: Workspace, name: str, version: str, digest: str | None, media_type: str = ""):
+    """Record the version's pushed index; ``digest`` None forgets it (a variant changed)."""
+    db = evcdb.workspace_db(ws)
+    with evcdb.transaction(db):
+        db.execute("DELETE FROM model_indexes WHERE name = ? AND version = ?", [name, version])
+        if digest is not None:
+            db["model_indexes"].insert(
+                {"name": name, "version": version, "digest": digest,
+                 "media_type": media_type, "pushed_at": time.time()}
+            )  # fmt: skip
 
 
 def mark_in_registry(ws: Workspace, models: list[Model]) -> str | None:
@@ -130,18 +182,32 @@ def mark_in_registry(ws: Workspace, models: list[Model]) -> str | None:
 
 def list_models(ws: Workspace, check_registry: bool = True) -> tuple[list[Model], str | None]:
     """The catalogue (newest first) and a warning when the registry could not be checked."""
-    rows = evcdb.workspace_db(ws).query("SELECT * FROM models ORDER BY name, built_at DESC")
+    rows = evcdb.workspace_db(ws).query("SELECT * FROM models ORDER BY name, built_at DESC, arch")
     models = [Model.from_row(r) for r in rows]
     where: dict[tuple[str, str], list[str]] = {}
     for row in current(ws):
         where.setdefault((row["model"], row["version"]), []).append(row["node"])
+    indexes = {
+        (r["name"], r["version"]): r["digest"]
+        for r in evcdb.workspace_db(ws).query("SELECT name, version, digest FROM model_indexes")
+    }
     for m in models:
         m.deployed_on = where.get((m.name, m.version), [])
+        m.index_digest = indexes.get((m.name, m.version))
     warning = mark_in_registry(ws, models) if check_registry else None
     return models, warning
 
 
 def show(ws: Workspace, ref: str) -> tuple[Model, str | None]:
+    """This builder's variant (or the first), with every variant's arch, image and digest."""
     model = get(ws, ref)
+    every = variants(ws, ref)
     model.deployed_on = deployed_on(ws, model.name, model.version)
-    return model, mark_in_registry(ws, [model])
+    warning = mark_in_registry(ws, every)
+    model.in_registry = next(m.in_registry for m in every if m.arch == model.arch)
+    model.variants = [
+        {k: getattr(m, k) for k in ("arch", "image", "image_id", "size_bytes", "build_s",
+                                    "registry_digest", "pushed_size", "in_registry")}
+        for m in every
+    ]  # fmt: skip
+    return model, warning

@@ -5,16 +5,23 @@ shards (``evc-infer --serve``), from the image pinned by digest at the registry'
 read-only endpoint (:func:`evc.model.catalogue.pull_reference`). Every action records
 one row per targeted node (:mod:`evc.model.deployments`), with that reference, so a
 rollback sends each node the very image it ran before.
+
+A version may have a variant per arch: each node is sent its own arch's variant (its
+arch from the device's facts, gathered first where unknown). A node whose arch has no
+variant is skipped with a message saying so, never sent an image it cannot run.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
-from evc.ansible import RunResult, resolve_hosts, run_playbook
+from evc import db as evcdb
+from evc.ansible import HostResult, RunResult, resolve_hosts, run_playbook
 from evc.config import Workspace
+from evc.devices import gather_facts
 from evc.errors import Result, UsageError
-from evc.model.catalogue import get, pull_reference
+from evc.model.catalogue import docker_arch, pull_reference, variants
 from evc.model.deployments import JOBS_DIR, current, previous, record, spec
 from evc.names import Memory, ModelName, ModelRef, Serial, Target
 from evc.options import TARGET_HELP, Options, arg, opt
@@ -67,10 +74,11 @@ class DeployResult(Result):
     versions: dict[str, str]  # host -> version it was sent
     rollback: RunResult | None = None
     rolled_back: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # host -> why it was not sent
 
     @property
     def ok(self) -> bool:
-        return self.run.ok
+        return self.run.ok and not self.skipped
 
     def to_dict(self) -> dict:
         return {
@@ -81,6 +89,7 @@ class DeployResult(Result):
             "run": self.run.to_dict(),
             "rollback": self.rollback.to_dict() if self.rollback else None,
             "rolled_back": self.rolled_back,
+            "skipped": self.skipped,
         }
 
 
@@ -107,22 +116,68 @@ def _run(
     return run
 
 
+def host_arches(ws: Workspace, hosts: list[str], progress: Progress = SILENT) -> dict:
+    """Each host's arch in Docker's words (amd64, arm64) from its facts; hosts whose arch
+    is not known yet have their facts gathered first. None where it stays unknown."""
+
+    def known() -> dict[str, str | None]:
+        rows = evcdb.workspace_db(ws).query("SELECT name, arch FROM devices")
+        return {r["name"]: docker_arch(r["arch"]) for r in rows}
+
+    arches = known()
+    unknown = [h for h in hosts if not arches.get(h)]
+    if unknown:
+        progress.log(f"gathering facts first: the arch of {', '.join(unknown)} is not known")
+        gather_facts(ws, ",".join(unknown), progress)
+        arches = known()
+    return {h: arches.get(h) for h in hosts}
+
+
+def _skipped(hosts: dict[str, str]) -> RunResult:
+    """The per-host record of nodes a deploy was not sent to (nothing ran on them)."""
+    now = time.time()
+    return RunResult(
+        playbook="model_deploy.yml", target=",".join(sorted(hosts)), ident="", artifacts_dir="",
+        started=now, ended=now, rc=0,
+        hosts={h: HostResult(h, "skipped", skipped=1, message=m) for h, m in hosts.items()},
+    )  # fmt: skip
+
+
 def deploy(ws: Workspace, options: DeployOptions, progress: Progress = SILENT) -> DeployResult:
-    """Pull and run NAME:VERSION on every targeted node, in batches if asked."""
+    """Pull and run NAME:VERSION on every targeted node, in batches if asked: each node
+    its own arch's variant, by digest. Nodes with no variant for their arch are skipped
+    and reported (exit 1); the others are deployed all the same."""
     o = options
-    m = get(ws, o.ref)
-    if not m.registry_digest:
-        raise UsageError(f"{o.ref} is not in the registry yet: run `evc model push {o.ref}` first")
+    by_arch = {m.arch: m for m in variants(ws, o.ref)}
+    m = next(iter(by_arch.values()))
+    unpushed = sorted(a for a, v in by_arch.items() if not v.registry_digest)
+    if unpushed:
+        raise UsageError(
+            f"{o.ref} ({', '.join(unpushed)}) is not in the registry yet: "
+            f"run `evc model push {o.ref}` first"
+        )
     hosts = resolve_hosts(ws.inventory, o.target)
     before = {row["node"]: row for row in current(ws, m.name)}
-    image = pull_reference(ws, m)
-    wanted = {"version": m.version, "image": image, "cpus": o.cpus, "memory": o.memory}
-    sent = {h: wanted for h in hosts}
-    run = _run(
-        ws, "deploy", m.name, o.target, sent, progress,
-        serial=o.serial, max_fail_percent=o.max_fail_percent,
-    )  # fmt: skip
-    result = DeployResult("deploy", m.name, run, {h: m.version for h in hosts})
+    sent, skipped = {}, {}
+    for host, arch in host_arches(ws, hosts, progress).items():
+        if arch in by_arch:
+            image = pull_reference(ws, by_arch[arch])
+            sent[host] = {"version": m.version, "image": image, "cpus": o.cpus, "memory": o.memory}
+        elif arch is None:
+            skipped[host] = f"arch unknown (facts could not be gathered): {o.ref} not sent"
+        else:
+            skipped[host] = f"no {arch} build of {o.ref}: build it with --arch {arch}"
+    for host, why in sorted(skipped.items()):
+        progress.log(f"{host}: skipped: {why}")
+    if sent:
+        run = _run(
+            ws, "deploy", m.name, ",".join(sorted(sent)), sent, progress,
+            serial=o.serial, max_fail_percent=o.max_fail_percent,
+        )  # fmt: skip
+        run.hosts.update(_skipped(skipped).hosts)
+    else:
+        run = _skipped(skipped)
+    result = DeployResult("deploy", m.name, run, {h: m.version for h in sent}, skipped=skipped)
     if o.rollback_on_failure and not run.ok:
         # Nodes this rollout touched go back to what they ran before; new ones are left alone.
         back = {

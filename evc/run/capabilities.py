@@ -17,7 +17,7 @@ from typing import Any
 from evc import certs, db, devices, grafana, logs, registry
 from evc.config import Workspace
 from evc.infer import runner as infer
-from evc.model import build, deploy, publish
+from evc.model import build, catalogue, deploy, publish
 from evc.options import TARGET, Options, cli_meta, flag_of
 from evc.progress import Progress
 
@@ -149,13 +149,18 @@ def _cert_check(ws, o: certs.CheckOptions, progress) -> Outcome:
 
 
 def _model_build(ws, o: build.BuildOptions, progress, *, trust_weights: bool = False) -> Outcome:
-    m = build.build(ws, o, progress, trust_weights=trust_weights)
-    return Outcome(True, f"built {m.ref} ({m.image}) in {m.build_s} s", detail=m.to_dict())
+    models = build.build(ws, o, progress, trust_weights=trust_weights)
+    built = ", ".join(f"{m.image} in {m.build_s} s" for m in models)
+    return Outcome(True, f"built {models[0].ref}: {built}", detail=catalogue.summary(models))
 
 
 def _model_push(ws, o: publish.PushOptions, progress) -> Outcome:
-    m = publish.push(ws, o, progress)
-    return Outcome(True, f"pushed {m.image} ({m.registry_digest})", detail=m.to_dict())
+    models = publish.push(ws, o, progress)
+    pushed = ", ".join(f"{m.arch} {m.registry_digest}" for m in models)
+    return Outcome(
+        True, f"pushed {models[0].ref} ({pushed}; index {models[0].index_digest})",
+        detail=catalogue.summary(models),
+    )  # fmt: skip
 
 
 def _infer_run(ws, o: infer.RunOptions, progress) -> Outcome:

@@ -5,11 +5,13 @@ The lab has its own name and subnet so it never touches a demo lab on the same e
 
 import json
 import os
+import threading
 
 import pytest
 
+from evc import engine
 from evc.config import Workspace
-from evc.engine import docker_client
+from evc.engine import docker_client, ensure_arm64_node_image
 from evc.lab.network import free_subnet
 from tests.conftest import evc, write_settings
 
@@ -20,16 +22,33 @@ LAB_NAME = os.environ.get("EVC_TEST_LAB", "evctest")
 
 def pytest_collection_modifyitems(items):
     """Lab tests share one lab: under xdist (make test) they run as one group, in one
-    worker, while the unit tests run in the others."""
+    worker, while the unit tests run in the others. The mixed-fleet module runs last:
+    its arm64 images (minutes under emulation on a fresh machine) build in the
+    background from the lab's start (:func:`lab_session`) while the other tests run."""
     for item in items:
         if "/tests/lab/" in str(item.fspath):
             item.add_marker(pytest.mark.lab)
             item.add_marker(pytest.mark.xdist_group("lab"))
+    mixed = [i for i in items if i.fspath.basename == "test_mixed_fleet_lab.py"]
+    if mixed:
+        items[:] = [i for i in items if i not in mixed] + mixed
+
+
+def _arm64_images() -> None:
+    """The arm64 node image and model base (each cached by content hash once built)."""
+    client = docker_client()
+    ensure_arm64_node_image(client)
+    base, _ = engine.ensure_base_image(client, arch="arm64")
+    engine.ensure_image(client, "model-base", base, arch="arm64")
 
 
 @pytest.fixture(scope="session")
-def lab_session(tmp_path_factory):
-    """(workspace, parsed `evc lab up --json` output)."""
+def lab_session(tmp_path_factory, request):
+    """(workspace, parsed `evc lab up --json` output). Starts the arm64 images' build
+    in the background when the mixed-fleet module is to run (it joins the thread)."""
+    if any(i.fspath.basename == "test_mixed_fleet_lab.py" for i in request.session.items):
+        request.config.evc_arm64_images = threading.Thread(target=_arm64_images, daemon=True)
+        request.config.evc_arm64_images.start()
     root = tmp_path_factory.mktemp("labws")
     subnet = os.environ.get("EVC_TEST_SUBNET") or free_subnet(
         docker_client(), f"evc-{LAB_NAME}", "172.30.0.0/24"

@@ -187,15 +187,24 @@ def add_devices(ws, db, now: float, rows: list[dict] = DEVICES) -> None:
     devices.regenerate_inventory(ws, db)
 
 
-def add_model(ws, version: str, now: float, name: str = "faces") -> None:
-    """A built and pushed model NAME:VERSION in the catalogue (and the registry settings
-    that deploys pull it through)."""
+def add_model(
+    ws, version: str, now: float, name: str = "faces", arches: tuple = ("amd64", "arm64")
+) -> None:
+    """A built and pushed model NAME:VERSION in the catalogue, one variant per arch (and
+    the registry settings that deploys pull it through)."""
     if not (registry.files(ws).root / "registry.json").exists():
         registry.save(ws, registry.RegistrySettings(hosts=["registry"]))
-    catalogue.save(ws, catalogue.Model(
-        name=name, version=version, runtime="face-haar", task="detect", arch="amd64",
-        owner="vision", image=f"registry:5000/evc/{name}:{version}-amd64",
-        image_id="sha256:" + "ab" * 32, size_bytes=210_000_000, weights_source=None,
-        weights_digest=None, built_at=now - 3600, build_s=42.0, selftest={"detections": 1},
-        registry_digest="sha256:" + "cd" * 32, pushed_size=80_000_000, pushed_at=now - 3500,
-    ))  # fmt: skip
+    for i, arch in enumerate(arches):
+        catalogue.save(ws, catalogue.Model(
+            name=name, version=version, runtime="face-haar", task="detect", arch=arch,
+            owner="vision", image=f"registry:5000/evc/{name}:{version}-{arch}",
+            image_id="sha256:" + "ab" * 31 + f"{i:02x}", size_bytes=210_000_000,
+            weights_source=None, weights_digest=None, built_at=now - 3600, build_s=42.0,
+            selftest={"detections": 1}, registry_digest=variant_digest(arch),
+            pushed_size=80_000_000, pushed_at=now - 3500,
+        ))  # fmt: skip
+
+
+def variant_digest(arch: str) -> str:
+    """The registry digest the fake catalogue gives ``arch``'s variant."""
+    return "sha256:" + {"amd64": "cd", "arm64": "ce"}[arch] * 32

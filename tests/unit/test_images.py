@@ -121,7 +121,7 @@ def test_bad_name_and_task_and_arch(workspace):
     err = _build("m", "--runtime", "face-haar", "--version", "1", "--task", "classify")
     assert "does 'detect', not 'classify'" in err
     err = _build("m", "--runtime", "face-haar", "--version", "1", "--arch", "s390")
-    assert "unknown arch" in err
+    assert "is not a list of arches" in err
 
 
 def test_build_needs_a_registry(workspace):

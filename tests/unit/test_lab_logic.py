@@ -3,6 +3,7 @@ import pytest
 from evc import engine
 from evc.errors import EVCError, UsageError
 from evc.lab import network, nodes
+from tests.conftest import evc
 
 
 @pytest.mark.parametrize("n", [0, -1, nodes.MAX_NODES + 1, 10_000])
@@ -18,7 +19,7 @@ def test_unknown_profile_lists_known_ones():
 
 def test_profiles_are_distinct_hardware():
     assert len(nodes.PROFILES) >= 3
-    specs = {(p.cpus, p.mem_gib) for p in nodes.PROFILES.values()}
+    specs = {(p.cpus, p.mem_gib, p.arch) for p in nodes.PROFILES.values()}
     assert len(specs) == len(nodes.PROFILES)
     assert nodes.PROFILES["rpi"].cpus == 0.5 and nodes.PROFILES["rpi"].mem_gib == 1
 
@@ -81,3 +82,12 @@ def test_a_clashing_subnet_suggests_one_that_is_free():
     assert network.free_subnet(client, "evc-new", "172.30.0.0/24") == "172.30.2.0/24"
     # A lab's own network is no obstacle to itself.
     assert network.free_subnet(client, "evc-old", "172.30.0.0/24") == "172.30.0.0/24"
+
+
+def test_an_arm64_profile_and_comma_separated_profiles():
+    """`evc lab up --profile rpi-arm64,nuc`: the arm64 profile exists and a comma list is
+    split (an unknown one in it is named)."""
+    assert nodes.PROFILES["rpi-arm64"].arch == "arm64"
+    assert {p.arch for p in nodes.PROFILES.values()} == {"amd64", "arm64"}
+    proc = evc("lab", "up", "--nodes", "2", "--profile", "rpi-arm64,pi5", check=2)
+    assert "Unknown profile 'pi5'" in proc.stderr

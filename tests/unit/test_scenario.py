@@ -49,7 +49,13 @@ def test_every_bundled_run_config_validates(path):
 
 def test_bundled_run_configs_resolve_on_a_lab_like_workspace(workspace):
     lab_like(workspace)
-    for name in ("demo.yaml", "rolling-update.yaml", "retire-node.yaml", "fleet.yaml"):
+    for name in (
+        "demo.yaml",
+        "rolling-update.yaml",
+        "retire-node.yaml",
+        "fleet.yaml",
+        "mixed-fleet.yaml",
+    ):
         s = scenario.load(RUN_CFG / name, ws=workspace)
         assert s.targets_checked
         assert all(step.hosts for step in s.steps if step.target is not None and step.run)

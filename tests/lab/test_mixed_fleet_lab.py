@@ -1,0 +1,149 @@
+"""A mixed fleet for real (issue 16): two amd64 nodes and one arm64 node (the hybrid
+node: arm64 userland under qemu-user, see the README), one model version built for
+both arches, pushed as an image index, each node running its own arch by digest.
+
+The lab is this module's own (brought up once for the module, torn down after it); the
+arm64 node image is built once under emulation and cached by content hash."""
+
+import json
+
+import pytest
+
+from evc import registry
+from evc.config import Workspace
+from evc.engine import docker_client
+from evc.lab.network import free_subnet
+from evc.lab.nodes import Nodes
+from tests.conftest import evc, write_settings
+from tests.lab.conftest import LAB_NAME
+from tests.lab.conftest import evc_json as _json
+
+MODEL = "mfaces"
+NODES = {"node1": "amd64", "node2": "amd64", "node3": "arm64"}
+PICTURES = ("astronaut", "coffee", "chelsea", "rocket", "camera")
+LIST_TYPES = (
+    "application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.oci.image.index.v1+json"
+)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, pytestconfig):
+    """(workspace, env): a lab of nuc, rpi (amd64) and rpi-arm64 nodes that trust the
+    registry, with MODEL:1 built for both arches (the default: the enrolled arches)."""
+    pytestconfig.evc_arm64_images.join()  # started at collection (conftest); `lab up`
+    # builds what is left if it failed
+    root = tmp_path_factory.mktemp("mixedws")
+    name = f"{LAB_NAME}mx"
+    subnet = free_subnet(docker_client(), f"evc-{name}", "172.30.0.0/24")
+    write_settings(root, f"name: mixedtest\nlab: {{name: {name}, subnet: {subnet}}}\n")
+    env = {"EVC_HOME": str(root)}
+    up = evc("lab", "up", "--nodes", "3", "--profile", "nuc,rpi,rpi-arm64", "--json", env=env,
+             timeout=1800)  # fmt: skip
+    try:
+        assert up.returncode == 0, f"evc lab up failed:\n{up.stderr}\n{up.stdout}"
+        evc("cert", "push", "all", env=env, check=0)
+        yield Workspace.load(root), env
+    finally:
+        evc("lab", "down", env=env, check=0)
+        evc("registry", "down", "--purge", env=env, check=0)
+
+
+def _on_node(ws, node: str, *cmd: str) -> str:
+    container = docker_client().containers.get(Nodes(ws).container_name(node))
+    code, out = container.exec_run(list(cmd))
+    assert code == 0, out.decode()
+    return out.decode().strip()
+
+
+def test_facts_report_each_nodes_own_arch(mixed):
+    ws, env = mixed
+    arches = {d["name"]: d["arch"] for d in _json("device", "list", env=env)}
+    assert arches == NODES  # as the facts script reports them, from the node itself
+    assert _on_node(ws, "node3", "python3", "-c", "import platform; print(platform.machine())") \
+        == "aarch64"  # fmt: skip
+
+
+def test_one_version_for_both_arches_each_node_runs_its_own(mixed):
+    ws, env = mixed
+    built = _json("model", "build", MODEL, "--runtime", "face-haar", "--version", "1", env=env)
+    assert [v["arch"] for v in built["variants"]] == ["amd64", "arm64"]
+    pushed = _json("model", "push", f"{MODEL}:1", env=env)
+    digests = {v["arch"]: v["registry_digest"] for v in pushed["variants"]}
+    # The version tag is an index of both, and each variant keeps its own tag.
+    api = registry.api(ws)
+    index = api._request("GET", f"evc/{MODEL}/manifests/1", headers={"Accept": LIST_TYPES})
+    listed = {m["platform"]["architecture"]: m["digest"] for m in index.json()["manifests"]}
+    assert listed == digests
+    assert set(api.tags(f"evc/{MODEL}")) == {"1", "1-amd64", "1-arm64"}
+
+    deployed = _json("model", "deploy", f"{MODEL}:1", "all", env=env)
+    assert deployed["ok"] and deployed["skipped"] == {}
+    ro = registry.load(ws).ro_address
+    for node, arch in NODES.items():
+        image = _on_node(ws, node, "docker", "inspect", "--format", "{{.Config.Image}}",
+                         f"evc-model-{MODEL}")  # fmt: skip
+        assert image == f"{ro}/evc/{MODEL}@{digests[arch]}"
+        ran = _on_node(ws, node, "docker", "image", "inspect", "--format", "{{.Architecture}}",
+                       image)  # fmt: skip
+        assert ran == arch
+    machine = _on_node(ws, "node3", "docker", "exec", f"evc-model-{MODEL}", "python3", "-c",
+                       "import platform; print(platform.machine())")  # fmt: skip
+    assert machine == "aarch64"
+
+
+def test_a_job_uses_every_node_and_gives_the_emulated_one_less(mixed, tmp_path):
+    """One-item shards from a shared queue: every node takes work, whatever its arch,
+    and the emulated arm64 node is measured slower. The next job, paced by those
+    measurements (dynamic, no fixed shard size), gives it less than either amd64 node."""
+    from PIL import Image
+    from skimage import data
+
+    ws, env = mixed
+    for copy in range(4):
+        for name in PICTURES:
+            Image.fromarray(getattr(data, name)()).save(tmp_path / f"{copy}-{name}.jpg")
+    items = len(PICTURES) * 4
+    jobs = []
+    for extra in (["--shard-size", "1"], []):
+        proc = evc("infer", "run", MODEL, "all", "--data", tmp_path, "--strategy", "dynamic",
+                   *extra, "--json", env=env, check=0, timeout=1200)  # fmt: skip
+        job = json.loads(proc.stdout)
+        assert job["status"] == "success"
+        assert sum(n["items"] for n in job["nodes"].values()) == items
+        status = _json("infer", "status", job["id"], env=env)
+        assert status["state"] == "complete" and status["ok"] == items
+        jobs.append(job)
+    first, paced = (j["nodes"] for j in jobs)
+    print("items/s per node, one-item shards:", {n: v["throughput"] for n, v in first.items()})
+    print("items per node, paced:", {n: v["items"] for n, v in paced.items()})
+    assert set(first) == set(NODES)
+    assert first["node3"]["throughput"] < min(first["node1"]["throughput"],
+                                              first["node2"]["throughput"])  # fmt: skip
+    given = {n: paced.get(n, {}).get("items", 0) for n in NODES}
+    assert given["node3"] < min(given["node1"], given["node2"])
+
+
+def test_a_version_without_an_arm64_build_skips_the_arm64_node(mixed):
+    ws, env = mixed
+    build = ["model", "build", MODEL, "--runtime", "face-haar", "--version", "2"]
+    _json(*build, "--arch", "amd64", env=env)
+    _json("model", "push", f"{MODEL}:2", env=env)
+    proc = evc("model", "deploy", f"{MODEL}:2", "all", "--json", env=env, check=1)
+    result = json.loads(proc.stdout)
+    assert result["skipped"] == {
+        "node3": f"no arm64 build of {MODEL}:2: build it with --arch arm64"
+    }
+    assert result["versions"] == {"node1": "2", "node2": "2"}
+    listed = _json("model", "list", env=env)  # a row per variant, each with its nodes
+    running = {node: m["version"] for m in listed for node in m["deployed_on"]}
+    assert running == {"node1": "2", "node2": "2", "node3": "1"}
+
+
+def test_delete_removes_every_variant_and_the_index(mixed):
+    ws, env = mixed
+    evc("model", "undeploy", MODEL, "all", env=env, check=0)
+    evc("model", "delete", f"{MODEL}:1", env=env, check=0)
+    assert set(registry.api(ws).tags(f"evc/{MODEL}")) == {"2", "2-amd64"}
+    evc("model", "delete", f"{MODEL}:2", env=env, check=0)
+    assert registry.api(ws).tags(f"evc/{MODEL}") == []
