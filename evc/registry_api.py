@@ -96,13 +96,17 @@ class RegistryClient:
         )  # fmt: skip
         return response.headers.get("Docker-Content-Digest") if response is not None else None
 
-    def manifest_descriptor(self, repo: str, tag: str) -> dict | None:
-        """What an image index lists for the manifest under ``tag``: media type, digest,
-        size (bytes of the manifest as stored), and its platform from the image config."""
-        response = self._request(
+    def _manifest(self, repo: str, tag: str):
+        """The response to GET of the manifest under ``tag`` (any kind), or None."""
+        return self._request(
             "GET", f"{repo}/manifests/{tag}", missing_ok=True,
             headers={"Accept": self.MANIFEST_TYPES},
         )  # fmt: skip
+
+    def manifest_descriptor(self, repo: str, tag: str) -> dict | None:
+        """What an image index lists for the manifest under ``tag``: media type, digest,
+        size (bytes of the manifest as stored), and its platform from the image config."""
+        response = self._manifest(repo, tag)
         if response is None:
             return None
         manifest = response.json()
@@ -132,10 +136,7 @@ class RegistryClient:
 
     def image_size(self, repo: str, tag: str) -> int | None:
         """Bytes the registry stores for an image manifest: config plus layers."""
-        response = self._request(
-            "GET", f"{repo}/manifests/{tag}", missing_ok=True,
-            headers={"Accept": self.MANIFEST_TYPES},
-        )  # fmt: skip
+        response = self._manifest(repo, tag)
         if response is None:
             return None
         manifest = response.json()
