@@ -19,12 +19,9 @@ LAB_NAME = os.environ.get("EVC_TEST_LAB", "evctest")
 
 
 def pytest_collection_modifyitems(items):
-    """Lab tests share one lab: under xdist (make test) they run as one group, in one
-    worker, while the unit tests run in the others."""
     for item in items:
         if "/tests/lab/" in str(item.fspath):
             item.add_marker(pytest.mark.lab)
-            item.add_marker(pytest.mark.xdist_group("lab"))
 
 
 @pytest.fixture(scope="session")
