@@ -12,7 +12,7 @@ EVC = [sys.executable, "-m", "evc"]
 def evc(*args, env=None, check=None, timeout=600, input=None, cwd=None):
     """Run the real `evc` command; returns CompletedProcess (text). Tables are 200
     columns wide unless ``env`` says otherwise: what a test looks for is not cut by a
-    long temporary path (xdist's are longer)."""
+    long temporary path."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     proc = subprocess.run(
         [*EVC, *map(str, args)],

@@ -21,14 +21,12 @@ LAB_NAME = os.environ.get("EVC_TEST_LAB", "evctest")
 
 
 def pytest_collection_modifyitems(items):
-    """Lab tests share one lab: under xdist (make test) they run as one group, in one
-    worker, while the unit tests run in the others. The mixed-fleet module runs last:
-    its arm64 images (minutes under emulation on a fresh machine) build in the
-    background from the lab's start (:func:`lab_session`) while the other tests run."""
+    """The mixed-fleet module runs last: its arm64 images (minutes under emulation on a
+    fresh machine) build in the background from the lab's start (:func:`lab_session`)
+    while the other tests run."""
     for item in items:
         if "/tests/lab/" in str(item.fspath):
             item.add_marker(pytest.mark.lab)
-            item.add_marker(pytest.mark.xdist_group("lab"))
     mixed = [i for i in items if i.fspath.basename == "test_mixed_fleet_lab.py"]
     if mixed:
         items[:] = [i for i in items if i not in mixed] + mixed
