@@ -33,12 +33,16 @@ class ArchiveCaps:
     """Limits on a ``--data`` archive, checked on its listing before extracting anything.
     ``ratio``: its images' uncompressed total over the archive's size on disk (JPEG
     and PNG barely compress; a bomb is hundreds to millions to one), checked once that
-    total passes ``ratio_from_bytes`` so that a small archive of flat images passes."""
+    total passes ``ratio_from_bytes`` so that a small archive of flat images passes.
+    A video's frames count against ``entries`` and ``total_bytes`` as they are written,
+    and its frame size against ``frame_pixels`` before any is decoded (a tiny file can
+    declare huge frames or hours of them)."""
 
     entries: int = 100_000
     total_bytes: int = 16 << 30
     ratio: float = 100.0
     ratio_from_bytes: int = 64 << 20
+    frame_pixels: int = 1 << 26  # 8K (33 Mpx) passes; one decoded frame stays under 200 MB
 
 
 CAPS = ArchiveCaps()
@@ -176,23 +180,43 @@ def _extract_tar(path: Path, dest: Path, caps: ArchiveCaps, progress: Progress) 
                      f"files: {shown}")  # fmt: skip
 
 
-def _extract_frames(path: Path, dest: Path, fps: float) -> None:
-    """Frames every 1/fps seconds, as NAME_<milliseconds>ms.jpg."""
+def _extract_frames(path: Path, dest: Path, fps: float, caps: ArchiveCaps) -> None:
+    """Frames every 1/fps seconds, as NAME_<milliseconds>ms.jpg, within the caps."""
     import cv2
+
+    def refuse(what: str) -> None:
+        raise UsageError(f"--data {path}: {what}; nothing of it is kept.")
 
     video = cv2.VideoCapture(str(path))
     if not video.isOpened():
         raise UsageError(f"{path} is not a video OpenCV can read.")
     try:
+        width, height = (int(video.get(p)) for p in (cv2.CAP_PROP_FRAME_WIDTH,
+                                                     cv2.CAP_PROP_FRAME_HEIGHT))  # fmt: skip
+        if width * height > caps.frame_pixels:
+            refuse(f"its frames are {width}x{height}, above the {caps.frame_pixels} pixels "
+                   "a frame may have (the cap on frame size)")  # fmt: skip
         step_ms, next_ms = 1000.0 / fps, 0.0
+        frames = written = 0
         while True:
             ok, frame = video.read()
             if not ok:
                 break
             at = video.get(cv2.CAP_PROP_POS_MSEC)
-            if at + 1e-6 >= next_ms:
-                cv2.imwrite(str(dest / f"{path.stem}_{int(at):08d}ms.jpg"), frame)
-                next_ms = (at // step_ms + 1) * step_ms  # the next multiple of the step
+            if at + 1e-6 < next_ms:
+                continue
+            frames += 1
+            if frames > caps.entries:
+                refuse(f"more than {caps.entries} frames at --fps {fps:g} (the cap on entries)")
+            target = dest / f"{path.stem}_{int(at):08d}ms.jpg"
+            cv2.imwrite(str(target), frame)
+            written += target.stat().st_size
+            if written > caps.total_bytes:
+                refuse(f"its frames take more than {caps.total_bytes >> 20} MiB "
+                       "(the cap on total size)")  # fmt: skip
+            if shutil.disk_usage(dest).free < DISK_RESERVE_BYTES:
+                refuse(f"its frames would leave less than {DISK_RESERVE_BYTES >> 20} MiB free")
+            next_ms = (at // step_ms + 1) * step_ms  # the next multiple of the step
     finally:
         video.release()
 
@@ -219,7 +243,7 @@ def stage_items(
         elif name.endswith(TAR_TYPES):
             _extract_tar(data, root, caps, progress)
         elif data.suffix.lower() in VIDEO_TYPES:
-            _extract_frames(data, root, fps)
+            _extract_frames(data, root, fps, caps)
         else:
             raise UsageError(
                 f"--data {data}: expected a folder of images, a .zip, .tar, .tar.gz or .tgz of "

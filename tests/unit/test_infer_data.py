@@ -13,7 +13,8 @@ import zipfile
 import pytest
 
 from evc import db as evcdb
-from evc.infer import jobs, runner
+from evc.errors import UsageError
+from evc.infer import data, jobs, runner
 from tests.conftest import evc
 
 
@@ -198,3 +199,43 @@ def test_out_of_range_inference_options_are_refused(workspace, tmp_path, flag, v
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert jobs.list_jobs(workspace) == []
+
+
+def _video(path, frames: int, size=(64, 48), fps=10.0):
+    cv2 = pytest.importorskip("cv2")
+    import numpy as np
+
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    for i in range(frames):
+        out.write(np.full((size[1], size[0], 3), i * 7 % 256, dtype=np.uint8))
+    out.release()
+    return path
+
+
+VIDEO_CAPS = {
+    "frames": (data.ArchiveCaps(entries=5), "more than 5 frames at --fps 10 (the cap on entries)"),
+    "bytes": (data.ArchiveCaps(total_bytes=2000), "more than 0 MiB (the cap on total size)"),
+    "frame size": (data.ArchiveCaps(frame_pixels=64 * 47), "frames are 64x48, above the 3008"),
+}
+
+
+@pytest.mark.parametrize("caps, message", VIDEO_CAPS.values(), ids=VIDEO_CAPS)
+def test_a_video_is_extracted_within_the_caps_or_refused(tmp_path, caps, message):
+    video = _video(tmp_path / "clip.avi", frames=20)
+    root, items = data.stage_items(video, tmp_path / "ok", fps=10)
+    assert len(items) == 20 and all(i.startswith("clip_") for i in items)
+    with pytest.raises(UsageError, match="nothing of it is kept") as refused:
+        data.stage_items(video, tmp_path / "job", fps=10, caps=caps)
+    assert message in str(refused.value)
+
+
+def test_a_video_of_huge_frames_is_refused_before_decoding_any(workspace, fleet, tmp_path):
+    video = _video(tmp_path / "huge.avi", frames=1, size=(8200, 8200))  # 67 Mpx: 200 MB decoded
+    assert video.stat().st_size < 5 << 20
+    proc = evc("infer", "run", "faces:1.0", "node1,node2", "--data", video)
+    assert proc.returncode == 2, proc.stderr
+    assert "frames are 8200x8200" in proc.stderr and "the cap on frame size" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert jobs.list_jobs(workspace) == []
+    left = workspace.private_dir / "jobs"
+    assert not left.exists() or not any(left.iterdir())
