@@ -1,0 +1,121 @@
+"""Who may do what on EVC's Redis: the ACL file, regenerated from the devices table.
+
+Users:
+
+- ``default`` is off (no password, no commands): an unauthenticated client can do nothing.
+- ``evc-admin`` is the controller's (every command). Its password is random, kept in
+  ``.evc/queue/admin-password`` (0600) and never leaves the controller.
+- one user per enrolled device that holds a registry pull credential
+  (:mod:`evc.pull_credentials`). Its password is derived by the same helper from the same
+  KEY and the device's nonce, with the nonce suffixed ``:queue`` so that it differs from
+  the registry password: a node that can pull can derive it, one revocation (a new nonce,
+  or none) ends both. With no job granted it can only ``PING``; for each job it is granted
+  (:func:`grant`) it may ``XREADGROUP``/``XACK``/``XCLAIM``/``XAUTOCLAIM``/``XPENDING`` on
+  that job's work stream and ``XADD`` to its own results stream of that job, nothing else
+  (two ACL selectors, so each command is allowed on its key alone).
+
+The file holds only SHA-256 hashes of passwords (``#HEX``), is written 0600 and atomically,
+and is loaded with ``ACL LOAD`` (all or nothing: a bad file leaves the old rules). Loading
+a file without a user disconnects that user's open connections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Iterable
+
+from evc import db as evcdb
+from evc import names, pull_credentials
+from evc.config import Workspace
+from evc.keys import locked, write_private
+from evc.queue.files import files
+from evc.queue.streams import results_key, work_key
+
+ADMIN = "evc-admin"
+WORKER_COMMANDS = ("xreadgroup", "xack", "xclaim", "xautoclaim", "xpending")
+
+
+def admin_password(ws: Workspace) -> str:
+    """The controller's password (made on first use)."""
+    f = files(ws)
+    with locked(f.root / "acl.lock"):
+        if not f.admin_password.exists():
+            write_private(f.admin_password, secrets.token_urlsafe(32).encode())
+        return f.admin_password.read_text()
+
+
+def device_password(key: str, device: str, nonce: str) -> str:
+    """A device's Redis password: the registry credential's derivation, its own nonce."""
+    return pull_credentials.password(key, device, f"{nonce}:queue")
+
+
+def _grants(ws: Workspace) -> dict[str, list[str]]:
+    try:
+        return json.loads(files(ws).grants.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def grant(ws: Workspace, job: str, devices: Iterable[str]) -> dict[str, list[str]]:
+    """Let ``devices`` work on ``job`` (replacing its previous list; none: the job is
+    released). Returns every grant; :func:`sync_acl` makes it effective."""
+    names.check(names.JOB_ID, job, "job id")
+    devices = sorted({names.check(names.DEVICE_NAME, d, "device") for d in devices})
+    f = files(ws)
+    with locked(f.root / "acl.lock"):
+        grants = _grants(ws)
+        if devices:
+            grants[job] = devices
+        else:
+            grants.pop(job, None)
+        write_private(f.grants, json.dumps(grants, indent=1, sort_keys=True).encode())
+    return grants
+
+
+def _hash(password: str) -> str:
+    return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+
+def device_rule(device: str, password_hash: str, jobs: Iterable[str]) -> str:
+    """One device's ACL line: PING, and per granted job its work and results streams."""
+    jobs = sorted(jobs)
+    rule = f"user {device} on {password_hash} resetkeys resetchannels -@all +ping"
+    if jobs:
+        work = " ".join(f"~{work_key(j)}" for j in jobs)
+        results = " ".join(f"~{results_key(j, device)}" for j in jobs)
+        rule += f" ({work} {' '.join('+' + c for c in WORKER_COMMANDS)}) ({results} +xadd)"
+    return rule
+
+
+def render(ws: Workspace) -> str:
+    """The ACL file for the devices in the database that hold a pull credential."""
+    db = evcdb.workspace_db(ws)
+    enrolled = [r["name"] for r in db.query("SELECT name FROM devices ORDER BY name")]
+    nonces = pull_credentials.nonces(ws, enrolled)
+    key = pull_credentials.key(ws) if nonces else ""
+    jobs: dict[str, list[str]] = {}
+    for job, devices in _grants(ws).items():
+        for device in devices:
+            jobs.setdefault(device, []).append(job)
+    lines = [
+        "user default off resetkeys resetchannels -@all",
+        f"user {ADMIN} on {_hash(admin_password(ws))} ~* &* +@all",
+    ]
+    lines += [
+        device_rule(d, _hash(device_password(key, d, n)), jobs.get(d, ()))
+        for d, n in sorted(nonces.items())
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write(ws: Workspace) -> bool:
+    """Regenerate the ACL file; whether it changed."""
+    f = files(ws)
+    text = render(ws)
+    with locked(f.root / "acl.lock"):
+        if f.acl.exists() and f.acl.read_text() == text:
+            return False
+        write_private(f.acl, text.encode())
+        return True
