@@ -137,21 +137,25 @@ def _pid(ws: Workspace) -> int | None:
     return pid if Path(exe).name.startswith("redis") else None
 
 
-def client(ws: Workspace, username: str, password: str, *, timeout: float = 5.0):
-    """A verified TLS connection to the workspace's Redis as ``username``."""
+def client(ws: Workspace, username: str, password: str, *, timeout: float = 5.0, retries: int = 3):
+    """A verified TLS connection to the workspace's Redis as ``username``; a lost
+    connection is tried again ``retries`` times (Redis restarting), briefly."""
     import redis
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.retry import Retry
 
     host, port = address(ws)
     return redis.Redis(
         host=host, port=port, username=username, password=password, ssl=True,
         ssl_ca_certs=str(registry.trusted_cas(ws)), ssl_cert_reqs="required",
         ssl_check_hostname=True, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries),
     )  # fmt: skip
 
 
-def admin(ws: Workspace, *, timeout: float = 5.0):
+def admin(ws: Workspace, *, timeout: float = 5.0, retries: int = 3):
     """The controller's connection (every command)."""
-    return client(ws, acl.ADMIN, acl.admin_password(ws), timeout=timeout)
+    return client(ws, acl.ADMIN, acl.admin_password(ws), timeout=timeout, retries=retries)
 
 
 def sync_acl(ws: Workspace) -> bool:
@@ -223,7 +227,7 @@ def _start(ws: Workspace) -> None:
     deadline = time.monotonic() + START_SECONDS
     while True:
         try:
-            if admin(ws, timeout=1.0).ping():
+            if admin(ws, timeout=1.0, retries=0).ping():
                 return
         except redis.RedisError as exc:
             if time.monotonic() > deadline:
