@@ -257,7 +257,9 @@ class Worker:
         self.failed = 0
 
     def run(self, stop: threading.Event) -> int:
-        """Until ``stop`` is set; the number of shards it reported."""
+        """Until ``stop`` is set (whoever runs the worker knows when its job is over; a
+        job's stream that is not there yet, or no longer, is waited for); the number of
+        shards it reported."""
         import redis
 
         while not stop.is_set():
@@ -267,6 +269,10 @@ class Worker:
                     self._handle(*entry)
             except redis.ConnectionError:
                 stop.wait(self.block)  # Redis restarting: its AOF keeps the pending entries
+            except redis.ResponseError as exc:
+                if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                    raise
+                stop.wait(self.block)  # the job is not set up yet, or over and deleted
         return self.done
 
     def _claim_stale(self) -> tuple[str, dict] | None:
