@@ -14,15 +14,20 @@ Users:
   that job's work stream and ``XADD`` to its own results stream of that job, nothing else
   (two ACL selectors, so each command is allowed on its key alone).
 
-The file holds only SHA-256 hashes of passwords (``#HEX``), is written 0600 and atomically,
-and is loaded with ``ACL LOAD`` (all or nothing: a bad file leaves the old rules). Loading
-a file without a user disconnects that user's open connections.
+The file holds only SHA-256 hashes of passwords (``#HEX``) and is written 0600 and
+atomically; Redis reads it at start. A running server is brought in line user by user
+(:func:`evc.queue.server.sync_acl`): ``ACL LOAD`` would close every client's connection
+(Redis 7.0 does, the controller's included), and a job starting would cut the workers of
+every other job. ``ACL SETUSER`` keeps a changed user's connections (its new rules apply
+to their next command); ``ACL DELUSER`` closes them, which is what revoking a device or
+changing its password needs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Iterable
 
@@ -78,19 +83,21 @@ def _hash(password: str) -> str:
     return "#" + hashlib.sha256(password.encode()).hexdigest()
 
 
-def device_rule(device: str, password_hash: str, jobs: Iterable[str]) -> str:
-    """One device's ACL line: PING, and per granted job its work and results streams."""
+def device_rule(password_hash: str, device: str, jobs: Iterable[str]) -> list[str]:
+    """One device's rules: PING, and per granted job its work and results streams (each
+    selector is one argument, as ``ACL SETUSER`` takes it)."""
     jobs = sorted(jobs)
-    rule = f"user {device} on {password_hash} resetkeys resetchannels -@all +ping"
+    rule = ["on", password_hash, "resetkeys", "resetchannels", "-@all", "+ping"]
     if jobs:
-        work = " ".join(f"~{work_key(j)}" for j in jobs)
+        work = " ".join([*(f"~{work_key(j)}" for j in jobs), *(f"+{c}" for c in WORKER_COMMANDS)])
         results = " ".join(f"~{results_key(j, device)}" for j in jobs)
-        rule += f" ({work} {' '.join('+' + c for c in WORKER_COMMANDS)}) ({results} +xadd)"
+        rule += [f"({work})", f"({results} +xadd)"]
     return rule
 
 
-def render(ws: Workspace) -> str:
-    """The ACL file for the devices in the database that hold a pull credential."""
+def rules(ws: Workspace) -> dict[str, list[str]]:
+    """user -> rules, for ``default``, the admin and each device in the database that
+    holds a pull credential."""
     db = evcdb.workspace_db(ws)
     enrolled = [r["name"] for r in db.query("SELECT name FROM devices ORDER BY name")]
     nonces = pull_credentials.nonces(ws, enrolled)
@@ -99,23 +106,39 @@ def render(ws: Workspace) -> str:
     for job, devices in _grants(ws).items():
         for device in devices:
             jobs.setdefault(device, []).append(job)
-    lines = [
-        "user default off resetkeys resetchannels -@all",
-        f"user {ADMIN} on {_hash(admin_password(ws))} ~* &* +@all",
-    ]
-    lines += [
-        device_rule(d, _hash(device_password(key, d, n)), jobs.get(d, ()))
-        for d, n in sorted(nonces.items())
-    ]
-    return "\n".join(lines) + "\n"
+    users = {
+        "default": ["off", "resetkeys", "resetchannels", "-@all"],
+        ADMIN: ["on", _hash(admin_password(ws)), "~*", "&*", "+@all"],
+    }
+    for d, n in sorted(nonces.items()):
+        users[d] = device_rule(_hash(device_password(key, d, n)), d, jobs.get(d, ()))
+    return users
 
 
-def write(ws: Workspace) -> bool:
-    """Regenerate the ACL file; whether it changed."""
+def render(users: dict[str, list[str]]) -> str:
+    return "".join(f"user {name} {' '.join(r)}\n" for name, r in users.items())
+
+
+def parse(text: str) -> dict[str, list[str]]:
+    """What :func:`render` wrote (a selector ``(...)`` is one rule)."""
+    users = {}
+    for line in text.splitlines():
+        words = re.findall(r"\([^)]*\)|\S+", line)
+        if len(words) >= 2 and words[0] == "user":
+            users[words[1]] = words[2:]
+    return users
+
+
+def password_hashes(rule: list[str]) -> set[str]:
+    return {r for r in rule if r.startswith("#")}
+
+
+def write(ws: Workspace) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Regenerate the ACL file; (the users it held, the users it holds now)."""
     f = files(ws)
-    text = render(ws)
+    users = rules(ws)
     with locked(f.root / "acl.lock"):
-        if f.acl.exists() and f.acl.read_text() == text:
-            return False
-        write_private(f.acl, text.encode())
-        return True
+        old = parse(f.acl.read_text()) if f.acl.exists() else {}
+        if old != users:
+            write_private(f.acl, render(users).encode())
+        return old, users

@@ -159,21 +159,33 @@ def admin(ws: Workspace, *, timeout: float = 5.0, retries: int = 3):
 
 
 def sync_acl(ws: Workspace) -> bool:
-    """Regenerate the ACL file from the devices table and the job grants; a running
-    server loads it (``ACL LOAD``). Whether the file changed."""
-    changed = acl.write(ws)
-    if changed and _pid(ws) is not None:
-        import redis
+    """Regenerate the ACL file from the devices table and the job grants, and bring a
+    running server in line (:mod:`evc.queue.acl` says why user by user): a device gone,
+    or with a new password, is deleted first (its connections close). Whether anything
+    changed."""
+    old, new = acl.write(ws)
+    if old == new or _pid(ws) is None:
+        return old != new
+    import redis
 
-        try:
-            admin(ws).acl_load()
-        except redis.RedisError as exc:
-            raise EVCError(f"Redis refused the new ACL file {files(ws).acl}: {exc}") from None
-    return changed
+    r = admin(ws)
+    try:
+        if old.get(acl.ADMIN) != new[acl.ADMIN]:
+            r.acl_load()  # the admin's own password changed: the file, all at once
+            return True
+        for user, rules in old.items():
+            if user not in new or acl.password_hashes(rules) != acl.password_hashes(new[user]):
+                r.acl_deluser(user)
+        for user, rules in new.items():
+            if old.get(user) != rules:
+                r.execute_command("ACL", "SETUSER", user, "reset", *rules)
+    except redis.RedisError as exc:
+        raise EVCError(f"Redis refused the ACL rules of {files(ws).acl}: {exc}") from None
+    return True
 
 
 def _prepare(ws: Workspace) -> bool:
-    """Certificate, ACL and config files; whether the config changed."""
+    """Certificate and config files; whether the config changed."""
     ca = registry.files(ws)
     if not ca.ca_cert.exists() or not ca.ca_key.exists():
         raise UsageError(
@@ -185,7 +197,6 @@ def _prepare(ws: Workspace) -> bool:
     host, _ = address(ws)
     names = list(dict.fromkeys([host, "127.0.0.1", "localhost"]))
     pki.ensure_server_cert(ca, names, CERT_DAYS, f.server_key, f.server_cert, RENEW_DAYS)
-    acl.write(ws)
     text = render_config(ws)
     if f.config.exists() and f.config.read_text() == text:
         return False
@@ -204,6 +215,7 @@ def up(ws: Workspace, options: UpOptions | None = None, progress: Progress = SIL
             return _with_changed(status(ws), changed)
         progress.log("the queue's configuration changed: restarting it")
         down(ws)
+    acl.write(ws)  # read by the server as it starts
     progress.log(f"starting redis-server on {':'.join(map(str, address(ws)))} (TLS)")
     _start(ws)
     return _with_changed(status(ws), True)

@@ -103,10 +103,15 @@ def _refused(call) -> str:
 
 
 def test_a_device_user_reaches_only_its_jobs_work_and_its_own_results(ws):
-    r = server.admin(ws)
+    r = server.admin(ws, retries=0)
+    bystander = qs.device(ws, "node5", retries=0)
+    assert bystander.ping() and r.ping()
     acl.grant(ws, "j1", ["node1", "node4"])
     acl.grant(ws, "j2", ["node2"])
     assert server.sync_acl(ws) and not server.sync_acl(ws)  # changed once, then kept
+    # User by user, not ACL LOAD: other users' connections (the controller's, another
+    # job's workers) stay open (no retries: a closed one would raise).
+    assert bystander.ping() and r.ping()
     for job in ("j1", "j2"):
         r.delete(work_key(job))
         r.xgroup_create(work_key(job), GROUP, id="0", mkstream=True)
