@@ -64,8 +64,7 @@ def down(json: bool = JSON) -> None:
 
 @app.command()
 def status(json: bool = JSON) -> None:
-    """Running or stopped, address, version, ACL users and job stream lengths (exit 1
-    unless running)."""
+    """Running or stopped, address, version, users, job streams (exit 1 unless running)."""
     from evc.queue import server
 
     st = server.status(workspace())
