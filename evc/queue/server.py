@@ -185,7 +185,8 @@ def sync_acl(ws: Workspace) -> bool:
 
 
 def _prepare(ws: Workspace) -> bool:
-    """Certificate and config files; whether the config changed."""
+    """Certificate and config files; whether either changed (a running server then
+    restarts to read them)."""
     ca = registry.files(ws)
     if not ca.ca_cert.exists() or not ca.ca_key.exists():
         raise UsageError(
@@ -196,24 +197,24 @@ def _prepare(ws: Workspace) -> bool:
     f.data.mkdir(mode=0o700, exist_ok=True)
     host, _ = address(ws)
     names = list(dict.fromkeys([host, "127.0.0.1", "localhost"]))
-    pki.ensure_server_cert(ca, names, CERT_DAYS, f.server_key, f.server_cert, RENEW_DAYS)
+    renewed = pki.ensure_server_cert(ca, names, CERT_DAYS, f.server_key, f.server_cert, RENEW_DAYS)
     text = render_config(ws)
     if f.config.exists() and f.config.read_text() == text:
-        return False
+        return renewed
     write_private(f.config, text.encode())
     return True
 
 
 def up(ws: Workspace, options: UpOptions | None = None, progress: Progress = SILENT) -> QueueStatus:
-    """Start the server, or keep it: a running one with the same config only loads a
-    changed ACL file; one whose config changed is restarted."""
+    """Start the server, or keep it: a running one with the same config and certificate
+    only has its users brought in line (:func:`sync_acl`); otherwise it is restarted."""
     config_changed = _prepare(ws)
     changed = False
     if _pid(ws) is not None:
         if not config_changed:
             changed = sync_acl(ws)
             return _with_changed(status(ws), changed)
-        progress.log("the queue's configuration changed: restarting it")
+        progress.log("the queue's configuration or certificate changed: restarting it")
         down(ws)
     acl.write(ws)  # read by the server as it starts
     progress.log(f"starting redis-server on {':'.join(map(str, address(ws)))} (TLS)")

@@ -29,7 +29,7 @@ def make_workspace(root: Path) -> Workspace:
     """A workspace whose queue listens on a free loopback port, with the CA and devices."""
     ws = init_workspace(root)
     with (root / "evc.yaml").open("a") as fh:
-        fh.write(f"queue: {{host: 127.0.0.1, port: {free_port()}}}\n")
+        fh.write(f"queue:\n  host: 127.0.0.1\n  port: {free_port()}\n")
     ws = Workspace.load(root)
     pki.make_ca(registry.files(ws))
     more = [

@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from evc import pki, pull_credentials, registry
+from evc.config import Workspace
 from evc.queue import acl, server
 from evc.queue.files import files
 from evc.queue.streams import GROUP, results_key, work_key
@@ -55,9 +56,16 @@ def test_up_twice_changes_nothing_down_stops_and_no_secret_is_exposed(tmp_path):
     assert "port 0\n" in f.config.read_text() and "protected-mode yes" in f.config.read_text()
     assert pki.signed_by(f.server_cert, registry.files(ws).ca_cert)
     evc("queue", "status", env=env, check=0)
+    # A changed setting restarts it with the new config.
+    with (ws.root / "evc.yaml").open("a") as fh:
+        fh.write("  maxmemory_mb: 64\n")
+    ws = Workspace.load(ws.root)
+    restarted = server.up(ws)
+    assert restarted.changed and restarted.pid != first["pid"] and restarted.ok
+    assert server.admin(ws).config_get("maxmemory") == {"maxmemory": str(64 << 20)}
     down = json.loads(evc("queue", "down", "--json", env=env, check=0).stdout)
-    assert down == {"stopped": True, "pid": first["pid"]}
-    assert not f.pid.exists() and not server._alive(first["pid"])
+    assert down == {"stopped": True, "pid": restarted.pid}
+    assert not f.pid.exists() and not server._alive(restarted.pid)
     assert "stopped" in evc("queue", "status", env=env, check=1).stdout
     assert not server.down(ws).stopped
 
