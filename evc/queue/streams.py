@@ -134,25 +134,33 @@ class Dispatcher:
         stop: threading.Event | None = None,
     ) -> DispatchStats:  # fmt: skip
         """Until every shard is done or given up (``complete``), ``deadline`` (monotonic)
-        passes, or ``stop`` is set."""
+        passes, or ``stop`` is set. A lost connection (Redis restarting: its append-only
+        file keeps the streams and the group) is waited out."""
+        import redis
+
         self.setup()
         todo: Iterator[Shard] = iter(shards)
+        shard: Shard | None = None  # taken from ``shards``, kept until it is enqueued
         exhausted = False
         last_check = 0.0
         while not (stop and stop.is_set()) and not (deadline and time.monotonic() > deadline):
-            while not exhausted and len(self._in_flight) < self.window:
-                shard = next(todo, None)
-                if shard is None:
-                    exhausted = True
-                else:
-                    self._enqueue(shard)
-            if exhausted and not self._in_flight:
-                self.stats.complete = True
-                break
-            self._read_reports(poll)
-            if time.monotonic() - last_check > poll:
-                self._give_up_poison()
-                last_check = time.monotonic()
+            try:
+                while not exhausted and len(self._in_flight) < self.window:
+                    shard = shard or next(todo, None)
+                    if shard is None:
+                        exhausted = True
+                    else:
+                        self._enqueue(shard)
+                        shard = None
+                if exhausted and not self._in_flight:
+                    self.stats.complete = True
+                    break
+                self._read_reports(poll)
+                if time.monotonic() - last_check > poll:
+                    self._give_up_poison()
+                    last_check = time.monotonic()
+            except redis.ConnectionError:
+                time.sleep(poll)
         return self.stats
 
     def _enqueue(self, shard: Shard) -> None:

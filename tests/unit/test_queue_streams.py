@@ -156,6 +156,39 @@ def test_exactly_once_when_a_worker_dies_and_another_freezes_past_its_lease(ws):
     assert not r.exists(work_key(job), *(results_key(job, d) for d in qs.WORKERS))
 
 
+def test_a_redis_restart_mid_job_loses_nothing(ws):
+    """SIGTERM and start again mid-job: the append-only file keeps the streams, the group
+    and its pending entries; workers and the dispatcher wait the restart out."""
+    job = "restart"
+    acl.grant(ws, job, ["node4", "node5"])
+    server.sync_acl(ws)
+    table = Results()
+    stop = threading.Event()
+    dispatcher = Dispatcher(
+        server.admin(ws), job, ["node4", "node5"], table.ingest_for(job), window=4
+    )
+    runner = threading.Thread(
+        target=dispatcher.run, args=(shards(16, 2),), kwargs={"deadline": time.monotonic() + 40}
+    )
+    runner.start()
+    for device in ("node4", "node5"):
+        start(ws, job, device, lambda s: (time.sleep(0.1), ok(s))[1], stop)
+    deadline = time.monotonic() + 10
+    while len(table.reports) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not dispatcher.stats.complete  # mid-job
+    before = server.status(ws).pid
+    assert server.down(ws).stopped
+    assert server.up(ws).pid != before
+    runner.join(40)
+    stop.set()
+    assert dispatcher.stats.complete
+    rows = table.rows(job)
+    assert [r[0] for r in rows] == sorted(i for s in shards(16, 2) for i in s.items)
+    assert {r[1] for r in rows} == {"ok"}
+    dispatcher.cleanup()
+
+
 def test_a_lease_extended_by_its_worker_is_not_reclaimed(ws):
     job = "long"
     acl.grant(ws, job, ["node4", "node5"])
