@@ -209,11 +209,9 @@ def up(ws: Workspace, options: UpOptions | None = None, progress: Progress = SIL
     """Start the server, or keep it: a running one with the same config and certificate
     only has its users brought in line (:func:`sync_acl`); otherwise it is restarted."""
     config_changed = _prepare(ws)
-    changed = False
     if _pid(ws) is not None:
         if not config_changed:
-            changed = sync_acl(ws)
-            return _with_changed(status(ws), changed)
+            return _with_changed(status(ws), sync_acl(ws))
         progress.log("the queue's configuration or certificate changed: restarting it")
         down(ws)
     acl.write(ws)  # read by the server as it starts
