@@ -80,7 +80,9 @@ class Shard:
         return sum(map(len, self.payloads or []))
 
 
-Ingest = Callable[[str | None, Shard, list[dict]], None]  # (device or None, shard, results)
+# (the reporting device, or None for the controller's verdict; the shard, without its
+# payloads; one result dict per item of the shard)
+Ingest = Callable[[str | None, Shard, list[dict]], None]
 
 
 @dataclass
@@ -169,7 +171,7 @@ class Dispatcher:
                 f"shard {shard.index} holds {shard.size} bytes, over {self.max_shard_bytes}"
             )
         entry = _text(self.r.xadd(work_key(self.job), shard.encode()))
-        self._shards[entry] = shard
+        self._shards[entry] = Shard(shard.index, shard.items)  # its payloads are Redis' now
         self._in_flight.add(entry)
         self.stats.enqueued += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, len(self._in_flight))
