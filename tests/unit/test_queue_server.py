@@ -44,8 +44,8 @@ def test_up_twice_changes_nothing_down_stops_and_no_secret_is_exposed(tmp_path):
     first = json.loads(evc("queue", "up", "--json", env=env, check=0).stdout)
     assert first["state"] == "running" and first["changed"] and first["version"] >= "7"
     assert set(first["users"]) == {"default", acl.ADMIN, *qs.WORKERS}  # node3: no credential
-    again = json.loads(evc("queue", "up", "--json", env=env, check=0).stdout)
-    assert again["pid"] == first["pid"] and not again["changed"]
+    again = server.up(ws)
+    assert again.pid == first["pid"] and not again.changed and again.ok
     f = files(ws)
     for secret in (f.config, f.acl, f.admin_password, f.server_key, f.grants.parent):
         assert _mode(secret) in (0o600, 0o700), secret
@@ -55,7 +55,7 @@ def test_up_twice_changes_nothing_down_stops_and_no_secret_is_exposed(tmp_path):
         assert password not in place
     assert "port 0\n" in f.config.read_text() and "protected-mode yes" in f.config.read_text()
     assert pki.signed_by(f.server_cert, registry.files(ws).ca_cert)
-    evc("queue", "status", env=env, check=0)
+    assert "running" in evc("queue", "status", env=env, check=0).stdout
     # A changed setting restarts it with the new config.
     with (ws.root / "evc.yaml").open("a") as fh:
         fh.write("  maxmemory_mb: 64\n")
@@ -66,7 +66,7 @@ def test_up_twice_changes_nothing_down_stops_and_no_secret_is_exposed(tmp_path):
     down = json.loads(evc("queue", "down", "--json", env=env, check=0).stdout)
     assert down == {"stopped": True, "pid": restarted.pid}
     assert not f.pid.exists() and not server._alive(restarted.pid)
-    assert "stopped" in evc("queue", "status", env=env, check=1).stdout
+    assert server.status(ws).state == "stopped" and server.status(ws).exit_code == 1
     assert not server.down(ws).stopped
 
 
