@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := docker.io docker-registry debootstrap openssh-client tar iproute2 ca-certificates \
-                busybox-static openssl chromium qemu-user-static binfmt-support
+                busybox-static openssl chromium qemu-user-static binfmt-support redis-server
 DOCKERD_LOG ?= /var/log/evc-dockerd.log
 DOCKERD_WAIT ?= 60
 

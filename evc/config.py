@@ -43,12 +43,40 @@ class TelemetrySettings(_Section):
     offline_after: Annotated[StrictInt, AfterValidator(_missed_checks)] = 3
 
 
+def _ip(value: str | None) -> str | None:
+    import ipaddress
+
+    if value is not None:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value[:80]!r} is not an IP address to listen on") from None
+    return value
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{value} is not a TCP port: expected 1 to 65535")
+    return value
+
+
+class QueueSettings(_Section):
+    """EVC's Redis (`evc queue up`): TLS only, on ``port`` at ``host``."""
+
+    # None: the registry's address (the lab gateway: what the nodes reach), else loopback.
+    host: Annotated[str | None, AfterValidator(_ip)] = None
+    port: Annotated[StrictInt, AfterValidator(_port)] = 6380
+    # A hard cap (noeviction: a write past it fails rather than dropping a shard).
+    maxmemory_mb: StrictInt = Field(512, ge=16)
+
+
 class Settings(_Section):
     """``evc.yaml``: every key is known (a misspelt one is an error, not a silent default)."""
 
     name: names.WorkspaceName = "default"
     lab: LabSettings = Field(default_factory=LabSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
 
 
 def _allowed(loc: tuple) -> list[str]:

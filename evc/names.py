@@ -67,6 +67,10 @@ TOKEN_NAME = _pattern(
     "a token name: letters, digits, '.', '_', '@' or '-', starting with a letter or digit, "
     "at most 64 characters (e.g. ci-deploy)",
 )
+JOB_ID = _pattern(
+    r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
+    "a job id: letters, digits, '.', '_' or '-', at most 64 characters (e.g. 20261202-043500-ab12)",
+)  # no glob characters: a job id goes into Redis ACL key patterns (evc.queue.acl)
 SERIAL = _pattern(r"[1-9][0-9]{0,5}%?", "a batch size: a count like 2 or a percentage like 25%")
 
 
@@ -140,6 +144,7 @@ ModelOrRef = Annotated[str, AfterValidator(_model_or_ref)]
 Target = Annotated[str, AfterValidator(_target)]
 Memory = Annotated[str, AfterValidator(MEMORY)]
 Serial = Annotated[str, AfterValidator(SERIAL)]
+JobId = Annotated[str, AfterValidator(JOB_ID)]
 TokenName = Annotated[str, AfterValidator(TOKEN_NAME)]
 WorkspaceName = Annotated[str, AfterValidator(WORKSPACE_NAME)]
 Arches = Annotated[str, AfterValidator(_arches)]

@@ -212,6 +212,20 @@ def make_server_cert(
     (cert_path or files.server_cert).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
+def ensure_server_cert(
+    files: RegistryFiles, names: list[str], days: int, key: Path, cert: Path, renew_days: int
+) -> bool:
+    """Keep ``key``/``cert`` (another server's pair signed by ``files``' CA) while they fit:
+    same CA, every name in ``names``, more than ``renew_days`` left; else make them again.
+    Whether they were made."""
+    if cert.exists() and key.exists() and signed_by(cert, files.ca_cert):
+        info = certificate_info(cert)
+        if set(names) <= set(info["sans"]) and info["days_left"] > renew_days:
+            return False
+    make_server_cert(files, names, days, key_path=key, cert_path=cert)
+    return True
+
+
 def bcrypt_hash(password: str, rounds: int = 10) -> str:
     """An htpasswd bcrypt hash (``$2y$``, the prefix distribution's htpasswd reads)."""
     import bcrypt

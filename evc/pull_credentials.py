@@ -25,17 +25,14 @@ issue draws a new nonce, never the old password again.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from evc import pki, registry
 from evc.config import Workspace
-from evc.keys import write_private
+from evc.keys import locked, write_private
 
 PROMPT = "registry_pull_key"  # cert_push.yml's vars_prompt that receives KEY
 # distribution checks the bcrypt hash on every request of every pull; a password of
@@ -48,15 +45,9 @@ def password(key: str, device: str, nonce: str) -> str:
     return hashlib.sha256(f"{key}:{device}:{nonce}".encode()).hexdigest()
 
 
-@contextlib.contextmanager
-def _locked(f: pki.RegistryFiles) -> Iterator[None]:
+def _locked(f: pki.RegistryFiles):
     """One writer at a time: two `evc` processes may issue and revoke at once."""
-    fd = os.open(f.root / "pull.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return locked(f.root / "pull.lock")
 
 
 def _nonces(f: pki.RegistryFiles) -> dict[str, str]:

@@ -47,12 +47,7 @@ def certificate(
     folder = ws.ensure_private_dir() / "api"
     folder.mkdir(mode=0o700, exist_ok=True)
     key, cert = folder / "server.key", folder / "server.crt"
-    names = _names(settings, extra)
-    if cert.exists() and key.exists() and pki.signed_by(cert, ca.ca_cert):
-        info = pki.certificate_info(cert)
-        if set(names) <= set(info["sans"]) and info["days_left"] > RENEW_DAYS:
-            return key, cert
-    pki.make_server_cert(ca, names, CERT_DAYS, key_path=key, cert_path=cert)
+    pki.ensure_server_cert(ca, _names(settings, extra), CERT_DAYS, key, cert, RENEW_DAYS)
     return key, cert
 
 

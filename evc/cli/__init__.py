@@ -24,6 +24,7 @@ from evc.cli import (
     lab,
     logs,
     model,
+    queue,
     registry,
     run,
     token,
@@ -50,6 +51,7 @@ app.add_typer(grafana.app, name="grafana")
 app.add_typer(run.app, name="run")
 app.add_typer(db.app, name="db")
 app.add_typer(token.app, name="token")
+app.add_typer(queue.app, name="queue")
 
 
 def _version(value: bool) -> None:

@@ -51,10 +51,12 @@ def test_no_workspace_says_how_to_make_one(tmp_path, monkeypatch):
         ("telemetry:\n  offline_after: yes\n", ":2:3: telemetry.offline_after: Input should "
          "be a valid integer"),
         ("telemtry: {offline_after: 5}\n", ":1:1: telemtry: unknown key 'telemtry' "
-         r"\(did you mean 'telemetry'\?\)\. Allowed: name, lab, telemetry\."),
+         r"\(did you mean 'telemetry'\?\)\. Allowed: name, lab, telemetry, queue\."),
         ("lab:\n  name: t1\n  sbnet: 10.0.0.0/24\n", ":3:3: lab.sbnet: unknown key 'sbnet' "
          r"\(did you mean 'subnet'\?\)"),
         ("name: a\nname: b\n", ":2:1: key 'name' appears twice"),
+        ("queue: {host: gateway}\n", ":1:9: queue.host: 'gateway' is not an IP address"),
+        ("queue: {port: 70000}\n", ":1:9: queue.port: 70000 is not a TCP port"),
     ],
 )  # fmt: skip
 def test_bad_settings_are_located_and_named(tmp_path, text, match):
