@@ -180,6 +180,7 @@ def test_rollback_on_failure_and_undeploy(lab_ws, lab_env, versions):
     gone = _json("model", "undeploy", MODEL, "all", env=lab_env)
     assert set(_states(gone["run"]).values()) == {"changed"}
     assert all(_running(lab_ws, n) is None for n in NODES)
-    assert not [m for m in _json("model", "list", env=lab_env) if m["deployed_on"]]
+    listed = [m for m in _json("model", "list", env=lab_env) if m["name"] == MODEL]
+    assert listed and not [m for m in listed if m["deployed_on"]]  # the session's own model stays
     again = _json("model", "undeploy", MODEL, "all", env=lab_env)
     assert set(_states(again["run"]).values()) == {"ok"}
