@@ -25,7 +25,7 @@ from typing import Any
 
 from evc import certs, pull_credentials, registry
 from evc import db as evcdb
-from evc.ansible import HostResult, resolve_hosts, run_playbook
+from evc.ansible import HostResult, RunResult, resolve_hosts, run_playbook
 from evc.config import Workspace
 from evc.errors import Result
 from evc.model import deploy as model_deploy
@@ -38,6 +38,8 @@ CONTAINER_PREFIX = "evc-model-"
 TASK = "fleet state"  # fleet_status.yml's one task
 KINDS = ("unreachable", "ca-missing", "ca-stale", "credential-missing", "model-not-running",
          "wrong-digest", "unknown-container")  # fmt: skip
+TRUST = ("ca-missing", "ca-stale", "credential-missing")
+MODEL = ("model-not-running", "wrong-digest")
 
 
 class StatusOptions(Options):
@@ -160,8 +162,36 @@ def drift(host: str, want: Declared, state: str, report: dict | None,
     for name in sorted(n for n in by_name if isinstance(n, str)):
         model = name[len(CONTAINER_PREFIX) :]
         if name.startswith(CONTAINER_PREFIX) and model not in want.models:
-            out.append(Drift("unknown-container", f"{name[:80]} runs but nothing declares it",
-                             fix, model))  # fmt: skip
+            why = f"{name[:80]} is on the node but nothing declares it"
+            out.append(Drift("unknown-container", why, fix, model))
+    return out
+
+
+def extravars(ws: Workspace) -> dict[str, str]:
+    """fleet_status.yml's extravars: the endpoint whose CA and login the nodes report."""
+    return {"registry_address": registry.load(ws).ro_address}
+
+
+def _report(run: RunResult, host: str) -> tuple[HostResult, dict | None]:
+    """A host's result in a fleet_status.yml run and its report (None without one)."""
+    r = run.hosts.get(host) or HostResult(host, "unreachable", message="not in the run")
+    report = r.outputs.get(TASK, {}).get("fleet")
+    return r, report if isinstance(report, dict) else None
+
+
+def not_serving(run: RunResult, model: str, rows: dict[str, dict]) -> dict[str, str]:
+    """{host: why} for the hosts of ``rows`` (host -> its current deployment of ``model``)
+    that a fleet_status.yml run found not running it at the declared image."""
+    out = {}
+    for host, row in rows.items():
+        r, report = _report(run, host)
+        items = drift(host, Declared(False, "", {model: row}), r.state, report, r.message)
+        if any(d.kind == "unreachable" for d in items):
+            out[host] = f"{host} did not answer: {r.message or 'no report'}"
+        elif any(d.kind in MODEL for d in items):
+            out[host] = (
+                f"{model}:{row['version']} is not running on {host}: `evc fleet converge {host}`"
+            )
     return out
 
 
@@ -171,17 +201,12 @@ def observe(
     """One run of fleet_status.yml on ``target``: each host's declared state and status."""
     hosts = resolve_hosts(ws.inventory, target)
     want = declared(ws, hosts)
-    address = registry.load(ws).ro_address
-    run = run_playbook(
-        ws, "fleet_status.yml", target, extravars={"registry_address": address},
-        progress=progress,
-    )  # fmt: skip
-    certs.explain(run, address)
+    args = extravars(ws)
+    run = run_playbook(ws, "fleet_status.yml", target, extravars=args, progress=progress)
+    certs.explain(run, args["registry_address"])
     out = {}
     for host in hosts:
-        r = run.hosts.get(host) or HostResult(host, "unreachable", message="not in the run")
-        report = r.outputs.get(TASK, {}).get("fleet")
-        report = report if isinstance(report, dict) else None
+        r, report = _report(run, host)
         items = drift(host, want[host], r.state, report, r.message)
         state = r.state if report is None else ("drift" if items else "ok")
         if state == "failed":
@@ -198,9 +223,6 @@ def status(ws: Workspace, options: StatusOptions, progress: Progress = SILENT) -
 
 
 # ------------------------------------------------------------------ converge
-
-TRUST = ("ca-missing", "ca-stale", "credential-missing")
-MODEL = ("model-not-running", "wrong-digest")
 
 
 @dataclass

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from evc import db as evcdb
 from evc.fleet import ConvergeResult, Declared, Drift, NodeStatus, drift, runs_image
 from tests.conftest import evc
 from tests.unit.test_telemetry import node
@@ -138,3 +139,45 @@ def test_bad_input_is_a_usage_error(workspace, args, words):
     assert proc.returncode == 2, proc.stderr
     assert words in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------ inference refuses stale nodes
+
+
+@pytest.fixture
+def pictures(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    for i in range(4):
+        (root / f"img{i}.jpg").write_bytes(b"\xff\xd8 image %d" % i)
+    return root
+
+
+def test_a_node_whose_container_is_gone_is_skipped_up_front(workspace, fleet, pictures):
+    """node2's container is gone (re-imaged, stopped): the job runs on node1 only and says
+    why node2 was left out, with the command that repairs it; one status run first."""
+    from evc.infer import runner
+
+    fleet.stopped.add(("node2", "faces"))
+    opts = runner.RunOptions(model="faces:1.0", target="node1,node2", data=pictures)
+    result = runner.run(workspace, opts)
+    assert result.ok and list(result.nodes) == ["node1"]
+    assert result.skipped_nodes == {
+        "node2": "faces:1.0 is not running on node2: `evc fleet converge node2`"
+    }
+    assert [c[:2] for c in fleet.calls].count(("fleet_status.yml", "node1,node2")) == 1
+    assert {c[1] for c in fleet.calls if c[0] == "infer_shard.yml"} == {"node1"}
+
+
+def test_a_job_with_no_usable_node_is_refused_at_once(workspace, fleet, pictures):
+    from evc.errors import UsageError
+    from evc.infer import runner
+
+    fleet.stopped |= {("node1", "faces"), ("node2", "faces")}
+    opts = runner.RunOptions(model="faces:1.0", target="node1,node2", data=pictures)
+    with pytest.raises(UsageError) as err:
+        runner.run(workspace, opts)
+    assert "faces:1.0 is not running on node1: `evc fleet converge node1`" in str(err.value)
+    assert "not running on node2" in str(err.value)
+    assert not [c for c in fleet.calls if c[0] == "infer_shard.yml"]
+    assert not list(evcdb.workspace_db(workspace).query("SELECT id FROM jobs"))
