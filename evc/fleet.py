@@ -29,12 +29,11 @@ from evc.ansible import HostResult, RunResult, resolve_hosts, run_playbook
 from evc.config import Workspace
 from evc.errors import Result
 from evc.model import deploy as model_deploy
-from evc.model.deployments import current, spec
+from evc.model.deployments import CONTAINER_PREFIX, current, spec
 from evc.names import MODEL_NAME, Target
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
 
-CONTAINER_PREFIX = "evc-model-"
 TASK = "fleet state"  # fleet_status.yml's one task
 KINDS = ("unreachable", "ca-missing", "ca-stale", "credential-missing", "model-not-running",
          "wrong-digest", "unknown-container")  # fmt: skip

@@ -181,3 +181,29 @@ def test_a_job_with_no_usable_node_is_refused_at_once(workspace, fleet, pictures
     assert "not running on node2" in str(err.value)
     assert not [c for c in fleet.calls if c[0] == "infer_shard.yml"]
     assert not list(evcdb.workspace_db(workspace).query("SELECT id FROM jobs"))
+
+
+# ------------------------------------------------------------ monitor --converge
+
+
+def test_the_monitor_converges_nodes_back_online_or_missing_a_declared_model():
+    from evc.logs import CollectResult
+    from evc.monitor import needs_converge
+
+    running = _container(state="running")
+    samples = {
+        "node1": {"containers": [running]},  # as declared
+        "node2": {"containers": [_container(state="exited")]},  # its model stopped
+        "node3": {"containers": []},  # back from offline: re-imaged, say
+        "node4": {"containers": ["odd", running]},  # nothing declared here but faces
+    }
+    events = [
+        {"node": "node3", "from_state": "offline", "to_state": "online"},
+        {"node": "node5", "from_state": "online", "to_state": "unreachable"},
+    ]
+    result = CollectResult(None, 0.0, samples, 4, events)
+    rows = [{**ROW, "node": n} for n in ("node1", "node2", "node4", "node5")]
+    assert needs_converge(result, rows) == {
+        "node2": "faces:1.0 is not running",
+        "node3": "back online after being offline",
+    }
