@@ -7,6 +7,7 @@ and the `trusted` fixture revokes the trust afterwards."""
 
 import time
 
+from evc import db as evcdb
 from evc import registry
 from evc.lab.nodes import Nodes
 from evc.model.deployments import current
@@ -73,8 +74,14 @@ def test_fleet_converges_to_what_the_database_says(lab_ws, lab_env, deployed, tr
 
     for i in range(8):
         Image.fromarray(pictures.astronaut()).save(data / f"a{i}.jpg")
-    job = evc_json("infer", "run", f"{MODEL}:1", "all", "--data", str(data), env=lab_env)
+    job = evc_json("infer", "run", f"{MODEL}:1", "all", "--data", str(data), "--strategy",
+                   "round-robin", env=lab_env)  # fmt: skip
     assert job["ok"] == 8, job
+    assert job["skipped_nodes"] == {"node3": f"{MODEL}:1 is not deployed here"}, job
     assert sorted(job["nodes"]) == ["node1", "node2"], job
+    runs = evcdb.workspace_db(ws).query(
+        "SELECT playbook, target, ended - started AS s FROM ansible_runs ORDER BY started"
+    )
+    cost["runs_s"] = [(r["playbook"], r["target"], round(r["s"], 1)) for r in runs][-12:]
     cost["total_s"] = round(time.monotonic() - t0, 1)
     print(f"fleet lab test cost: {cost}")
