@@ -99,6 +99,7 @@ bench: setup
 	$(BIN)/python bench/infer_strategies.py
 	$(BIN)/python bench/telemetry.py
 	$(BIN)/python bench/fleet_runs.py
+	$(BIN)/python bench/converge.py
 	$(BIN)/python bench/lab_up.py
 	$(BIN)/python bench/api.py
 

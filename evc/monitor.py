@@ -8,6 +8,11 @@ current round finish, then the loop ends cleanly; a second signal aborts at once
 Each round runs in a worker thread: ansible-runner installs its own SIGINT and
 SIGTERM handlers when called from the main thread (and never restores them),
 which would take the signals away from the monitor.
+
+With ``converge``, a round is followed by `evc fleet converge` of the nodes that need
+it (:func:`needs_converge`): those back online after being unreachable or offline (a
+reboot or a re-image loses what a node held), and those whose sample shows a declared
+model not running. Converge observes them first, so a false alarm costs one status run.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evc import logs
+from evc import fleet, logs
 from evc.ansible import resolve_hosts
 from evc.config import Workspace
+from evc.model.deployments import CONTAINER_PREFIX, current
 
 
 @dataclass
@@ -36,11 +42,14 @@ class RoundReport:
     skipped_ticks: int  # ticks this round overran
     result: Any = None  # evc.logs.CollectResult, or None when the round failed
     error: str | None = None
+    converge_why: dict[str, str] | None = None  # node -> why it was converged
+    converged: Any = None  # evc.fleet.ConvergeResult
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in vars(self).items() if k != "result"}
+        out = {k: v for k, v in vars(self).items() if k not in ("result", "converged")}
         out["duration_s"] = round(self.duration_s, 3)
         out["result"] = self.result.to_dict() if self.result is not None else None
+        out["converged"] = self.converged.to_dict() if self.converged is not None else None
         return out
 
 
@@ -59,6 +68,25 @@ def next_tick(tick: float, interval: float, now: float) -> tuple[float, int]:
         return tick, 0
     skipped = math.floor((now - tick) / interval) + 1
     return tick + skipped * interval, skipped
+
+
+def needs_converge(result: logs.CollectResult, deployments: list[dict]) -> dict[str, str]:
+    """{node: why} for the nodes of a telemetry round that need `evc fleet converge`: back
+    online after being unreachable or offline, or a declared model (``deployments``: the
+    current rows) not running in the node's sample."""
+    out = {}
+    for e in result.events:
+        if e["to_state"] == "online" and e["from_state"] in ("unreachable", "offline"):
+            out[e["node"]] = f"back online after being {e['from_state']}"
+    for row in deployments:
+        sample = result.samples.get(row["node"])
+        if sample is None or row["node"] in out:
+            continue
+        running = {c.get("name") for c in sample.get("containers") or ()
+                   if isinstance(c, dict) and c.get("state") == "running"}  # fmt: skip
+        if CONTAINER_PREFIX + row["model"] not in running:
+            out[row["node"]] = f"{row['model']}:{row['version']} is not running"
+    return out
 
 
 def _in_thread(fn: Callable[[], Any]) -> Any:
@@ -116,8 +144,10 @@ def run(
     on_round: Callable[[RoundReport], None] = lambda _r: None,
     on_signal: Callable[[str, bool], None] = lambda _name, _again: None,
     stop: threading.Event | None = None,
+    converge: bool = False,
 ) -> MonitorSummary:
-    """Collect telemetry every ``interval`` seconds until a signal, ``stop``, or ``rounds``."""
+    """Collect telemetry every ``interval`` seconds until a signal, ``stop``, or ``rounds``;
+    with ``converge``, repair the nodes that need it after each round."""
     options = logs.CollectOptions.of(target=target, offline_after=offline_after)
     resolve_hosts(ws.inventory, target)  # a bad target is an error now, not every round
     stop = stop or threading.Event()
@@ -132,6 +162,8 @@ def run(
             except Exception as exc:  # the monitor outlives any one round
                 report.error = f"{type(exc).__name__}: {exc}"
                 summary.failed_rounds += 1
+            if converge and report.result is not None:
+                _converge(ws, report)
             summary.rounds += 1
             report.duration_s = time.monotonic() - t0
             tick, report.skipped_ticks = next_tick(tick, interval, time.monotonic())
@@ -144,6 +176,19 @@ def run(
     return summary
 
 
+def _converge(ws: Workspace, report: RoundReport) -> None:
+    """Converge the nodes the round says need it; a failure is the round's error (the
+    telemetry it stored stands)."""
+    try:
+        why = needs_converge(report.result, current(ws))
+        if why:
+            report.converge_why = why
+            options = fleet.ConvergeOptions(target=",".join(sorted(why)))
+            report.converged = _in_thread(lambda: fleet.converge(ws, options))
+    except Exception as exc:  # the monitor outlives any one repair
+        report.error = f"converge: {type(exc).__name__}: {exc}"
+
+
 def evc_command() -> list[str]:
     """How to start this same evc: the console script beside this Python, else ``python -m evc``."""
     script = Path(sys.executable).parent / "evc"
@@ -153,12 +198,18 @@ def evc_command() -> list[str]:
 
 
 def systemd_unit(
-    ws: Workspace, interval: float, target: str = "all", offline_after: int | None = None
+    ws: Workspace,
+    interval: float,
+    target: str = "all",
+    offline_after: int | None = None,
+    converge: bool = False,
 ) -> str:
     """A systemd service unit that runs this monitor for this workspace."""
     args = ["monitor", target, "--interval", f"{interval:g}"]
     if offline_after:
         args += ["--offline-after", str(offline_after)]
+    if converge:
+        args.append("--converge")
     return service_unit(
         ws, "monitor", "fleet monitor", args, "SIGTERM to evc only: it finishes the current "
         "round and exits 0.",

@@ -18,6 +18,7 @@ from evc.cli import (
     cert,
     db,
     device,
+    fleet,
     grafana,
     infer,
     inventory,
@@ -40,6 +41,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(device.app, name="device")
+app.add_typer(fleet.app, name="fleet")
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(lab.app, name="lab")
 app.add_typer(registry.app, name="registry")

@@ -21,6 +21,12 @@ def monitor(
         False, "--systemd-unit", help="Print a systemd unit that runs this monitor, and exit."
     ),
     json: bool = typer.Option(False, "--json", help="One JSON object per round (JSON lines)."),
+    converge: bool = typer.Option(
+        False,
+        "--converge",
+        help="After each round, `evc fleet converge` the nodes back "
+        "online after being unreachable or offline, and those not running a declared model.",
+    ),
     target_option: str = typer.Option(None, "--target", "-t", hidden=True),  # 0.1's spelling
 ) -> None:
     """Collect telemetry every INTERVAL seconds until Ctrl-C or SIGTERM (then exit 0).
@@ -36,7 +42,7 @@ def monitor(
     target = names.check_target(target_option or target)
     ws = workspace()
     if systemd_unit:
-        typer.echo(core.systemd_unit(ws, interval, target, offline_after), nl=False)
+        typer.echo(core.systemd_unit(ws, interval, target, offline_after, converge), nl=False)
         return
 
     def on_round(r) -> None:
@@ -54,6 +60,12 @@ def monitor(
         text += "".join(f"  {e['node']} -> {e['to_state']}" for e in r.result.events)
         text += f"  (skipped {r.skipped_ticks} ticks)" if r.skipped_ticks else ""
         out.print(text, highlight=False)
+        for n in r.converged.nodes if r.converged is not None else ():
+            for x in n.repairs:
+                done = "repaired" if x["ok"] else f"not repaired ({x['message']})"
+                out.print(f"  {n.host}: {x['kind']}: {x['action']}: {done}", highlight=False)
+        if r.error:
+            line("  ", styled(r.error, "red"))
 
     def on_signal(name: str, again: bool) -> None:
         what = "aborting now" if again else "stopping after this round (again to abort)"
@@ -62,7 +74,7 @@ def monitor(
     if not json:
         err.print(f"monitoring {target} every {interval:g} s; Ctrl-C stops", highlight=False)
     summary = core.run(ws, interval, target, rounds=rounds, offline_after=offline_after,
-                       on_round=on_round, on_signal=on_signal)  # fmt: skip
+                       on_round=on_round, on_signal=on_signal, converge=converge)  # fmt: skip
     if not json:
         err.print(
             f"stopped after {summary.rounds} rounds ({summary.failed_rounds} failed, "

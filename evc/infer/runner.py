@@ -28,7 +28,7 @@ from typing import Annotated
 from pydantic import AfterValidator
 
 from evc import db as evcdb
-from evc import schedule
+from evc import fleet, schedule
 from evc.ansible import resolve_hosts, run_playbook
 from evc.config import Workspace
 from evc.errors import EVCError, Interrupted, UsageError
@@ -36,7 +36,7 @@ from evc.infer.data import stage_items
 from evc.infer.jobs import JobResult, get, job_dir, job_lock, keypoints_json, status, throughputs
 from evc.infer.shards import Record, build_archive, dispatch_name, parse_answer
 from evc.model import catalogue
-from evc.model.deployments import JOBS_DIR, current, deployed_on
+from evc.model.deployments import JOBS_DIR, current
 from evc.names import ModelOrRef, Target
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
@@ -103,27 +103,28 @@ def run(
 ) -> JobResult:
     """Create a job over ``data`` on the nodes of ``target`` that run the model, and run it.
     ``stop`` set ends it the way Ctrl-C does (see :func:`resume`)."""
-    job_id, hosts, model = _prepare(ws, options)
+    job_id, hosts, model, checked = _prepare(ws, options, progress)
     with job_lock(ws, job_id, progress):
         _create(ws, options, job_id, model, progress)
-        return _execute(ws, job_id, hosts, progress, stop)
+        return _execute(ws, job_id, hosts, progress, stop, checked)
 
 
 def create(ws: Workspace, options: RunOptions, progress: Progress = SILENT) -> str:
     """Create a job (its items staged, each one pending) without running it, and return
     its id: :func:`resume` runs it (the HTTP API answers with the id first)."""
-    job_id, _, model = _prepare(ws, options)
+    job_id, _, model, _ = _prepare(ws, options, progress)
     with job_lock(ws, job_id, progress):
         _create(ws, options, job_id, model, progress)
     return job_id
 
 
-def _prepare(ws: Workspace, o: RunOptions) -> tuple[str, list[str], catalogue.Model]:
-    """A new job id, the target's hosts and the model; refuses before anything is created."""
+def _prepare(ws: Workspace, o: RunOptions, progress: Progress) -> tuple:
+    """A new job id, the target's hosts, the model and its usable nodes (:func:`_nodes`);
+    refuses before anything is created."""
     hosts = resolve_hosts(ws.inventory, o.target)
     model = _model_for(ws, o.model, hosts)
-    _nodes(ws, model.name, model.version, hosts)
-    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4], hosts, model
+    checked = _nodes(ws, model.name, model.version, hosts, progress)
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4], hosts, model, checked
 
 
 def _create(ws, o: RunOptions, job_id: str, model: catalogue.Model, progress: Progress) -> None:
@@ -185,16 +186,30 @@ def resume(
         return _execute(ws, job_id, hosts, progress, stop)
 
 
-def _nodes(ws, model: str, version: str, hosts: list[str]) -> tuple[list[str], dict[str, str]]:
-    """(nodes that run MODEL:VERSION, {other node: why it is skipped}); none is an error."""
-    running = set(deployed_on(ws, model, version))
-    nodes = [h for h in hosts if h in running]
-    if not nodes:
+def _nodes(
+    ws, model: str, version: str, hosts: list[str], progress: Progress = SILENT
+) -> tuple[list[str], dict[str, str]]:
+    """(nodes that run MODEL:VERSION, {other node: why it is skipped}); none is an error.
+
+    The nodes the database says run it are asked (one fleet_status.yml run) whether its
+    container runs there at the recorded digest: a node re-imaged or whose container
+    stopped is left out up front with the command that repairs it, rather than burning
+    the job's retries on it."""
+    rows = {r["node"]: r for r in current(ws, model) if r["version"] == version}
+    skipped = {h: f"{model}:{version} is not deployed here" for h in hosts if h not in rows}
+    if len(skipped) == len(hosts):
         raise UsageError(
             f"{model}:{version} runs on none of the target's nodes ({', '.join(hosts)}): "
             f"run `evc model deploy {model}:{version} TARGET` first."
         )
-    return nodes, {h: f"{model}:{version} is not deployed here" for h in hosts if h not in running}
+    rows = {h: rows[h] for h in hosts if h in rows}
+    run = run_playbook(ws, "fleet_status.yml", ",".join(rows), extravars=fleet.extravars(ws),
+                       progress=progress)  # fmt: skip
+    skipped.update(fleet.not_serving(run, model, rows))
+    nodes = [h for h in hosts if h not in skipped]
+    if not nodes:
+        raise UsageError("; ".join(skipped[h] for h in rows) + ".")
+    return nodes, skipped
 
 
 class _Stopped(Exception):
@@ -202,11 +217,18 @@ class _Stopped(Exception):
 
 
 def _execute(
-    ws: Workspace, job_id: str, hosts: list[str], progress: Progress, stop: threading.Event | None
+    ws: Workspace,
+    job_id: str,
+    hosts: list[str],
+    progress: Progress,
+    stop: threading.Event | None,
+    checked: tuple[list[str], dict[str, str]] | None = None,
 ) -> JobResult:
+    """Run the job's pending items on the usable nodes of ``hosts`` (``checked``: as
+    :func:`_nodes` found them just before; else they are checked now)."""
     job = get(ws, job_id)
     db = evcdb.workspace_db(ws)
-    nodes, skipped = _nodes(ws, job["model"], job["version"], hosts)
+    nodes, skipped = checked or _nodes(ws, job["model"], job["version"], hosts, progress)
     with evcdb.transaction(db):  # under the job's lock: a shard still 'running' is stale
         db["jobs"].update(job_id, {"skipped_nodes": json.dumps(skipped), "state": "running"})
         db.execute(

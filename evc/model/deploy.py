@@ -93,7 +93,7 @@ class DeployResult(Result):
         }
 
 
-def _run(
+def send(
     ws: Workspace,
     action: str,
     model: str,
@@ -104,6 +104,8 @@ def _run(
     serial: str | None = None,
     max_fail_percent: int = 100,
 ) -> RunResult:
+    """model_deploy.yml with each host's own spec in ``sent`` (version, image, limits),
+    recorded as ``action`` rows: deploy, rollback and `evc fleet converge` send this way."""
     extravars = {
         "evc_model": model,
         "evc_targets": sent,
@@ -170,7 +172,7 @@ def deploy(ws: Workspace, options: DeployOptions, progress: Progress = SILENT) -
     for host, why in sorted(skipped.items()):
         progress.log(f"{host}: skipped: {why}")
     if sent:
-        run = _run(
+        run = send(
             ws, "deploy", m.name, ",".join(sorted(sent)), sent, progress,
             serial=o.serial, max_fail_percent=o.max_fail_percent,
         )  # fmt: skip
@@ -186,7 +188,7 @@ def deploy(ws: Workspace, options: DeployOptions, progress: Progress = SILENT) -
             if r.state != "skipped" and h in before and before[h]["version"] != m.version
         }
         if back:
-            result.rollback = _run(ws, "rollback", m.name, ",".join(sorted(back)), back, progress)
+            result.rollback = send(ws, "rollback", m.name, ",".join(sorted(back)), back, progress)
             result.rolled_back = {h: s["version"] for h, s in back.items()}
     return result
 
@@ -207,7 +209,7 @@ def rollback(ws: Workspace, options: RollbackOptions, progress: Progress = SILEN
         raise UsageError(
             f"no earlier version of {name} to roll back to on: {', '.join(sorted(missing))}"
         )
-    run = _run(ws, "rollback", name, ",".join(sorted(sent)), sent, progress)
+    run = send(ws, "rollback", name, ",".join(sorted(sent)), sent, progress)
     return DeployResult("rollback", name, run, {h: s["version"] for h, s in sent.items()})
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evc import certs, db, devices, grafana, logs, registry
+from evc import certs, db, devices, fleet, grafana, logs, registry
 from evc.config import Workspace
 from evc.infer import runner as infer
 from evc.model import build, catalogue, deploy, publish
@@ -148,6 +148,16 @@ def _cert_check(ws, o: certs.CheckOptions, progress) -> Outcome:
     )
 
 
+def _drift(result: fleet.StatusResult, what: str) -> Outcome:
+    n, bad = len(result.nodes), sum(not x.ok for x in result.nodes)
+    return Outcome(
+        ok=result.ok,
+        summary=f"{what}: {n - bad} of {n} nodes as declared",
+        detail=result.to_dict(),
+        hosts={x.host: x.state for x in result.nodes},
+    )
+
+
 def _model_build(ws, o: build.BuildOptions, progress, *, trust_weights: bool = False) -> Outcome:
     models = build.build(ws, o, progress, trust_weights=trust_weights)
     built = ", ".join(f"{m.image} in {m.build_s} s" for m in models)
@@ -216,6 +226,10 @@ CAPABILITIES: dict[str, Capability] = {
         Capability("cert.revoke", "cert revoke", certs.RevokeOptions,
                    lambda ws, o, p: _fleet(certs.revoke(ws, o, p), "cert revoke")),
         Capability("cert.check", "cert check", certs.CheckOptions, _cert_check),
+        Capability("fleet.status", "fleet status", fleet.StatusOptions,
+                   lambda ws, o, p: _drift(fleet.status(ws, o, p), "fleet status")),
+        Capability("fleet.converge", "fleet converge", fleet.ConvergeOptions,
+                   lambda ws, o, p: _drift(fleet.converge(ws, o, p), "fleet converge")),
         Capability("model.build", "model build", build.BuildOptions, _model_build),
         Capability("model.push", "model push", publish.PushOptions, _model_push),
         Capability("model.deploy", "model deploy", deploy.DeployOptions,

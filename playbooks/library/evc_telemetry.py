@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Ansible module: one telemetry sample of this node (runs on the node; stdlib only).
+"""Ansible module: one telemetry sample of this node (runs on the node; stdlib only);
+with ``registry_address``, the node's state for `evc fleet status` instead.
 
 CPU utilisation and network byte rates are deltas of counters against the
 previous sample, kept in ``state_file``; with no usable previous sample (first
@@ -18,6 +19,7 @@ runs on the node's python3, which may be as old as ansible-core allows there
 """
 
 import glob
+import hashlib
 import http.client
 import json
 import os
@@ -36,6 +38,8 @@ CGROUP = "/sys/fs/cgroup"
 THERMAL = "/sys/class/thermal"
 DOCKER_SOCK = "/var/run/docker.sock"
 MANAGED_LABEL = "evc.managed=true"
+MODEL_LABEL = "evc.model.name"
+MAX_CONTAINERS = 64  # what one node reports is bounded: the controller reads it as data
 UNLIMITED = 2**60  # cgroup v1 writes ~2**63 for "no memory limit"
 JETSON_GPU_LOAD = (
     "/sys/devices/gpu.0/load",
@@ -412,8 +416,10 @@ def docker_get(path, sock=DOCKER_SOCK):
     return json.loads(body)
 
 
-def containers(sock=DOCKER_SOCK):
-    """EVC-managed containers (label evc.managed=true): name, image, state, restarts.
+def containers(sock=DOCKER_SOCK, digests=False):
+    """EVC-managed containers (label evc.managed=true): name, image, state, restarts, the
+    model it serves (label evc.model.name), and with ``digests`` the repo digests of the
+    image it runs (one more API call each, for `evc fleet status`).
 
     Through the Docker API socket (no docker CLI start-up per sample); [] without Docker.
     """
@@ -425,19 +431,54 @@ def containers(sock=DOCKER_SOCK):
             sock,
         )
         out = []
-        for c in found:
+        for c in found[:MAX_CONTAINERS]:
             info = docker_get(f"/containers/{c['Id']}/json", sock)
-            out.append(
-                {
-                    "name": info["Name"].lstrip("/"),
-                    "image": info["Config"].get("Image"),
-                    "state": info["State"].get("Status", "unknown"),
-                    "restarts": info.get("RestartCount"),
-                }
-            )
+            entry = {
+                "name": info["Name"].lstrip("/"),
+                "image": info["Config"].get("Image"),
+                "model": (info["Config"].get("Labels") or {}).get(MODEL_LABEL),
+                "state": info["State"].get("Status", "unknown"),
+                "restarts": info.get("RestartCount"),
+            }
+            if digests:
+                image = docker_get("/images/" + quote(info["Image"], safe="") + "/json", sock)
+                entry["digests"] = (image.get("RepoDigests") or [])[:MAX_CONTAINERS]
+            out.append(entry)
     except (OSError, ValueError, KeyError):
         return []
     return sorted(out, key=lambda c: c["name"])
+
+
+def sha256_of(path):
+    """Hex sha256 of a file's bytes, None when it is absent or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def logged_in(registry_address, config=None):
+    """Whether Docker's client config holds a login for ``registry_address`` (where
+    `evc cert push` puts the node's pull credential); the secret is never read out."""
+    config = config or os.path.join(os.path.expanduser("~"), ".docker", "config.json")
+    try:
+        with open(config) as f:
+            auths = json.load(f).get("auths") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(auths, dict) and registry_address in auths
+
+
+def fleet_state(registry_address, sock=DOCKER_SOCK):
+    """What `evc fleet status` compares with the database: the EVC containers (with the
+    digests they run), the registry CA's checksum, whether the node is logged in."""
+    certs = os.path.join("/etc/docker/certs.d", registry_address)
+    return {
+        "containers": containers(sock, digests=True),
+        "ca_sha256": sha256_of(os.path.join(certs, "ca.crt")),
+        "credential": logged_in(registry_address),
+    }
 
 
 def compact_json(value):
@@ -492,14 +533,20 @@ def main():
         argument_spec={
             "state_file": {"type": "str", "default": "/var/lib/evc/telemetry.json"},
             "disk_path": {"type": "str", "default": "/"},
+            "registry_address": {"type": "str", "default": None},
         },
         supports_check_mode=True,
     )
+    address = module.params["registry_address"]
+    what = "fleet state" if address else "telemetry sample"
     try:
-        result = sample(module.params["state_file"], module.params["disk_path"])
+        if address:  # fleet_status.yml: the node's state, no metrics
+            result = {"fleet": fleet_state(address)}
+        else:
+            result = {"sample": sample(module.params["state_file"], module.params["disk_path"])}
     except Exception as exc:  # report, never a module traceback
-        module.fail_json(msg=f"telemetry sample failed: {type(exc).__name__}: {exc}")
-    module.exit_json(changed=False, sample=result)
+        module.fail_json(msg=f"{what} failed: {type(exc).__name__}: {exc}")
+    module.exit_json(changed=False, **result)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ The fake answers playbooks the way the real nodes would, closely enough for the 
 machinery's own logic to be tested with its real threads and database:
 ``infer_shard.yml`` reads the shard's archive as the model server does (a member that
 is not a regular file refuses the whole shard) and answers one results line per item;
-``infer_cleanup.yml`` removes what the fake nodes keep of a job. Failures are planted
-per node with ``plant``.
+``infer_cleanup.yml`` removes what the fake nodes keep of a job; ``fleet_status.yml``
+reports the containers the database says run (a fake node runs what it was sent, in
+this process or an earlier one), but those in ``stopped``. Failures are planted per
+node with ``plant``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from evc import db as evcdb
 from evc import devices, registry
 from evc.ansible import HostResult, RunResult, resolve_hosts
 from evc.model import catalogue
+from evc.model.deployments import current
 
 
 @dataclass
@@ -71,6 +74,7 @@ class FakeFleet:
         self.dispatches: list[Dispatch] = []
         self.orphans: set[tuple[str, str]] = set()  # (node, dispatch name)
         self.cleanup_reaches = True
+        self.stopped: set[tuple[str, str]] = set()  # (node, model) whose container is gone
         self._lock = threading.Lock()
 
     def plant(self, node: str, *answers: Answer) -> None:
@@ -97,6 +101,8 @@ class FakeFleet:
                 results[h] = self._shard(h, extravars)
             elif name == "infer_cleanup.yml":
                 results[h] = self._cleanup(h, extravars["evc_prefix"])
+            elif name == "fleet_status.yml":
+                results[h] = self._fleet_state(ws, h)
             else:
                 results[h] = HostResult(h, "changed", ok=3, changed=1)
         time.sleep(0.05)
@@ -105,6 +111,17 @@ class FakeFleet:
                         2 if bad else 0, results)  # fmt: skip
         evcdb.record_run(evcdb.workspace_db(ws), run)
         return run
+
+    def _fleet_state(self, ws, host: str) -> HostResult:
+        with self._lock:
+            containers = [
+                {"name": f"evc-model-{r['model']}", "image": r["image"], "state": "running",
+                 "digests": []}
+                for r in current(ws)
+                if r["node"] == host and (host, r["model"]) not in self.stopped
+            ]  # fmt: skip
+        report = {"containers": containers, "ca_sha256": None, "credential": True}
+        return HostResult(host, "ok", ok=1, outputs={"fleet state": {"fleet": report}})
 
     def _cleanup(self, host: str, prefix: str) -> HostResult:
         with self._lock:
