@@ -180,7 +180,8 @@ class Lab:
         for d in self._devices():
             n = nodes.get(d["name"])
             if n is None or d["host"] != n.ip or d["labels"].get("profile") != n.profile:
-                devices.remove(self.ws, d["name"])
+                why = "gone" if n is None else "recreated"
+                devices.remove(self.ws, d["name"], reason=f"lab {self.name}: its node was {why}")
         known = {d["name"] for d in devices.list_devices(self.ws)}
         new = [
             devices.Device(
@@ -238,7 +239,7 @@ class Lab:
         pin_host_keys(self.ws, {}, drop=ips)
         close_connections(self.ws)
         for d in self._devices():
-            devices.remove(self.ws, d["name"])
+            devices.remove(self.ws, d["name"], reason=f"lab {self.name} is down: its node is gone")
         if purge:
             import docker.errors
 
