@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from evc import pki, pull_credentials, registry, registry_api
+from evc import pki, pull_credentials, registry, registry_api, registry_server
 from evc.ansible import RunResult, resolve_hosts, run_playbook
 from evc.config import Workspace
 from evc.errors import EVCError, Result, UsageError
@@ -47,7 +47,7 @@ def _vars(ws: Workspace) -> dict:
         "registry_ca": str(f.ca_cert),
         "registry_ca_next": str(f.next_ca().ca_cert) if pending else "",
         "registry_probe_ca": registry.NEXT_CA_NAME if switched else "ca.crt",
-        "probe_ref": f"{settings.ro_address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}",
+        "probe_ref": registry_server.probe_ref(settings.ro_address),
     }
 
 
@@ -412,7 +412,7 @@ def _switch_server(ws: Workspace, rotation: _Rotation, base: dict, days: int, cl
     backup = {p: p.read_bytes() for p in (f.server_cert, f.server_key)}
     try:
         pki.make_server_cert(nxt, registry.load(ws).hosts, days)
-        registry.restart(ws, client=client)
+        registry_server.restart(ws, client=client)
         go_on = rotation.phase("switch-server", extravars)
     except EVCError:
         _restore(ws, backup, client)
@@ -431,7 +431,7 @@ def _ca(path) -> dict[str, Any]:
 def _restore(ws: Workspace, backup: dict, client) -> None:
     for path, data in backup.items():
         write_private(path, data)
-    registry.restart(ws, client=client)
+    registry_server.restart(ws, client=client)
 
 
 def _finish(ws: Workspace, result: RotationResult) -> RotationResult:

@@ -29,6 +29,7 @@ from evc.ansible import run_playbook
 from evc.config import Workspace
 from evc.errors import EVCError, Result, UsageError
 from evc.keys import check_host_key, controller_key, copy_key, pin_host, scan_host_keys
+from evc.model import deployments
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
 
@@ -370,12 +371,16 @@ def add(ws: Workspace, devices: list[Device], *, scan_keys: bool = True,
     return DevicesResult("add", result.devices)
 
 
-def remove(ws: Workspace, name: str) -> dict:
-    """Forget a device; its registry pull credential is deleted first (refused at once)."""
+def remove(ws: Workspace, name: str, *, reason: str = "its device was removed") -> dict:
+    """Forget a device; its registry pull credential is deleted first (refused at once).
+
+    Its deployments end with it (``reason`` is recorded), so nothing is listed as running
+    on a node EVC no longer manages."""
     db = evcdb.workspace_db(ws)
     device = get(db, name)
     pull_credentials.revoke(ws, [name])
     with evcdb.transaction(db):
+        deployments.end_on(db, name, reason)
         db["devices"].delete(name)
     regenerate_inventory(ws, db)
     return device

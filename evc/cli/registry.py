@@ -7,7 +7,7 @@ import typer
 from evc.cli.context import workspace
 from evc.cli.options import JSON, command
 from evc.cli.progress import progress
-from evc.registry import UpOptions
+from evc.registry_server import UpOptions
 
 app = typer.Typer(
     help="The private registry: certificates, credentials, container, API.", no_args_is_help=True
@@ -85,9 +85,9 @@ def init(
 @command(app, UpOptions)
 def up(options: UpOptions, json: bool = JSON) -> None:
     """Run the registry container (TLS, auth, deletes, persistent storage)."""
-    from evc import registry
+    from evc import registry_server
 
-    _print_status(registry.up(workspace(), options.image), json)
+    _print_status(registry_server.up(workspace(), options.image), json)
 
 
 @app.command()
@@ -98,10 +98,10 @@ def down(
     json: bool = JSON,
 ) -> None:
     """Stop and remove the registry container."""
-    from evc import registry
+    from evc import registry_server
     from evc.console import print_json
 
-    removed = registry.down(workspace(), purge=purge)
+    removed = registry_server.down(workspace(), purge=purge)
     print_json(removed) if json else typer.echo(f"removed: {', '.join(removed) or 'nothing'}")
 
 
@@ -109,9 +109,9 @@ def down(
 def status(json: bool = JSON) -> None:
     """Both endpoints (read-write, read-only), certificate expiry, repositories, pull
     credentials."""
-    from evc import registry
+    from evc import registry_server
 
-    st = registry.status(workspace())
+    st = registry_server.status(workspace())
     _print_status(st, json)
     if not st.healthy:
         raise typer.Exit(1)
@@ -131,9 +131,9 @@ def rotate(
 ) -> None:
     """New server certificate, same CA; --new-ca: registry and nodes to a new CA, no pull lost."""
     if not new_ca:
-        from evc import registry
+        from evc import registry_server
 
-        _print_status(registry.rotate(workspace(), days=days), json)
+        _print_status(registry_server.rotate(workspace(), days=days), json)
         return
     from evc import certs
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from evc import devices, engine, registry
+from evc import devices, engine, registry, registry_server
 from evc.ansible import close_connections, run_playbook
 from evc.config import Workspace
 from evc.errors import Result, UsageError
@@ -161,9 +161,9 @@ class Lab:
             settings = registry.load(self.ws)
         except UsageError:
             settings = registry.init(self.ws, [gateway], image=image)
-        registry.up(self.ws, image, client=self.client)
-        if registry.PROBE_REPO not in registry.api(self.ws).catalog():
-            registry.push_probe(self.ws, client=self.client)
+        registry_server.up(self.ws, image, client=self.client)
+        if registry_server.PROBE_REPO not in registry.api(self.ws).catalog():
+            registry_server.push_probe(self.ws, client=self.client)
         return settings.ro_address
 
     def _devices(self) -> list[dict]:
@@ -180,7 +180,8 @@ class Lab:
         for d in self._devices():
             n = nodes.get(d["name"])
             if n is None or d["host"] != n.ip or d["labels"].get("profile") != n.profile:
-                devices.remove(self.ws, d["name"])
+                why = "gone" if n is None else "recreated"
+                devices.remove(self.ws, d["name"], reason=f"lab {self.name}: its node was {why}")
         known = {d["name"] for d in devices.list_devices(self.ws)}
         new = [
             devices.Device(
@@ -230,7 +231,7 @@ class Lab:
             removed["containers"].append(container.name)
             c.remove(container)
         # Bound to the gateway, so it goes with the network; --purge takes its data too.
-        removed["registry"] = registry.down(self.ws, purge=purge, client=self.client)
+        removed["registry"] = registry_server.down(self.ws, purge=purge, client=self.client)
         network = c.network()
         if network is not None:
             network.remove()
@@ -238,7 +239,7 @@ class Lab:
         pin_host_keys(self.ws, {}, drop=ips)
         close_connections(self.ws)
         for d in self._devices():
-            devices.remove(self.ws, d["name"])
+            devices.remove(self.ws, d["name"], reason=f"lab {self.name} is down: its node is gone")
         if purge:
             import docker.errors
 

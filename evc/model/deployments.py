@@ -6,6 +6,8 @@ A node's current deployment of a model is its latest row that is 'running' or
 
 from __future__ import annotations
 
+import time
+
 from evc import db as evcdb
 from evc import views
 from evc.config import Workspace
@@ -17,18 +19,38 @@ _LIVE = ("running", "removed")  # rows that say what a node runs (or that it run
 
 def current(ws: Workspace, model: str | None = None) -> list[dict]:
     """What runs where: the latest live row per (model, node), without removed ones."""
-    rows = evcdb.workspace_db(ws).query(
+    return _running(evcdb.workspace_db(ws), model=model)
+
+
+def _running(db, *, model: str | None = None, node: str | None = None) -> list[dict]:
+    rows = db.query(
         f"""
         SELECT d.* FROM deployments d
         JOIN (SELECT model, node, MAX(id) AS id FROM deployments
               WHERE state IN ({", ".join("?" * len(_LIVE))}) GROUP BY model, node) last
           ON d.id = last.id
-        WHERE d.state = 'running' AND (? IS NULL OR d.model = ?)
+        WHERE d.state = 'running' AND (? IS NULL OR d.model = ?) AND (? IS NULL OR d.node = ?)
         ORDER BY d.model, d.node
         """,
-        [*_LIVE, model, model],
+        [*_LIVE, model, model, node, node],
     )
     return list(rows)
+
+
+def end_on(db, node: str, reason: str) -> list[str]:
+    """Record that NODE runs nothing any more (its device is removed: the node is gone or
+    no longer EVC's), so no model is listed as running on it; returns the models it ran.
+
+    A 'removed' row per model, with no playbook run (``run_id`` NULL) and the reason in
+    ``error``; run it in the transaction that deletes the device."""
+    now = time.time()
+    rows = _running(db, node=node)
+    for row in rows:
+        db["deployments"].insert({
+            **spec(row), "model": row["model"], "node": node, "action": "undeploy",
+            "state": "removed", "run_id": None, "started": now, "finished": now, "error": reason,
+        })  # fmt: skip
+    return [row["model"] for row in rows]
 
 
 def spec(row: dict) -> dict:

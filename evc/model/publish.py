@@ -12,7 +12,7 @@ import json
 import time
 
 from evc import db as evcdb
-from evc import engine, registry
+from evc import engine, registry, registry_server
 from evc.config import Workspace
 from evc.errors import EVCError, UsageError
 from evc.model.catalogue import Model, index_of, repository, save, save_index, variants
@@ -121,7 +121,7 @@ def delete(ws: Workspace, ref: str, *, force: bool = False, progress: Progress =
         deleted = [api.delete(repo, tag) for tag in [first.version] + [m.tag for m in models]]
         if any(deleted):
             progress.log(f"deleted {ref} in the registry; collecting garbage")
-            registry.garbage_collect(ws, client=client)
+            registry_server.garbage_collect(ws, client=client)
     for model in models:
         try:
             client.images.remove(model.image)

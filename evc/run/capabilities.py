@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evc import certs, db, devices, fleet, grafana, logs, registry
+from evc import certs, db, devices, fleet, grafana, logs, registry_server
 from evc.config import Workspace
 from evc.infer import runner as infer
 from evc.model import build, catalogue, deploy, publish
@@ -125,8 +125,8 @@ def _device_remove(ws, o: devices.RemoveOptions, _progress) -> Outcome:
     return Outcome(True, f"removed {o.name} ({device['host']})", detail=device)
 
 
-def _registry_up(ws, o: registry.UpOptions, _progress) -> Outcome:
-    st = registry.up(ws, o.image)
+def _registry_up(ws, o: registry_server.UpOptions, _progress) -> Outcome:
+    st = registry_server.up(ws, o.image)
     ro = st.read_only
     errors = "; ".join(e for e in (st.error, ro.error) if e)
     return Outcome(
@@ -220,7 +220,7 @@ CAPABILITIES: dict[str, Capability] = {
                    lambda ws, o, p: _devices(devices.gather_facts(ws, o.target, progress=p),
                                              "facts")),
         Capability("device.remove", "device remove", devices.RemoveOptions, _device_remove),
-        Capability("registry.up", "registry up", registry.UpOptions, _registry_up),
+        Capability("registry.up", "registry up", registry_server.UpOptions, _registry_up),
         Capability("cert.push", "cert push", certs.PushOptions,
                    lambda ws, o, p: _fleet(certs.push(ws, o, p), "cert push")),
         Capability("cert.revoke", "cert revoke", certs.RevokeOptions,

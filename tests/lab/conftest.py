@@ -53,15 +53,17 @@ def lab_session(tmp_path_factory, request):
     )
     write_settings(root, f"name: labtest\nlab: {{name: {LAB_NAME}, subnet: {subnet}}}\n")
     env = {"EVC_HOME": str(root)}
-    up = evc("lab", "up", "--nodes", "3", "--json", env=env, timeout=900)
-    if up.returncode != 0:
-        evc("lab", "down", env=env)
-        pytest.fail(f"evc lab up failed ({up.returncode}):\n{up.stderr}\n{up.stdout}")
-    try:
+    came_up = False
+    try:  # a failed (or timed out) `lab up` leaves neither nodes nor registry behind
+        up = evc("lab", "up", "--nodes", "3", "--json", env=env, timeout=900)
+        if up.returncode != 0:
+            pytest.fail(f"evc lab up failed ({up.returncode}):\n{up.stderr}\n{up.stdout}")
+        came_up = True
         yield Workspace.load(root), json.loads(up.stdout)
-    finally:
-        evc("lab", "down", env=env, check=0)
-        evc("registry", "down", "--purge", env=env, check=0)  # its data and local tags
+    finally:  # after a failed up, whatever is there goes without masking why
+        check = 0 if came_up else None
+        evc("lab", "down", env=env, check=check)
+        evc("registry", "down", "--purge", env=env, check=check)  # its data and local tags
 
 
 @pytest.fixture

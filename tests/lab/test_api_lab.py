@@ -1,9 +1,10 @@
-"""`evc serve` against the real lab: a model deployed through the API, a job submitted
-through the API and followed on its event stream to the end, role checks; then the web
-console in headless Chromium (Debian's chromium): log in, the lab's nodes on the Fleet
-page, a job started from the Jobs page followed to 100 %, the astronaut's face box on
-the Results page, and a node stopped with `evc lab stop` turning offline on the Fleet
-page. Screenshots of each page go under the test's tmp folder."""
+"""`evc serve` against the real lab: a model deployed through the API (the session's,
+on the node that lacks it), a job submitted through the API and followed on its event
+stream to the end, role checks; then the web console in headless Chromium (Debian's
+chromium): log in, the lab's nodes on the Fleet page, a job started from the Jobs page
+followed to 100 %, the astronaut's face box on the Results page, and a node stopped with
+`evc lab stop` turning offline on the Fleet page. Screenshots of each page go under the
+test's tmp folder."""
 
 import shutil
 import time
@@ -13,36 +14,36 @@ from playwright.sync_api import expect
 
 from evc.api import tokens
 from tests.conftest import evc
-from tests.lab.conftest import evc_json as _json
+from tests.lab.conftest import DEPLOYED
 from tests.unit import api_support as api
 
-MODEL = "apifaces"
+MODEL = DEPLOYED  # the session's model, on node1 and node2 (tests/lab/conftest.py)
 SAMPLES = api.REPO / "run_cfg" / "samples"
 ASTRONAUT = (177, 66, 95, 95)  # the face in skimage's 512 px astronaut (test_models_lab)
 
 
 @pytest.fixture(scope="module")
-def served(lab_session, trusted, tmp_path_factory):
-    """`evc serve` on the lab's workspace (no fake), a token per role, MODEL:1 (face-haar)
-    built and pushed with the CLI and deployed on node1 and node2 through the API."""
+def served(lab_session, deployed, trusted, tmp_path_factory):
+    """`evc serve` on the lab's workspace (no fake), a token per role, and the session's
+    MODEL:1 deployed through the API on node3 as well (the other modules' nodes already
+    run it: no model of its own to build); node3 is left without it again afterwards."""
     ws = lab_session[0]
     env = {"EVC_HOME": str(ws.root)}
     root = tmp_path_factory.mktemp("shared")
     shutil.copytree(SAMPLES, root / "samples")
-    _json("model", "build", MODEL, "--runtime", "face-haar", "--version", "1", env=env)
-    _json("model", "push", f"{MODEL}:1", env=env)
     made = {role: tokens.create(ws, tokens.CreateOptions(name=f"lab-{role}", role=role))[0]
             for role in tokens.ROLES}  # fmt: skip
-    with api.running(ws, "--data-root", str(root), fake=False, tokens=made) as server:
-        with server.client("operator") as c:
-            r = c.post("/api/deployments/deploy", params={"wait": 600}, timeout=660,
-                       json={"ref": f"{MODEL}:1", "target": "node1,node2"})  # fmt: skip
-            assert r.status_code == 202 and r.json()["action"]["state"] == "ok", r.json()
-        yield server
-    evc("model", "undeploy", MODEL, "all", env=env, check=0)
-    evc("model", "delete", f"{MODEL}:1", "--force", env=env, check=0)
-    for role in tokens.ROLES:
-        evc("token", "revoke", f"lab-{role}", env=env, check=0)
+    try:
+        with api.running(ws, "--data-root", str(root), fake=False, tokens=made) as server:
+            with server.client("operator") as c:
+                r = c.post("/api/deployments/deploy", params={"wait": 600}, timeout=660,
+                           json={"ref": f"{MODEL}:1", "target": "node3"})  # fmt: skip
+                assert r.status_code == 202 and r.json()["action"]["state"] == "ok", r.json()
+            yield server
+    finally:
+        evc("model", "undeploy", MODEL, "node3", env=env, check=0)
+        for role in tokens.ROLES:
+            evc("token", "revoke", f"lab-{role}", env=env, check=0)
 
 
 def _near(box, width, expected=ASTRONAUT, tolerance=10):
@@ -55,7 +56,7 @@ def _near(box, width, expected=ASTRONAUT, tolerance=10):
 def test_deploy_and_a_job_through_the_api_followed_on_its_stream_with_roles(served):
     with served.client("admin") as admin:
         running = admin.get("/api/deployments", params={"model": MODEL}).json()["items"]
-        assert sorted(r["node"] for r in running) == ["node1", "node2"]
+        assert sorted(r["node"] for r in running) == ["node1", "node2", "node3"]
         assert {r["state"] for r in running} == {"running"}
     with served.client("viewer") as viewer:
         r = viewer.post("/api/deployments/undeploy", json={"name": MODEL, "target": "node1"})
@@ -71,7 +72,7 @@ def test_deploy_and_a_job_through_the_api_followed_on_its_stream_with_roles(serv
     stream = served.events("viewer", timeout=300)
     assert next(stream)[0] == "hello"
     with served.client("operator") as c:
-        r = c.post("/api/jobs", json={"model": f"{MODEL}:1", "target": "node1,node2",
+        r = c.post("/api/jobs", json={"model": f"{MODEL}:1", "target": "node1,node2,node3",
                                       "data": "samples"})  # fmt: skip
         assert r.status_code == 202, r.text
         job_id = r.json()["job"]

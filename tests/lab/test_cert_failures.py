@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from evc import pki, registry, registry_api
+from evc import pki, registry, registry_api, registry_server
 from evc.engine import docker_client
 from evc.lab.fleet import Lab
 from evc.lab.nodes import Nodes
@@ -29,7 +29,7 @@ def _serve(ws):
     serve them (unverified: they are meant to fail)."""
     want = pki.certificate_info(registry.files(ws).server_cert)["sha256"]
     settings = registry.load(ws)
-    for name in (registry.container_name(ws), registry.ro_container_name(ws)):
+    for name in (registry_server.container_name(ws), registry_server.ro_container_name(ws)):
         docker_client().containers.get(name).restart(timeout=5)
     deadline = time.monotonic() + 30
     for address in (settings.address, settings.ro_address):
@@ -125,7 +125,7 @@ def test_bad_server_certificate(trusted, lab_env, tmp_path, bad):
         assert pushed == checked == dict.fromkeys(hosts, ("failed", why))
         assert _state(ws) == before
     finally:
-        registry.rotate(ws)  # a good certificate again
+        registry_server.rotate(ws)  # a good certificate again
 
 
 def test_wrong_password(trusted, lab_env):
@@ -156,7 +156,7 @@ def test_registry_down(trusted, lab_env):
     ws = trusted
     settings = registry.load(ws)
     address = settings.address
-    names = (registry.container_name(ws), registry.ro_container_name(ws))
+    names = (registry_server.container_name(ws), registry_server.ro_container_name(ws))
     containers = [docker_client().containers.get(name) for name in names]
     try:
         for container in containers:
@@ -170,7 +170,7 @@ def test_registry_down(trusted, lab_env):
         assert f"The registry https://{address}/v2/ does not answer" in rotate.stderr
         assert _state(ws) == before and not registry.rotation_pending(ws)
     finally:
-        registry.up(ws)
+        registry_server.up(ws)
 
 
 def test_node_unreachable(trusted, lab_env):

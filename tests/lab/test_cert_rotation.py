@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from evc import certs, pki, registry, registry_api
+from evc import certs, pki, registry, registry_api, registry_server
 from evc.ansible import run_playbook
 from evc.lab.fleet import Lab
 from evc.lab.nodes import Nodes
@@ -45,7 +45,7 @@ def rotating(trusted):
     f = registry.files(ws)
     f.next_ca().ca_key.unlink(missing_ok=True)
     f.next_ca().ca_cert.unlink(missing_ok=True)
-    registry.rotate(ws)
+    registry_server.rotate(ws)
     registry.trust_on_controller(ws, registry.load(ws))
     assert certs.push(ws, certs.PushOptions(target="lab")).ok
 
@@ -65,7 +65,7 @@ def _node_certs(ws) -> dict[str, dict[str, str]]:
 
 def _pulls(ws) -> dict[str, str]:
     settings = registry.load(ws)
-    ref = f"{settings.ro_address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}"
+    ref = registry_server.probe_ref(settings.ro_address)
     run = run_playbook(ws, PULL, "lab", extravars={"probe_ref": ref})
     return {h: r.message or r.state for h, r in sorted(run.hosts.items())}
 

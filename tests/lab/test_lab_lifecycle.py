@@ -1,11 +1,15 @@
 """Bad input that reaches Docker, and a lab that goes down without leftovers."""
 
 import json
+import time
 
+from evc import db as evcdb
 from evc import registry
+from evc.config import Workspace
 from evc.engine import docker_client
 from evc.lab.network import free_subnet
 from evc.lab.nodes import LABEL
+from evc.model import deployments
 from tests.conftest import evc, write_settings
 from tests.lab.conftest import LAB_NAME
 
@@ -55,13 +59,19 @@ def _up_recreate_and_down(env, tmp_path, gateway):
     assert up["ping"]["status"] == "success" and up["created"]
     client = docker_client()
     assert all(_leftovers(client, "evcdown"))
-    # Recreated with another profile: the device follows the node, facts included.
+    ws = Workspace.load(tmp_path)
+    _plant_deployment(ws)
+    # Recreated with another profile: the device follows the node, facts included, and
+    # the old node's deployments end with it (issue 17).
     evc("lab", "up", "--nodes", "1", "--profile", "nuc", env=env, check=0)
+    assert _ended(ws) == "lab evcdown: its node was recreated"
+    _plant_deployment(ws)
     (dev,) = json.loads(evc("device", "list", "--json", env=env, check=0).stdout)
     assert dev["labels"]["profile"] == "nuc" and dev["cpu_count"] == 1.0
     assert "profile_nuc" in dev["groups"] and "profile_rpi" not in dev["groups"]
     down = json.loads(evc("lab", "down", "--json", env=env, check=0).stdout)
     assert down["containers"] == ["evc-evcdown-node1"]
+    assert _ended(ws) == "lab evcdown is down: its node is gone"
     assert _leftovers(client, "evcdown") == ([], [], [])
     rw = down["registry"][0]  # and the read-only endpoint's container beside it
     assert rw.startswith("evc-registry-default-") and down["registry"] == [rw, f"{rw}-ro"]
@@ -72,3 +82,19 @@ def _up_recreate_and_down(env, tmp_path, gateway):
     assert not trust.exists()
     assert not client.images.list(name=f"{gateway}:5000/evc/probe")
     assert (tmp_path / ".evc" / "known_hosts").read_text() == ""
+
+
+def _plant_deployment(ws) -> None:
+    """A model recorded as running on node1 (what a deploy would leave; no build needed)."""
+    db = evcdb.workspace_db(ws)
+    with evcdb.transaction(db):
+        db["deployments"].insert({"model": "planted", "version": "1", "node": "node1",
+                                  "image": "registry/evc/planted@sha256:" + "0" * 64,
+                                  "action": "deploy", "state": "running",
+                                  "started": time.time()})  # fmt: skip
+
+
+def _ended(ws) -> str:
+    """Why node1's deployment ended; fails if anything still counts as running."""
+    assert deployments.current(ws) == []
+    return deployments.history(ws, 1, 0, node="node1")["items"][0]["error"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evc import registry
+from evc import registry, registry_server
 from evc.engine import docker_client
 from evc.lab.nodes import Nodes
 from tests.conftest import evc
@@ -194,7 +194,7 @@ def test_push_with_the_registry_down_changes_nothing(lab_ws, lab_env):
     build = ["model", "build", "faces", "--runtime", "face-haar", "--version", "2.0"]
     _json(*build, env=lab_env)
     client = docker_client()
-    client.containers.get(registry.container_name(lab_ws)).stop(timeout=5)
+    client.containers.get(registry_server.container_name(lab_ws)).stop(timeout=5)
     try:
         proc = evc("model", "push", "faces:2.0", env=lab_env, check=1)
         assert "does not answer" in proc.stderr and "Traceback" not in proc.stderr

@@ -11,7 +11,7 @@ import json
 
 import requests
 
-from evc import registry
+from evc import registry, registry_server
 from evc.engine import docker_client
 from evc.lab.fleet import Lab
 from evc.lab.nodes import Nodes
@@ -50,7 +50,7 @@ def _logins(ws, node: str) -> dict[str, tuple[str, str]]:
 
 def _pulls(ws, address: str, login: tuple[str, str]) -> int:
     """HTTP status of a manifest GET of the probe with ``login`` (from the controller)."""
-    url = f"https://{address}/v2/{registry.PROBE_REPO}/manifests/{registry.PROBE_TAG}"
+    url = f"https://{address}/v2/{registry_server.PROBE_REPO}/manifests/{registry_server.PROBE_TAG}"
     response = requests.get(
         url, auth=login, verify=str(registry.trusted_cas(ws)), headers={"Accept": MANIFEST},
         timeout=10,
@@ -63,14 +63,14 @@ def _started(ws) -> dict[str, str]:
     client = docker_client()
     return {
         name: client.containers.get(name).attrs["State"]["StartedAt"]
-        for name in (registry.container_name(ws), registry.ro_container_name(ws))
+        for name in (registry_server.container_name(ws), registry_server.ro_container_name(ws))
     }
 
 
 def _probe(ws):
     api = registry.api(ws)
-    return api.tags(registry.PROBE_REPO), api.manifest_digest(
-        registry.PROBE_REPO, registry.PROBE_TAG
+    return api.tags(registry_server.PROBE_REPO), api.manifest_digest(
+        registry_server.PROBE_REPO, registry_server.PROBE_TAG
     )
 
 
@@ -99,20 +99,20 @@ def test_a_node_cannot_push_or_delete_with_what_it_holds(trusted, lab_env):
     status = {}
     for cred in logins:
         for address in endpoints:
-            base = f"https://{address}/v2/{registry.PROBE_REPO}"
+            base = f"https://{address}/v2/{registry_server.PROBE_REPO}"
             for method, url in (("POST", f"{base}/blobs/uploads/"),
                                 ("DELETE", f"{base}/manifests/{digest}")):  # fmt: skip
                 code, out = _exec(ws, "node1", "python3", "-c", _NODE_REQUEST, cred, method, url)
                 assert code == 0, out
                 status[address, method] = int(out.split()[-1])
             # and the Docker CLI: a push of a new tag
-            ref = f"{address}/{registry.PROBE_REPO}:pwned"
+            ref = f"{address}/{registry_server.PROBE_REPO}:pwned"
             _exec(ws, "node1", "docker", "tag", "evc/probe:1", ref)
             code, out = _exec(ws, "node1", "docker", "push", ref)
             assert code != 0, f"node1 pushed {ref}: {out}"
             status[address, "docker push"] = out.strip().splitlines()[-1]
     assert {k: v for k, v in status.items() if isinstance(v, int) and v < 400} == {}
-    assert _probe(ws) == (tags, digest) == ([registry.PROBE_TAG], digest)
+    assert _probe(ws) == (tags, digest) == ([registry_server.PROBE_TAG], digest)
     ro = settings.ro_address
     assert status[rw, "POST"] == status[rw, "DELETE"] == 401  # not a credential there
     assert status[ro, "POST"] == status[ro, "DELETE"] == 405  # no writes at all

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from evc import pki, pull_credentials, registry
+from evc import pki, pull_credentials, registry, registry_server
 from evc.ansible import run_playbook
 from evc.engine import docker_client
 from tests.conftest import evc, files_holding
@@ -34,7 +34,7 @@ def test_lab_registry_runs_at_the_gateway_with_the_probe(lab_session, lab_env):
     assert "evc/probe" in st["repositories"]
     ro = st["read_only"]
     assert ro["address"] == f"{gateway}:5001" and ro["state"] == "running" and not ro["error"]
-    assert ro["container"] == registry.ro_container_name(lab_ws)
+    assert ro["container"] == registry_server.ro_container_name(lab_ws)
 
 
 def test_anonymous_and_wrong_password_are_refused(reg):
@@ -61,7 +61,7 @@ def test_anonymous_and_wrong_password_are_refused(reg):
 
 def test_node_without_the_ca_cannot_pull(lab_ws, reg):
     settings, _, _ = reg
-    ref = f"{settings.ro_address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}"
+    ref = registry_server.probe_ref(settings.ro_address)
     run = run_playbook(lab_ws, PULL, "node1", extravars={"probe_ref": ref})
     assert run.hosts["node1"].state == "failed"
     assert "certificate signed by unknown authority" in run.hosts["node1"].message
@@ -70,8 +70,10 @@ def test_node_without_the_ca_cannot_pull(lab_ws, reg):
 def test_api_lists_tags_and_deletes_with_garbage_collection(lab_ws, reg, tmp_path):
     settings, _, _ = reg
     api = registry.api(lab_ws)
-    assert api.tags(registry.PROBE_REPO) == [registry.PROBE_TAG]
-    assert api.manifest_digest(registry.PROBE_REPO, registry.PROBE_TAG).startswith("sha256:")
+    assert api.tags(registry_server.PROBE_REPO) == [registry_server.PROBE_TAG]
+    assert api.manifest_digest(registry_server.PROBE_REPO, registry_server.PROBE_TAG).startswith(
+        "sha256:"
+    )
     # A second, different image to delete (same-digest tags would go together).
     (tmp_path / "x").write_text("scratch\n")
     (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY x /x\n")
@@ -84,10 +86,10 @@ def test_api_lists_tags_and_deletes_with_garbage_collection(lab_ws, reg, tmp_pat
     assert api.tags("evc/scratch") == ["gone"]
     assert api.delete("evc/scratch", "gone") is True
     assert api.delete("evc/scratch", "gone") is False
-    gc_log = registry.garbage_collect(lab_ws)
+    gc_log = registry_server.garbage_collect(lab_ws)
     assert "eligible for deletion" in gc_log, gc_log
     assert api.tags("evc/scratch") == []
-    assert api.tags(registry.PROBE_REPO) == [registry.PROBE_TAG]
+    assert api.tags(registry_server.PROBE_REPO) == [registry_server.PROBE_TAG]
 
 
 def test_registry_password_is_nowhere_evc_writes_in_clear(lab_ws, lab_env, reg):
@@ -112,7 +114,7 @@ def test_registry_password_is_nowhere_evc_writes_in_clear(lab_ws, lab_env, reg):
 def test_cert_push_then_revoke_on_every_node(lab_ws, lab_env, reg):
     """Unknown authority before, a real pull after push, refused again after revoke."""
     settings, files, _ = reg
-    ref = f"{settings.ro_address}/{registry.PROBE_REPO}:{registry.PROBE_TAG}"
+    ref = registry_server.probe_ref(settings.ro_address)
 
     pushed = json.loads(evc("cert", "push", "lab", "--json", env=lab_env, check=0).stdout)
     assert pushed["status"] == "success" and sorted(pushed["hosts"]) == ["node1", "node2", "node3"]

@@ -113,7 +113,7 @@ def test_error_messages_print_what_the_user_typed(planted):
 def test_per_host_messages_and_registry_errors_are_printed_as_written(capsys):
     from evc.cli.output import print_run
     from evc.cli.registry import _print_status
-    from evc.registry import ReadOnlyStatus, RegistryStatus
+    from evc.registry_server import ReadOnlyStatus, RegistryStatus
 
     run = RunResult("p.yml", "all", "r1", "/a", 1.0, 2.0, 2, {
         "n1": HostResult("n1", "failed", failed=1, message=NODE_ERROR),

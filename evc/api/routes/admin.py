@@ -8,7 +8,7 @@ from dataclasses import asdict
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
 
-from evc import __version__, registry, views
+from evc import __version__, registry_server, views
 from evc.api import actions, tokens
 from evc.api.auth import ADMIN, OPERATOR, VIEWER, Caller
 from evc.api.routes import common
@@ -98,7 +98,7 @@ def audit_log(
 def registry_status(request: Request, caller=ADMIN) -> dict:
     """The registry's endpoints, certificates, repositories and pull credentials."""
     try:
-        status = registry.status(common.workspace(request))
+        status = registry_server.status(common.workspace(request))
     except UsageError as exc:  # no registry set up here
         raise HTTPException(409, str(exc)) from None
     except EVCError as exc:
