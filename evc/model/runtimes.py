@@ -100,14 +100,19 @@ class Runtime:
 
 
 def requirement_name(line: str) -> str:
-    """The package a pip requirement line names (normalised), or a UsageError."""
+    """The package a pip requirement line names (normalised), or a UsageError. A direct
+    reference must be https: a file: or other URL could put a controller's file (or a
+    wheel fetched in clear) into the image."""
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
     try:
-        return canonicalize_name(Requirement(line).name)
+        req = Requirement(line)
     except InvalidRequirement as exc:
         raise UsageError(f"{line[:200]!r} is not a pip requirement: {exc}") from None
+    if req.url and not req.url.startswith("https://"):
+        raise UsageError(f"{line[:200]!r}: a wheel's URL must be https://")
+    return canonicalize_name(req.name)
 
 
 def install_line(line: str) -> str:

@@ -94,7 +94,9 @@ def test_per_arch_requirements_replace_the_runtimes_line():
 @pytest.mark.parametrize(
     "item, expected",
     [("torch==2.9.1", "expected ARCH=LINE"), ("riscv=torch", "expected ARCH=LINE"),
-     ("arm64=torch @@ x", "is not a pip requirement")],
+     ("arm64=torch @@ x", "is not a pip requirement"),
+     ("arm64=torch @ file:///root/.evc/keys/id_ed25519", "must be https"),
+     ("arm64=torch @ http://x/torch-2-cp310-cp310-linux_aarch64.whl", "must be https")],
 )  # fmt: skip
 def test_a_bad_requirement_is_a_usage_error(item, expected):
     with pytest.raises(UsageError, match=expected):
