@@ -28,6 +28,8 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import field_validator
+
 from evc import db as evcdb
 from evc import engine, registry, resources
 from evc.config import Workspace
@@ -266,6 +268,16 @@ class BuildOptions(Options):
         "that package on that arch, e.g. 'amd64=torch==2.9.1', or NVIDIA's Jetson wheel: "
         "'arm64=torch @ https://.../torch-...-linux_aarch64.whl'.",
     )
+
+    @field_validator("requirement")
+    @classmethod
+    def _requirements(cls, v: list[str]) -> list[str]:
+        try:
+            arch_requirements(v, list(ARCHES))
+        except UsageError as exc:
+            raise ValueError(str(exc).removeprefix("--requirement ")) from None
+        return v
+
     build_on: BuildOn = opt(
         "auto",
         flag="on",

@@ -17,6 +17,7 @@ from evc.errors import EVCError, UsageError
 from evc.model import build, builder, catalogue
 from evc.model.runtimes import Runtime, install_line
 from evc.progress import Progress
+from tests.conftest import evc
 from tests.unit.fake_fleet import DEVICES, add_devices
 
 JETSON_BASE = "nvcr.io/nvidia/l4t-jetpack:r36.4.0"
@@ -160,3 +161,9 @@ def test_ultralytics_for_jetson_and_x86_each_arch_gets_its_base_and_torch(
     assert all("--no-deps" in b["dockerfile"] for b in built.values())  # ultralytics' own
     assert built["arm64"]["labels"]["evc.model.built_on"] == "emulated"
     assert [m.arch for m in catalogue.variants(workspace, "jetdet:1")] == ["amd64", "arm64"]
+
+
+def test_the_cli_refuses_a_bad_requirement_before_building(workspace):
+    proc = evc("model", "build", "det", "--runtime", "ultralytics", "--version", "1",
+               "--requirement", "arm64=torch @ file:///etc/shadow", check=2)  # fmt: skip
+    assert "--requirement" in proc.stderr and "must be https" in proc.stderr
