@@ -384,7 +384,7 @@ def _build_one(
         remote, built_on = _place(ws, o.build_on, arch, stack, progress)
         client = remote or local  # where the image is built and selftested
         base = base_image or _model_base(local, progress, arch)
-        if remote is not None and not base_image:
+        if remote is not None:  # EVC's base, or a given one the controller holds
             builder.ship(local, remote, base, progress)
         python, libc = _probe_base(client, base)
         if rt.packaged_weights:  # pretrained weights that ship in a package

@@ -131,10 +131,13 @@ def _load(dest, archive) -> None:
 
 def ship(src, dest, ref: str, progress: Progress = SILENT) -> None:
     """Copy image ``ref`` (with its tag) from engine ``src`` to ``dest``, unless ``dest``
-    holds the same image already."""
+    holds the same image already, or ``src`` does not hold it (``dest`` pulls it then)."""
     import docker.errors
 
-    want = src.images.get(ref).id
+    try:
+        want = src.images.get(ref).id
+    except docker.errors.ImageNotFound:
+        return
     try:
         if dest.images.get(ref).id == want:
             return
