@@ -15,6 +15,11 @@ Builds face-haar (`evc model build --arch ARCH`) in a temporary workspace:
 - Warm: the median of ROUNDS `--force` rebuilds, interleaved.
 - Latency: `evc-infer` in each image (`docker run --rm --network none`) over 20 JPEGs
   (five skimage pictures at four widths), the median of ROUNDS runs' p50/p95/images/s.
+- `--builder`: instead, arm64 only: emulated here vs on a builder (an `rpi-arm64` lab
+  node enrolled with role builder, in a lab of its own), each cold (the fresh base is
+  copied to the builder first) and warm. That node's engine is the hybrid node's
+  amd64 dockerd, so its build is emulated by the same kernel: this measures the
+  builder path (SSH tunnel, context up, image back), not a native board's speed.
 Removes what it built at the end.
 """
 
@@ -28,9 +33,10 @@ import time
 import uuid
 from pathlib import Path
 
-from _util import EVC, run, timed
+from _util import EVC, bench_workspace, run, timed
 
 from evc import engine
+from evc.lab.network import free_subnet
 from model_images import infer, make_inputs, remove_built_on, wheelhouses
 
 ARCHES = ("amd64", "arm64")
@@ -57,16 +63,39 @@ def fresh_base(client, arch: str):
     return image, took
 
 
-def build(env: dict, arch: str, base: str, force: bool) -> tuple[float, dict]:
+def build(env: dict, arch: str, base: str, force: bool, on: str = "auto") -> tuple[float, dict]:
     cmd = EVC + ["model", "build", "faces", "--runtime", "face-haar", "--version", "1",
-                 "--arch", arch, "--base-image", base, "--json"]  # fmt: skip
+                 "--arch", arch, "--base-image", base, "--on", on, "--json"]  # fmt: skip
     wall, out = run(cmd + (["--force"] if force else []), env)
     return wall, json.loads(out)
 
 
+def on_builder(client, root: Path, base: str) -> tuple[float, list[float]]:
+    """arm64 build seconds, cold and warm, on an rpi-arm64 lab node enrolled as builder."""
+    lab = "mabuild"
+    env = bench_workspace(root, lab, free_subnet(client, f"evc-{lab}", "172.30.0.0/24"))
+    try:
+        _, out = run(EVC + ["lab", "up", "--nodes", "1", "--profile", "rpi-arm64", "--json"], env)
+        ip = json.loads(out)["nodes"][0]["ip"]
+        timed(EVC + ["device", "remove", "node1"], env)
+        timed(EVC + ["device", "add", "node1", "--host", ip, "--role", "builder", "--label",
+                     f"lab={lab}"], env)  # fmt: skip
+        cold, built = build(env, "arm64", base, force=False, on="builder")
+        assert built["variants"][0]["built_on"] == "node1", built
+        warm = [build(env, "arm64", base, force=True, on="builder")[0] for _ in range(ROUNDS)]
+        return cold, warm
+    finally:
+        timed(EVC + ["lab", "down"], env)
+        timed(EVC + ["registry", "down", "--purge"], env)
+
+
 def main() -> int:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--builder", action="store_true", help="arm64 on a lab builder too")
+    args = parser.parse_args()
     client = engine.docker_client()
+    if args.builder:
+        return builder_vs_emulation(client)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         env = {"EVC_HOME": str(tmp / "ws")}
@@ -108,6 +137,26 @@ def main() -> int:
     (w0, l0, t0), (w1, l1, t1) = medians["amd64"], medians["arm64"]
     print(f"arm64 / amd64: warm build {w1 / w0:.1f}x, p50 latency {l1 / l0:.1f}x, "
           f"throughput {t0 / t1:.1f}x lower")  # fmt: skip
+    return 0
+
+
+def builder_vs_emulation(client) -> int:
+    """arm64 build seconds, emulated here and on a lab builder, cold and warm."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        env = {"EVC_HOME": str(tmp / "ws")}
+        timed(EVC + ["init", str(tmp / "ws")], env)
+        timed(EVC + ["registry", "init", "--host", "127.0.0.1"], env)
+        base, _ = fresh_base(client, "arm64")
+        try:
+            here = [build(env, "arm64", base.tags[0], force=False, on="emulation")[0]]
+            here += [build(env, "arm64", base.tags[0], True, "emulation")[0] for _ in range(ROUNDS)]
+            cold, warm = on_builder(client, tmp / "bws", base.tags[0])
+        finally:
+            remove_built_on(client, base.id)
+    print("face-haar arm64 build seconds (the lab builder's engine is emulated too)")
+    print(f"emulated here: cold {here[0]:.1f}, warm {statistics.median(here[1:]):.1f}")
+    print(f"lab builder:   cold {cold:.1f}, warm {statistics.median(warm):.1f}")
     return 0
 
 

@@ -131,6 +131,11 @@ def native_arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
+def engine_arch(client) -> str:
+    """The architecture of the engine ``client`` talks to, in Docker's words."""
+    return client.version().get("Arch") or native_arch()
+
+
 def ensure_base_image(client, log: Log = _quiet, arch: str | None = None) -> tuple[str, bool]:
     """Debian minbase from debootstrap for ``arch`` (default: native), imported;
     returns (tag, built_now).

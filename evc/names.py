@@ -125,6 +125,15 @@ def _arches(value: str) -> str:
     return value
 
 
+BUILD_PLACES = ("auto", "builder", "emulation")  # where `model build --on` builds a foreign arch
+
+
+def _build_on(value: str) -> str:
+    if value not in BUILD_PLACES:
+        raise ValueError(f"{value[:80]!r} is not one of: {', '.join(BUILD_PLACES)}")
+    return value
+
+
 def _text(limit: int):
     def check(value: str) -> str:
         if len(value) > limit or _CONTROL.search(value):
@@ -148,6 +157,7 @@ JobId = Annotated[str, AfterValidator(JOB_ID)]
 TokenName = Annotated[str, AfterValidator(TOKEN_NAME)]
 WorkspaceName = Annotated[str, AfterValidator(WORKSPACE_NAME)]
 Arches = Annotated[str, AfterValidator(_arches)]
+BuildOn = Annotated[str, AfterValidator(_build_on)]
 Owner = Annotated[str, AfterValidator(_text(128))]
 LabelValue = Annotated[str, AfterValidator(_text(256))]
 

@@ -388,6 +388,12 @@ def _variants(db: sqlite_utils.Database) -> None:
     )
 
 
+def _built_on(db: sqlite_utils.Database) -> None:
+    """Where each variant was built: a builder device's name, "emulated" (qemu on the
+    controller) or "controller" (natively there)."""
+    db.execute("ALTER TABLE models ADD COLUMN built_on TEXT")
+
+
 # Applied in order, once each; never edit or reorder a released entry, append a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_core", _core),
@@ -399,4 +405,5 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0007_keypoints", _keypoints),
     ("0008_api", _api),
     ("0009_variants", _variants),
+    ("0010_built_on", _built_on),
 ]

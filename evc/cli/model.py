@@ -46,6 +46,7 @@ def _print_model(m, json: bool) -> None:
         ("registry digest", m.registry_digest or "not pushed"),
         ("in registry", registry),
         ("deployed on", ", ".join(m.deployed_on or []) or "-"),
+        ("built on", m.built_on or "-"),
         ("selftest", ", ".join(f"{k}={v}" for k, v in (m.selftest or {}).items())),
     ]
     if m.index_digest:

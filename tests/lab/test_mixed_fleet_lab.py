@@ -31,8 +31,9 @@ LIST_TYPES = (
 def mixed(tmp_path_factory, pytestconfig):
     """(workspace, env): a lab of nuc, rpi (amd64) and rpi-arm64 nodes that trust the
     registry, with MODEL:1 built for both arches (the default: the enrolled arches)."""
-    pytestconfig.evc_arm64_images.join()  # started at collection (conftest); `lab up`
-    # builds what is left if it failed
+    images = getattr(pytestconfig, "evc_arm64_images", None)  # started with the session's
+    if images is not None:  # lab (conftest), if that runs; `lab up` builds what is left
+        images.join()
     root = tmp_path_factory.mktemp("mixedws")
     name = f"{LAB_NAME}mx"
     subnet = free_subnet(docker_client(), f"evc-{name}", "172.30.0.0/24")
@@ -147,3 +148,37 @@ def test_delete_removes_every_variant_and_the_index(mixed):
     assert set(registry.api(ws).tags(f"evc/{MODEL}")) == {"2", "2-amd64"}
     evc("model", "delete", f"{MODEL}:2", env=env, check=0)
     assert registry.api(ws).tags(f"evc/{MODEL}") == []
+
+
+def test_an_arm64_builder_builds_the_arm64_variant_else_emulation(mixed):
+    """node3 enrolled again with role builder: the arm64 variant is built and selftested
+    on it (its engine reached over SSH with the pinned host key) and brought back; with
+    node3 down the build falls back to emulation and says so, and --on builder refuses."""
+    ws, env = mixed
+    (node3,) = [d for d in _json("device", "list", env=env) if d["name"] == "node3"]
+    evc("device", "remove", "node3", env=env, check=0)
+    evc("device", "add", "node3", "--host", node3["host"], "--role", "builder", "--group",
+        "lab", "--label", f"lab={ws.lab_name}", "--label", "profile=rpi-arm64", env=env,
+        check=0)  # fmt: skip
+    build = ["model", "build", "bfaces", "--runtime", "face-haar", "--arch", "arm64"]
+    proc = evc(*build, "--version", "1", env=env, check=0, timeout=1800)
+    assert "on builder node3" in proc.stdout + proc.stderr
+    built = _json("model", "show", "bfaces:1", env=env)
+    assert built["built_on"] == "node3" and built["selftest"]["selftest"] == "ok"
+    image = docker_client().images.get(built["image"])
+    assert image.attrs["Architecture"] == "arm64"
+    assert image.labels["evc.model.built_on"] == "node3"
+    # The builder keeps no tagged copy: the catalogue's image is the controller's.
+    assert _on_node(ws, "node3", "docker", "images", "-q", "--filter",
+                    "label=evc.model.name=bfaces", "--filter", "dangling=false") == ""  # fmt: skip
+
+    evc("lab", "stop", "node3", env=env, check=0)
+    refused = evc(*build, "--version", "2", "--on", "builder", env=env, check=1)
+    assert "no arm64 builder answers (node3: SSH to" in refused.stderr + refused.stdout
+    proc = evc(*build, "--version", "2", env=env, check=0, timeout=1800)
+    said = " ".join((proc.stdout + proc.stderr).split())
+    assert "building the arm64 variant under qemu emulation here (node3: SSH to" in said
+    emulated = _json("model", "show", "bfaces:2", env=env)
+    assert emulated["built_on"] == "emulated" and emulated["selftest"]["selftest"] == "ok"
+    assert docker_client().images.get(emulated["image"]).attrs["Architecture"] == "arm64"
+    print("arm64 build_s: on builder", built["build_s"], "emulated", emulated["build_s"])

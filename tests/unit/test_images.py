@@ -56,7 +56,8 @@ def test_build_context_takes_the_runtimes_own_dockerfile_else_the_shared_one_all
     weights = root / "model" / "weights.bin"
     weights.write_bytes(b"private")
     weights.chmod(0o600)  # as a user's file may be: COPY keeps it, the image's user needs it
-    build._context(runtimes.Runtime.load(runtime), wheels, root)
+    rt = runtimes.Runtime.load(runtime)
+    build._context(rt, rt.requirements, wheels, root)
     assert weights.stat().st_mode & 0o777 == 0o644
     images = resources.data_dir("model_images")
     assert (root / "Dockerfile").read_bytes() == (images / dockerfile).read_bytes()
