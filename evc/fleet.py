@@ -188,10 +188,13 @@ def not_serving(run: RunResult, model: str, rows: dict[str, dict]) -> dict[str, 
         if any(d.kind == "unreachable" for d in items):
             out[host] = f"{host} did not answer: {r.message or 'no report'}"
         elif any(d.kind in MODEL for d in items):
-            out[host] = (
-                f"{model}:{row['version']} is not running on {host}: `evc fleet converge {host}`"
-            )
+            out[host] = not_running(f"{model}:{row['version']}", host)
     return out
+
+
+def not_running(ref: str, host: str) -> str:
+    """Why a job leaves ``host`` out, or gives it up mid-job, and what repairs it."""
+    return f"{ref} is not running on {host}: `evc fleet converge {host}`"
 
 
 def observe(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import sqlite3
 import threading
@@ -41,6 +42,10 @@ from evc.names import ModelOrRef, Target
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
 
+# What evc_shard says when the node no longer runs the model (stopped, or re-imaged:
+# its job folder is gone): the node is given up at once, with the command that repairs it.
+_CONTAINER_GONE = re.compile(r"model container \S+ is not (running|deployed)")
+_SHARD_STATE = {"unstored": "failed", "stale": "lost"}  # outcome -> the shard row's state
 BROKEN_AFTER = 2  # a node whose shards fail this many times in a row is dropped
 SHARD_TIMEOUT_S = 300  # base per-shard task timeout; plus 2 s per item
 RUNNERS_PER_NODE = 2  # the next shard waits on the node while one runs: no idle hand-over
@@ -319,7 +324,7 @@ def _finish(db, job_id: str, runner: _Runner) -> None:
     shards that failed for good, or that no node could take, get their error; so does
     any item still pending (a bug's doing), so every item ends ok or with a reason."""
     queue = runner.queue
-    gone = "; ".join(f"{n} {why}" for n, why in runner.dropped.items()) or "none ran it"
+    gone = "; ".join(runner.dropped.values()) or "none ran it"
     reasons = [(s, f"failed after {s.attempt} attempt(s): {s.error}") for s in queue.failures()]
     reasons += [(s, f"no node left to run it ({s.error or gone})") for s in queue.stranded()]
     now = time.time()
@@ -355,7 +360,7 @@ class _Runner:
         self.stop = threading.Event()
         self.done_items = 0
         self.unstored: list[tuple[int, dict]] = []  # shard rows the database refused
-        self.dropped: dict[str, str] = {}  # node -> why it was given up
+        self.dropped: dict[str, str] = {}  # node -> why it was given up (a sentence)
         self._lock = threading.Lock()
         params = json.loads(job["params"])
         self.params = {k: params.get(k) for k in ("conf", "iou", "imgsz")}
@@ -376,13 +381,16 @@ class _Runner:
             if outcome == "done":
                 failures = 0
             elif outcome == "lost":
-                self._drop(node, f"was lost: {error}")
+                self._drop(node, f"{node} was lost: {error}")
+                return
+            elif outcome == "stale":  # its shards re-run elsewhere, costing no attempt
+                self._drop(node, error)
                 return
             else:  # re-run elsewhere; only the node's own failures count against it
                 self.queue.failed(shard, node, error)
                 failures += outcome == "failed"
                 if failures >= BROKEN_AFTER:  # e.g. its model container is gone
-                    self._drop(node, f"failed {failures} shards in a row: {error}")
+                    self._drop(node, f"{node} failed {failures} shards in a row: {error}")
                     return
 
     def _drop(self, node: str, why: str) -> None:
@@ -391,7 +399,7 @@ class _Runner:
         self.queue.node_lost(node)
 
     def _run_shard(self, node: str, shard: schedule.Shard) -> tuple[str, str | None]:
-        """Run ``shard`` on ``node``: ('done' | 'failed' | 'lost' | 'unstored', why).
+        """Run ``shard`` on ``node``: ('done' | 'failed' | 'lost' | 'stale' | 'unstored', why).
         Never raises: whatever goes wrong is this shard's failure, with its reason, so
         the thread lives on and the queue always hears of the shard. 'unstored': the
         database refused its results (locked past the busy timeout), no fault of the
@@ -414,7 +422,7 @@ class _Runner:
         finally:
             archive.unlink(missing_ok=True)
         if outcome != "done" and shard_id is not None:
-            state = "interrupted" if self.stop.is_set() else outcome.replace("unstored", "failed")
+            state = "interrupted" if self.stop.is_set() else _SHARD_STATE.get(outcome, outcome)
             row = {"state": state, "finished": time.time(), "error": error}
             try:
                 db["shards"].update(shard_id, row)
@@ -446,6 +454,9 @@ class _Runner:
             host = run.hosts[node]
             if host.state == "unreachable":
                 return "lost", host.message or "unreachable"
+            if host.state == "failed" and _CONTAINER_GONE.search(host.message or ""):
+                ref = f"{self.job['model']}:{self.job['version']}"
+                return "stale", f"{fleet.not_running(ref, node)} ({host.message})"
             if host.state == "failed":
                 return "failed", f"{host.failed_task}: {host.message}"
             try:

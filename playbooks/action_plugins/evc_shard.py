@@ -5,7 +5,7 @@ module run (about a second per shard)."""
 
 import os
 
-from ansible.errors import AnsibleActionFail
+from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.plugins.action import ActionBase
 
 
@@ -17,7 +17,15 @@ class ActionModule(ActionBase):
         if not src or not os.path.isfile(src):
             raise AnsibleActionFail(f"evc_shard: src {src!r} is not a file on the controller")
         upload = f"{args['serve_dir']}/inbox/.{args['name']}.part"
-        self._connection.put_file(src, upload)
+        try:
+            self._connection.put_file(src, upload)
+        except AnsibleError as exc:  # e.g. dd: failed to open '…/inbox/….part'
+            if "No such file or directory" not in str(exc):
+                raise
+            raise AnsibleActionFail(
+                f"model container {args['container']} is not deployed: its job folder "
+                f"{args['serve_dir']} is missing"
+            ) from None
         args["upload"] = upload
         result.update(self._execute_module("evc_shard", module_args=args, task_vars=task_vars))
         return result

@@ -7,12 +7,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import zipfile
 
 import pytest
 
 from evc import db as evcdb
+from evc.ansible import run_playbook
 from evc.engine import docker_client
 from evc.infer import runner
 from evc.lab.nodes import Nodes
@@ -252,3 +254,22 @@ def test_bad_input_is_refused_before_anything_runs(lab_ws, lab_env, deployed, tm
                env=lab_env, check=2)  # fmt: skip
     assert "runs on none of the target's nodes (node3)" in proc.stderr
     assert len(_json("infer", "list", env=lab_env)) == before
+
+
+def test_a_shard_for_a_node_without_the_model_names_the_gone_container(lab_ws, tmp_path):
+    """A node re-imaged mid-job has no job folder: the shard's upload fails with a plain
+    reason the runner recognises (it gives the node up with the repair), not dd's error."""
+    archive = tmp_path / "s.tar"
+    with tarfile.open(archive, "w"):
+        pass
+    run = run_playbook(lab_ws, "infer_shard.yml", "node3", extravars={
+        "evc_model": "nomodel", "evc_shard": "x-0-1", "evc_archive": str(archive),
+        "evc_jobs_dir": "/var/lib/evc/jobs", "evc_timeout": 30,
+    })  # fmt: skip
+    host = run.hosts["node3"]
+    assert host.state == "failed", host
+    assert host.message == (
+        "model container evc-model-nomodel is not deployed: its job folder "
+        "/var/lib/evc/jobs/models/nomodel is missing"
+    )
+    assert runner._CONTAINER_GONE.search(host.message)

@@ -429,3 +429,34 @@ def test_a_stop_event_ends_the_job_like_ctrl_c_and_leaves_it_resumable(workspace
     assert ("infer_cleanup.yml", "node1,node2") in [c[:2] for c in fleet.calls]
     assert runner.resume(workspace, job_id).ok
     _check_every_item_once(workspace, job_id)
+
+
+@pytest.mark.parametrize("message", [
+    "model container evc-model-faces is not running",  # stopped by hand, or crashed
+    "model container evc-model-faces is not deployed: its job folder /x is missing",  # re-imaged
+])  # fmt: skip
+def test_a_node_that_loses_its_container_mid_job_is_given_up_with_the_repair(
+    workspace, fleet, data, message
+):
+    """No retries burnt on it: its shard re-runs elsewhere as the same attempt, and when
+    no node is left the items carry the reason and the command that repairs the node."""
+    fleet.plant("node1", lambda d: failed(d.node, message))
+    result = _in_thread(lambda: runner.run(workspace, _options(data, strategy="round-robin")))
+    assert result.ok
+    _check_every_item_once(workspace, result.job["id"])
+    shards = _shards(workspace, result.job["id"])
+    (gone,) = [s for s in shards if s["node"] == "node1" and s["state"] != "done"]
+    assert gone["state"] == "lost" and gone["error"].startswith(
+        "faces:1.0 is not running on node1: `evc fleet converge node1`"
+    )
+    assert len([s for s in shards if s["node"] == "node1"]) == 1  # given up at once
+    (rerun,) = [s for s in shards if s["idx"] == gone["idx"] and s["state"] == "done"]
+    assert (rerun["node"], rerun["attempt"]) == ("node2", gone["attempt"])
+
+    for node in ("node1", "node2"):  # each of a node's runner threads hits it
+        fleet.plant(node, *[lambda d: failed(d.node, message)] * runner.RUNNERS_PER_NODE)
+    result = _in_thread(lambda: runner.run(workspace, _options(data)))
+    rows = _rows(workspace, result.job["id"])
+    assert {r["state"] for r in rows.values()} == {"error"}
+    assert all("is not running on node" in r["error"] and "evc fleet converge" in r["error"]
+               for r in rows.values())  # fmt: skip
