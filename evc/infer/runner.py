@@ -108,28 +108,41 @@ def run(
 ) -> JobResult:
     """Create a job over ``data`` on the nodes of ``target`` that run the model, and run it.
     ``stop`` set ends it the way Ctrl-C does (see :func:`resume`)."""
-    job_id, hosts, model, checked = _prepare(ws, options, progress)
+    job_id, hosts, model = _prepare(ws, options)
     with job_lock(ws, job_id, progress):
         _create(ws, options, job_id, model, progress)
+        try:  # after the data is checked: bad input is refused without asking the nodes
+            checked = _nodes(ws, model.name, model.version, hosts, progress)
+        except BaseException:  # no node usable, or Ctrl-C: no job is left half-made
+            _discard(ws, job_id)
+            raise
         return _execute(ws, job_id, hosts, progress, stop, checked)
 
 
 def create(ws: Workspace, options: RunOptions, progress: Progress = SILENT) -> str:
     """Create a job (its items staged, each one pending) without running it, and return
     its id: :func:`resume` runs it (the HTTP API answers with the id first)."""
-    job_id, _, model, _ = _prepare(ws, options, progress)
+    job_id, _, model = _prepare(ws, options)
     with job_lock(ws, job_id, progress):
         _create(ws, options, job_id, model, progress)
     return job_id
 
 
-def _prepare(ws: Workspace, o: RunOptions, progress: Progress) -> tuple:
-    """A new job id, the target's hosts, the model and its usable nodes (:func:`_nodes`);
-    refuses before anything is created."""
+def _prepare(ws: Workspace, o: RunOptions) -> tuple[str, list[str], catalogue.Model]:
+    """A new job id, the target's hosts and the model; refuses before anything is created
+    (asking only the database: whether the nodes serve it is checked when the job runs)."""
     hosts = resolve_hosts(ws.inventory, o.target)
     model = _model_for(ws, o.model, hosts)
-    checked = _nodes(ws, model.name, model.version, hosts, progress)
-    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4], hosts, model, checked
+    _declared(ws, model.name, model.version, hosts)
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4], hosts, model
+
+
+def _discard(ws: Workspace, job_id: str) -> None:
+    """Forget a job that never ran: its rows and its staged items."""
+    db = evcdb.workspace_db(ws)
+    with evcdb.transaction(db):  # its results rows go with it (ON DELETE CASCADE)
+        db.execute("DELETE FROM jobs WHERE id = ?", [job_id])
+    shutil.rmtree(job_dir(ws, job_id), ignore_errors=True)
 
 
 def _create(ws, o: RunOptions, job_id: str, model: catalogue.Model, progress: Progress) -> None:
@@ -200,14 +213,7 @@ def _nodes(
     container runs there at the recorded digest: a node re-imaged or whose container
     stopped is left out up front with the command that repairs it, rather than burning
     the job's retries on it."""
-    rows = {r["node"]: r for r in current(ws, model) if r["version"] == version}
-    skipped = {h: f"{model}:{version} is not deployed here" for h in hosts if h not in rows}
-    if len(skipped) == len(hosts):
-        raise UsageError(
-            f"{model}:{version} runs on none of the target's nodes ({', '.join(hosts)}): "
-            f"run `evc model deploy {model}:{version} TARGET` first."
-        )
-    rows = {h: rows[h] for h in hosts if h in rows}
+    rows, skipped = _declared(ws, model, version, hosts)
     run = run_playbook(ws, "fleet_status.yml", ",".join(rows), extravars=fleet.extravars(ws),
                        progress=progress)  # fmt: skip
     skipped.update(fleet.not_serving(run, model, rows))
@@ -215,6 +221,21 @@ def _nodes(
     if not nodes:
         raise UsageError("; ".join(skipped[h] for h in rows) + ".")
     return nodes, skipped
+
+
+def _declared(
+    ws, model: str, version: str, hosts: list[str]
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """({host: its deployment of MODEL:VERSION}, {other host: why skipped}) as the
+    database has them; none is an error."""
+    rows = {r["node"]: r for r in current(ws, model) if r["version"] == version}
+    skipped = {h: f"{model}:{version} is not deployed here" for h in hosts if h not in rows}
+    if len(skipped) == len(hosts):
+        raise UsageError(
+            f"{model}:{version} runs on none of the target's nodes ({', '.join(hosts)}): "
+            f"run `evc model deploy {model}:{version} TARGET` first."
+        )
+    return {h: rows[h] for h in hosts if h in rows}, skipped
 
 
 class _Stopped(Exception):
