@@ -5,13 +5,17 @@ afterwards runs on every node that runs the model. Containers without EVC's labe
 left alone. The session fleet is left as found: the model runs on node1 and node2 again
 and the `trusted` fixture revokes the trust afterwards."""
 
+import json
+import os
+import signal
+import subprocess
 import time
 
 from evc import db as evcdb
 from evc import registry
 from evc.lab.nodes import Nodes
 from evc.model.deployments import current
-from tests.conftest import evc
+from tests.conftest import EVC, evc
 from tests.lab.conftest import DEPLOYED as MODEL
 from tests.lab.conftest import evc_json
 
@@ -85,3 +89,52 @@ def test_fleet_converges_to_what_the_database_says(lab_ws, lab_env, deployed, tr
     cost["runs_s"] = [(r["playbook"], r["target"], round(r["s"], 1)) for r in runs][-12:]
     cost["total_s"] = round(time.monotonic() - t0, 1)
     print(f"fleet lab test cost: {cost}")
+
+
+def _until(check, what: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} after {seconds} s"
+        time.sleep(0.5)
+
+
+def test_monitor_converge_brings_a_node_back_to_its_models(lab_ws, lab_env, deployed, trusted):
+    """`evc monitor --converge`: node2's model stopped by hand, then node2 itself; when
+    node2 comes back it runs its declared model again with no command typed, and the
+    repair is a node event."""
+    ws, db = lab_ws, evcdb.workspace_db(lab_ws)
+    assert _on(ws, "node2", "docker", "stop", f"evc-model-{MODEL}")[0] == 0
+    evc("lab", "stop", "node2", env=lab_env, check=0)
+    started = time.time()
+    monitor = subprocess.Popen(
+        [*EVC, "monitor", "lab", "--interval", "2", "--converge", "--json"],
+        env={**os.environ, **lab_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+    def status(node: str) -> str:
+        return next(iter(db.query("SELECT status FROM devices WHERE name = ?", [node])))["status"]
+
+    def running() -> bool:
+        return _on(ws, "node2", "docker", "inspect", "-f", "{{.State.Running}}",
+                   f"evc-model-{MODEL}") == (0, "true")  # fmt: skip
+
+    try:
+        _until(lambda: status("node2") != "online", "round that misses node2", 120)
+        evc("lab", "start", "node2", env=lab_env, check=0)
+        back = time.time()
+        _until(running, "converge of node2 by the monitor", 300)
+        repaired = time.time()
+    finally:
+        monitor.send_signal(signal.SIGTERM)
+        out, err = monitor.communicate(timeout=300)
+    assert monitor.returncode == 0 and "Traceback" not in err, err
+    rounds = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    converged = [r for r in rounds if r.get("converged")]
+    assert converged and "node2" in converged[0]["converge_why"], rounds
+    events = db.query(
+        "SELECT from_state, to_state FROM node_events WHERE node = 'node2' AND at > ? "
+        "AND from_state LIKE 'drift:%'", [started],
+    )  # fmt: skip
+    assert (f"drift:model-not-running:{MODEL}", "repaired") in [tuple(e.values()) for e in events]
+    print(f"monitor --converge: node2 running its model {repaired - back:.1f} s after its start")
