@@ -11,6 +11,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -142,6 +143,14 @@ def get(ws: Workspace, job_id: str) -> dict:
     if not rows:
         raise UsageError(f"No job {job_id!r}; `evc infer list` shows the jobs.")
     return rows[0]
+
+
+def discard(ws: Workspace, job_id: str) -> None:
+    """Forget a job that never ran: its rows and its staged items."""
+    db = evcdb.workspace_db(ws)
+    with evcdb.transaction(db):  # its results rows go with it (ON DELETE CASCADE)
+        db.execute("DELETE FROM jobs WHERE id = ?", [job_id])
+    shutil.rmtree(job_dir(ws, job_id), ignore_errors=True)
 
 
 def list_jobs(ws: Workspace, limit: int = 50) -> list[dict]:

@@ -34,7 +34,17 @@ from evc.ansible import resolve_hosts, run_playbook
 from evc.config import Workspace
 from evc.errors import EVCError, Interrupted, UsageError
 from evc.infer.data import stage_items
-from evc.infer.jobs import JobResult, get, job_dir, job_lock, keypoints_json, status, throughputs
+from evc.infer.jobs import (
+    JobResult,
+    discard,
+    get,
+    job_dir,
+    job_lock,
+    keypoints_json,
+    status,
+    throughputs,
+)
+from evc.infer.nodes import declared_nodes, usable_nodes
 from evc.infer.shards import Record, build_archive, dispatch_name, parse_answer
 from evc.model import catalogue
 from evc.model.deployments import JOBS_DIR, current
@@ -112,9 +122,9 @@ def run(
     with job_lock(ws, job_id, progress):
         _create(ws, options, job_id, model, progress)
         try:  # after the data is checked: bad input is refused without asking the nodes
-            checked = _nodes(ws, model.name, model.version, hosts, progress)
+            checked = usable_nodes(ws, model.name, model.version, hosts, progress)
         except BaseException:  # no node usable, or Ctrl-C: no job is left half-made
-            _discard(ws, job_id)
+            discard(ws, job_id)
             raise
         return _execute(ws, job_id, hosts, progress, stop, checked)
 
@@ -133,16 +143,8 @@ def _prepare(ws: Workspace, o: RunOptions) -> tuple[str, list[str], catalogue.Mo
     (asking only the database: whether the nodes serve it is checked when the job runs)."""
     hosts = resolve_hosts(ws.inventory, o.target)
     model = _model_for(ws, o.model, hosts)
-    _declared(ws, model.name, model.version, hosts)
+    declared_nodes(ws, model.name, model.version, hosts)
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4], hosts, model
-
-
-def _discard(ws: Workspace, job_id: str) -> None:
-    """Forget a job that never ran: its rows and its staged items."""
-    db = evcdb.workspace_db(ws)
-    with evcdb.transaction(db):  # its results rows go with it (ON DELETE CASCADE)
-        db.execute("DELETE FROM jobs WHERE id = ?", [job_id])
-    shutil.rmtree(job_dir(ws, job_id), ignore_errors=True)
 
 
 def _create(ws, o: RunOptions, job_id: str, model: catalogue.Model, progress: Progress) -> None:
@@ -204,40 +206,6 @@ def resume(
         return _execute(ws, job_id, hosts, progress, stop)
 
 
-def _nodes(
-    ws, model: str, version: str, hosts: list[str], progress: Progress = SILENT
-) -> tuple[list[str], dict[str, str]]:
-    """(nodes that run MODEL:VERSION, {other node: why it is skipped}); none is an error.
-
-    The nodes the database says run it are asked (one fleet_status.yml run) whether its
-    container runs there at the recorded digest: a node re-imaged or whose container
-    stopped is left out up front with the command that repairs it, rather than burning
-    the job's retries on it."""
-    rows, skipped = _declared(ws, model, version, hosts)
-    run = run_playbook(ws, "fleet_status.yml", ",".join(rows), extravars=fleet.extravars(ws),
-                       progress=progress)  # fmt: skip
-    skipped.update(fleet.not_serving(run, model, rows))
-    nodes = [h for h in hosts if h not in skipped]
-    if not nodes:
-        raise UsageError("; ".join(skipped[h] for h in rows) + ".")
-    return nodes, skipped
-
-
-def _declared(
-    ws, model: str, version: str, hosts: list[str]
-) -> tuple[dict[str, dict], dict[str, str]]:
-    """({host: its deployment of MODEL:VERSION}, {other host: why skipped}) as the
-    database has them; none is an error."""
-    rows = {r["node"]: r for r in current(ws, model) if r["version"] == version}
-    skipped = {h: f"{model}:{version} is not deployed here" for h in hosts if h not in rows}
-    if len(skipped) == len(hosts):
-        raise UsageError(
-            f"{model}:{version} runs on none of the target's nodes ({', '.join(hosts)}): "
-            f"run `evc model deploy {model}:{version} TARGET` first."
-        )
-    return {h: rows[h] for h in hosts if h in rows}, skipped
-
-
 class _Stopped(Exception):
     """The caller's ``stop`` event was set: handled like Ctrl-C."""
 
@@ -251,10 +219,10 @@ def _execute(
     checked: tuple[list[str], dict[str, str]] | None = None,
 ) -> JobResult:
     """Run the job's pending items on the usable nodes of ``hosts`` (``checked``: as
-    :func:`_nodes` found them just before; else they are checked now)."""
+    :func:`usable_nodes` found them just before; else they are checked now)."""
     job = get(ws, job_id)
     db = evcdb.workspace_db(ws)
-    nodes, skipped = checked or _nodes(ws, job["model"], job["version"], hosts, progress)
+    nodes, skipped = checked or usable_nodes(ws, job["model"], job["version"], hosts, progress)
     with evcdb.transaction(db):  # under the job's lock: a shard still 'running' is stale
         db["jobs"].update(job_id, {"skipped_nodes": json.dumps(skipped), "state": "running"})
         db.execute(

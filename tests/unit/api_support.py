@@ -183,7 +183,7 @@ def console(server: Server, shots: Path) -> Iterator[Console]:
 def _serve_with_fake_fleet() -> None:
     from evc import devices, logs
     from evc.cli import main
-    from evc.infer import runner
+    from evc.infer import nodes, runner
     from evc.model import deploy
     from tests.unit.fake_fleet import FakeFleet
 
@@ -195,7 +195,7 @@ def _serve_with_fake_fleet() -> None:
             return super()._shard(host, extravars)
 
     fake = Fleet(down={"node3"})
-    for module in (deploy, runner, devices, logs):
+    for module in (deploy, runner, nodes, devices, logs):
         module.run_playbook = fake
     main()
 

@@ -3,7 +3,7 @@ import time
 import pytest
 
 from evc import db as evcdb
-from evc.infer import runner
+from evc.infer import nodes, runner
 from evc.model import deploy
 from tests.unit.fake_fleet import FakeFleet, add_devices, add_model
 
@@ -18,6 +18,7 @@ def fleet(workspace, monkeypatch):
     fake = FakeFleet(down={"node3"})
     monkeypatch.setattr(deploy, "run_playbook", fake)
     monkeypatch.setattr(runner, "run_playbook", fake)
+    monkeypatch.setattr(nodes, "run_playbook", fake)
     deploy.deploy(workspace, deploy.DeployOptions(ref="faces:1.0", target="node1,node2"))
     fake.calls.clear()
     return fake

@@ -22,6 +22,7 @@ from evc import db as evcdb
 from evc import devices
 from evc import logs as telemetry
 from evc.ansible import HostResult, RunResult
+from evc.infer import nodes
 from evc.infer import runner as jobs
 from evc.model import deploy
 from tests.unit.fake_fleet import FakeFleet, add_devices, add_model
@@ -131,6 +132,7 @@ def populate(ws, monkeypatch, data: Path) -> float:
     fleet = FakeFleet(down={"node3"}, flaky={"node2"})
     monkeypatch.setattr(deploy, "run_playbook", fleet)
     monkeypatch.setattr(jobs, "run_playbook", fleet)
+    monkeypatch.setattr(nodes, "run_playbook", fleet)
     fleet(ws, "facts.yml", "all")
     add_model(ws, "1.0", now)
     add_model(ws, "1.1", now)

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from evc.config import init_workspace
-from evc.infer import runner
+from evc.infer import nodes, runner
 from evc.run import config as scenario
 from evc.run import execute
 from tests.conftest import evc
@@ -24,7 +24,9 @@ def ran(tmp_path_factory):
     ws = init_workspace(root / "ws")
     with pytest.MonkeyPatch.context() as mp:
         populate(ws, mp, root / "data")
-        mp.setattr(runner, "run_playbook", FakeFleet())
+        fake = FakeFleet()
+        mp.setattr(runner, "run_playbook", fake)
+        mp.setattr(nodes, "run_playbook", fake)
         path = root / "look.yaml"
         path.write_text(f"""\
 version: 1
