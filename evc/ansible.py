@@ -21,6 +21,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import stat
 import sys
 import threading
@@ -403,6 +404,28 @@ def _message(res: dict) -> str:
     return text.splitlines()[-1][:500] if text else "failed"
 
 
+@contextlib.contextmanager
+def _signals_deferred():
+    """A cancel callback for ansible-runner that SIGINT and SIGTERM set while a run from
+    the main thread lasts; then the handlers in place before are back, and the signal
+    goes to them. Left to itself, ansible-runner installs handlers there that only
+    cancel its run and never restores them: a later Ctrl-C (an inference job's, after
+    its up-front check of the nodes) would be swallowed. Off the main thread: None."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    got: list[int] = []
+    kept = {s: signal.signal(s, lambda n, _frame: got.append(n))
+            for s in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        yield lambda: bool(got)
+    finally:
+        for s, handler in kept.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if got:
+            signal.raise_signal(got[0])
+
+
 def run_playbook(
     ws: Workspace,
     name: str,
@@ -442,20 +465,22 @@ def run_playbook(
                 prune_runs(artifacts, KEEP_RUNS)
             with progress.task(f"{path.name} on {target}") as line:
                 collector = _Collector(hosts, line)
-                runner = ansible_runner.run(
-                    private_data_dir=str(ws.artifacts_dir),
-                    ident=ident,
-                    playbook=str(path),
-                    inventory=str(inventory),
-                    limit=target,
-                    extravars=unsafe(extravars),
-                    envvars=ansible_env(ws, forks, task_timeout),
-                    passwords=passwords,
-                    event_handler=collector,
-                    status_handler=_scrub_when_running,
-                    quiet=True,
-                    suppress_env_files=True,  # else env/passwords holds the secrets in clear
-                )
+                with _signals_deferred() as cancelled:
+                    runner = ansible_runner.run(
+                        private_data_dir=str(ws.artifacts_dir),
+                        ident=ident,
+                        playbook=str(path),
+                        inventory=str(inventory),
+                        limit=target,
+                        extravars=unsafe(extravars),
+                        envvars=ansible_env(ws, forks, task_timeout),
+                        passwords=passwords,
+                        event_handler=collector,
+                        status_handler=_scrub_when_running,
+                        quiet=True,
+                        suppress_env_files=True,  # else env/passwords holds the secrets in clear
+                        cancel_callback=cancelled,
+                    )
         finally:
             scrub_command_file(artifacts / ident)  # again, should the run have stopped early
     if runner.status not in ("successful", "failed"):

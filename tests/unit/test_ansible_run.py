@@ -5,6 +5,7 @@ pruning, and the SSH control socket folder must be ours and closed."""
 import hashlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -276,3 +277,22 @@ def test_an_open_or_linked_control_folder_is_refused(workspace, cp_dir, tmp_path
     cp_dir.symlink_to(tmp_path)
     with pytest.raises(EVCError, match="not a folder"):
         control_dir(workspace)
+
+
+def test_a_run_from_the_main_thread_keeps_the_signal_handlers_and_defers_ctrl_c(local):
+    """ansible-runner, left to itself, replaces SIGINT/SIGTERM's handlers for good when
+    called from the main thread, so a later Ctrl-C (an inference job's, after its check
+    of the nodes) was swallowed. The handlers stay; a Ctrl-C during a run cancels it and
+    then reaches them."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    book = str(PLAYBOOKS / "artifacts_kept.yml")
+    run_playbook(local, book, "box", extravars={"evc_sleep": "0"})
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+    timer = threading.Timer(2.0, os.kill, [os.getpid(), signal.SIGINT])
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_playbook(local, book, "box", extravars={"evc_sleep": "30"})
+    assert time.monotonic() - started < 25  # the run was cancelled, not waited out
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
