@@ -406,11 +406,9 @@ def _message(res: dict) -> str:
 
 @contextlib.contextmanager
 def _signals_deferred():
-    """A cancel callback for ansible-runner that SIGINT and SIGTERM set while a run from
-    the main thread lasts; then the handlers in place before are back, and the signal
-    goes to them. Left to itself, ansible-runner installs handlers there that only
-    cancel its run and never restores them: a later Ctrl-C (an inference job's, after
-    its up-front check of the nodes) would be swallowed. Off the main thread: None."""
+    """ansible-runner's cancel callback for a run from the main thread: SIGINT or SIGTERM
+    cancels the run, then reaches the handlers in place before (left to itself, it
+    installs handlers that never go away, and a later Ctrl-C is swallowed)."""
     if threading.current_thread() is not threading.main_thread():
         yield None
         return

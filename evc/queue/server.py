@@ -23,13 +23,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import evc.queue.acl as acl
 from evc import pki, registry
 from evc.config import Workspace
 from evc.errors import EVCError, Result, UsageError
 from evc.keys import write_private
 from evc.options import Options
 from evc.progress import SILENT, Progress
-from evc.queue import acl
 from evc.queue.files import files
 
 CERT_DAYS = 825
