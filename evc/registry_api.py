@@ -126,6 +126,16 @@ class RegistryClient:
         )  # fmt: skip
         return response.headers["Docker-Content-Digest"]
 
+    def tag(self, repo: str, digest: str, tag: str) -> None:
+        """Put the manifest stored as ``digest`` under ``tag`` too, byte for byte (so its
+        digest stays the same)."""
+        response = self._manifest(repo, digest)
+        if response is None:
+            raise EVCError(f"the registry has no manifest {digest} in {repo}")
+        self.put_manifest(
+            repo, tag, response.content, response.headers["Content-Type"].split(";")[0]
+        )
+
     def delete(self, repo: str, tag: str) -> bool:
         """Delete the manifest a tag points to; False if there was no such tag."""
         digest = self.manifest_digest(repo, tag)

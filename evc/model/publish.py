@@ -4,6 +4,12 @@ A push sends every variant under its own tag (``VERSION-ARCH``), then an image i
 them all under the version's tag, so ``docker pull REG/evc/NAME:VERSION`` gets the
 puller's arch. Each variant keeps its tag: distribution 2.8's garbage collector deletes
 untagged children of an index, and an index can only list manifests already there.
+
+Garbage collection keeps what nodes are declared to run: a version pushed again with
+``--force`` moves its tags to new manifests, while the nodes (and the deployments rows
+that ``evc fleet converge`` repairs from) still name the old digests. Before collecting,
+each digest a current deployment names that no tag holds gets a ``keep-`` tag, and a
+``keep-`` tag whose digest no deployment names any more is deleted.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from evc import engine, registry, registry_server
 from evc.config import Workspace
 from evc.errors import EVCError, UsageError
 from evc.model.catalogue import Model, index_of, repository, save, save_index, variants
-from evc.model.deployments import deployed_on
+from evc.model.deployments import current, deployed_on
 from evc.names import ModelRef
 from evc.options import Options, arg
 from evc.progress import SILENT, Progress
@@ -121,7 +127,8 @@ def delete(ws: Workspace, ref: str, *, force: bool = False, progress: Progress =
         deleted = [api.delete(repo, tag) for tag in [first.version] + [m.tag for m in models]]
         if any(deleted):
             progress.log(f"deleted {ref} in the registry; collecting garbage")
-            registry_server.garbage_collect(ws, client=client)
+            released = {m.registry_digest for m in models if m.registry_digest}
+            collect_garbage(ws, client=client, release=released, progress=progress)
     for model in models:
         try:
             client.images.remove(model.image)
@@ -134,3 +141,49 @@ def delete(ws: Workspace, ref: str, *, force: bool = False, progress: Progress =
             "DELETE FROM model_indexes WHERE name = ? AND version = ?", [first.name, first.version]
         )
     return first
+
+
+KEEP_PREFIX = "keep-"
+
+
+def _declared(ws: Workspace, release: set[str]) -> dict[str, set[str]]:
+    """Digests current deployments name, by repository (``release``d ones left out)."""
+    declared: dict[str, set[str]] = {}
+    for row in current(ws):
+        name, _, digest = row["image"].partition("@")
+        repo = name.split("/", 1)[1] if "/" in name else name
+        if digest and digest not in release:
+            declared.setdefault(repo, set()).add(digest)
+    return declared
+
+
+def keep_deployed(ws: Workspace, *, release: set[str] = frozenset()) -> dict[str, list[str]]:
+    """Tag every declared digest no tag holds (``keep-HEX``) and delete ``keep-`` tags
+    nothing declares; returns the keep tags added and removed, by repository."""
+    api = registry.api(ws)
+    declared = _declared(ws, set(release))
+    changes: dict[str, list[str]] = {}
+    for repo in sorted(set(declared) | {r for r in api.catalog() if r.startswith("evc/")}):
+        tags = {t: api.manifest_digest(repo, t) for t in api.tags(repo)}
+        held = {d for t, d in tags.items() if not t.startswith(KEEP_PREFIX)}
+        for digest in sorted(declared.get(repo, set()) - held):
+            keep = KEEP_PREFIX + digest.removeprefix("sha256:")[:32]
+            if keep not in tags and api.manifest_digest(repo, digest) is not None:
+                api.tag(repo, digest, keep)
+                changes.setdefault(repo, []).append(f"+{keep}")
+        for tag, digest in tags.items():
+            if tag.startswith(KEEP_PREFIX) and digest not in declared.get(repo, set()):
+                if digest not in held:  # deleting by digest would take a real tag too
+                    api.delete(repo, tag)
+                    changes.setdefault(repo, []).append(f"-{tag}")
+    return changes
+
+
+def collect_garbage(
+    ws: Workspace, *, client=None, release: set[str] = frozenset(), progress: Progress = SILENT
+) -> str:
+    """The registry's garbage collection, keeping every digest a node is declared to run
+    (but those in ``release``); the collector's log."""
+    for repo, change in keep_deployed(ws, release=release).items():
+        progress.detail(f"{repo}: {' '.join(change)}")
+    return registry_server.garbage_collect(ws, client=client)

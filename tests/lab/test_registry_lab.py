@@ -3,14 +3,17 @@ that do not trust it yet."""
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import requests
 
+from evc import db as evcdb
 from evc import pki, pull_credentials, registry, registry_server
 from evc.ansible import run_playbook
 from evc.engine import docker_client
+from evc.model import publish
 from tests.conftest import evc, files_holding
 
 PULL = str(Path(__file__).parent / "playbooks" / "pull_probe.yml")
@@ -90,6 +93,51 @@ def test_api_lists_tags_and_deletes_with_garbage_collection(lab_ws, reg, tmp_pat
     assert "eligible for deletion" in gc_log, gc_log
     assert api.tags("evc/scratch") == []
     assert api.tags(registry_server.PROBE_REPO) == [registry_server.PROBE_TAG]
+
+
+def _push_scratch(client, ref: str, tag: str, content: str, folder: Path) -> None:
+    folder.mkdir()
+    (folder / "x").write_text(content)
+    (folder / "Dockerfile").write_text("FROM scratch\nCOPY x /x\n")
+    client.images.build(path=str(folder), tag=f"{ref}:{tag}", rm=True)
+    out = list(client.images.push(ref, tag=tag, stream=True, decode=True))
+    assert not [ln for ln in out if "error" in ln], out
+
+
+def test_garbage_collection_keeps_a_digest_a_node_is_declared_to_run(lab_ws, reg, tmp_path):
+    """A version pushed again with --force moves its tag: the digest its nodes still run
+    (and converge would pull) must survive the collection until no deployment names it."""
+    settings, _, _ = reg
+    api, client = registry.api(lab_ws), docker_client()
+    repo = "evc/keepme"
+    ref = f"{settings.address}/{repo}"
+    registry.login(lab_ws, client)
+    _push_scratch(client, ref, "1", "first\n", tmp_path / "a")
+    deployed = api.manifest_digest(repo, "1")
+    _push_scratch(client, ref, "1", "rebuilt\n", tmp_path / "b")  # the --force re-push
+    assert api.manifest_digest(repo, "1") != deployed
+    db = evcdb.workspace_db(lab_ws)
+    row = {
+        "model": "keepme",
+        "version": "1",
+        "node": "node1",
+        "action": "deploy",
+        "image": f"{settings.ro_address}/{repo}@{deployed}",
+        "started": time.time(),
+    }
+    db["deployments"].insert({**row, "state": "running"})
+    try:
+        publish.collect_garbage(lab_ws)
+        assert api.manifest_digest(repo, deployed) == deployed  # still pullable by digest
+        keep = publish.KEEP_PREFIX + deployed.removeprefix("sha256:")[:32]
+        assert api.tags(repo) == ["1", keep]
+    finally:
+        db["deployments"].insert({**row, "action": "undeploy", "state": "removed"})
+    publish.collect_garbage(lab_ws)  # nothing declares it now: it goes
+    assert api.manifest_digest(repo, deployed) is None
+    assert api.tags(repo) == ["1"]
+    api.delete(repo, "1")
+    publish.collect_garbage(lab_ws)
 
 
 def test_registry_password_is_nowhere_evc_writes_in_clear(lab_ws, lab_env, reg):
