@@ -189,16 +189,18 @@ def _run(
         raise EVCError(f"Could not start the registry on {bind[0]}:{bind[1]}: {exc}") from None
 
 
-def restart(ws: Workspace, *, client=None) -> RegistryStatus:
-    """Restart the running endpoints so that they read their certificate, key and
-    htpasswd again (a second or two: Docker resolves the file mounts at each start), and
-    wait for verified answers. A stopped one reads them when it starts.
+def restart(ws: Workspace, *, client=None, read_only: bool = True) -> RegistryStatus:
+    """Restart the running endpoints (the read-only one too unless ``read_only`` is
+    False) so that they read their certificate, key and htpasswd again (a second or two:
+    Docker resolves the file mounts at each start), and wait for verified answers. A
+    stopped one reads them when it starts.
     """
     import docker.errors
 
     client = client or docker_client()
     restarted = []
-    for name in (container_name(ws), ro_container_name(ws)):
+    names = (container_name(ws), ro_container_name(ws)) if read_only else (container_name(ws),)
+    for name in names:
         try:
             container = client.containers.get(name)
         except docker.errors.NotFound:
@@ -222,6 +224,15 @@ def rotate(ws: Workspace, *, days: int = 825, client=None) -> RegistryStatus:
         )
     pki.make_server_cert(registry.files(ws), registry.load(ws).hosts, days)
     return restart(ws, client=client)
+
+
+def rotate_password(ws: Workspace, *, client=None) -> RegistryStatus:
+    """A new read-write password for the controller (generated, 0600): the old one, from a
+    backup or a leaked file, stops working. Only the read-write endpoint restarts: nodes
+    keep pulling from the read-only one."""
+    registry.load(ws)  # refused before anything is written if there is no registry
+    pki.make_credentials(registry.files(ws))
+    return restart(ws, client=client, read_only=False)
 
 
 def _is_ip(host: str) -> bool:

@@ -127,9 +127,24 @@ def rotate(
         "to the old one, then the registry switches, then the old CA is removed; each step "
         "is verified by a real pull on every node. A stopped rotation resumes when run again.",
     ),
+    new_password: bool = typer.Option(
+        False,
+        "--password",
+        help="Only a new read-write password for the controller (generated): the old one "
+        "stops working. Nodes are not concerned: they pull with their own credentials.",
+    ),
     json: bool = JSON,
 ) -> None:
-    """New server certificate, same CA; --new-ca: registry and nodes to a new CA, no pull lost."""
+    """New server certificate, same CA; --new-ca: registry and nodes to a new CA, no pull
+    lost; --password: a new controller password."""
+    if new_password:
+        from evc import registry_server
+        from evc.errors import UsageError
+
+        if new_ca:
+            raise UsageError("--password and --new-ca are separate rotations: run one at a time.")
+        _print_status(registry_server.rotate_password(workspace()), json)
+        return
     if not new_ca:
         from evc import registry_server
 

@@ -140,6 +140,22 @@ def test_garbage_collection_keeps_a_digest_a_node_is_declared_to_run(lab_ws, reg
     publish.collect_garbage(lab_ws)
 
 
+def test_a_new_read_write_password_locks_the_old_one_out(lab_ws, lab_env, reg):
+    settings, files, base = reg
+    ca = str(files.ca_cert)
+    old = files.password.read_text()
+    out = evc("registry", "rotate", "--password", "--json", env=lab_env).stdout
+    new = files.password.read_text()
+    assert new != old and len(new) >= 24 and old not in out and new not in out
+    assert files.password.stat().st_mode & 0o777 == 0o600
+    assert json.loads(out)["state"] == "running"
+    assert requests.get(base, auth=(settings.user, old), verify=ca, timeout=10).status_code == 401
+    assert requests.get(base, auth=(settings.user, new), verify=ca, timeout=10).status_code == 200
+    assert "evc/probe" in registry.api(lab_ws).catalog()  # the controller uses the new one
+    both = evc("registry", "rotate", "--password", "--new-ca", env=lab_env, check=2)
+    assert "one at a time" in both.stderr and files.password.read_text() == new
+
+
 def test_registry_password_is_nowhere_evc_writes_in_clear(lab_ws, lab_env, reg):
     _, files, _ = reg
     password = files.password.read_text()
