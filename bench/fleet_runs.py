@@ -86,7 +86,7 @@ def variants(ws, plain: Path, target: str) -> dict:
 
     def evc_run(extra: dict[str, str]):
         def run(playbook: str) -> None:
-            evc_ansible.ansible_env = lambda *a: {**base_env(*a), **extra}
+            evc_ansible.ansible_env = lambda *a, **k: {**base_env(*a, **k), **extra}
             try:
                 result = evc_ansible.run_playbook(ws, playbook, target)
             finally:

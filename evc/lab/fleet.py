@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from evc import devices, engine, registry, registry_server
-from evc.ansible import close_connections, run_playbook
+from evc.ansible import run_playbook
 from evc.config import Workspace
+from evc.connections import close_connections
 from evc.errors import Result, UsageError
 from evc.keys import controller_key, pin_host_keys
 from evc.lab.network import check_subnet
