@@ -25,10 +25,12 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from evc.ansible_stream import run_streamed
 from evc.config import Workspace
 from evc.connections import ansible_env
 from evc.db import record_run, workspace_db
@@ -344,6 +346,7 @@ def run_playbook(
     secrets: dict[str, str] | None = None,
     inventory: Path | None = None,
     task_timeout: int = 300,
+    worker: Sequence[str] | None = None,
     progress: Progress = SILENT,
 ) -> RunResult:
     """Run a bundled playbook (or a path) against ``target`` and return per-host results.
@@ -353,7 +356,8 @@ def run_playbook(
     in ``secrets`` (name -> value): each answers the play's private, unsafe
     ``vars_prompt`` of that name (:func:`_passwords`), typed into ansible-playbook's
     terminal, so it is in no argument, environment or file. An answer is one terminal
-    line: at most 4095 characters.
+    line: at most 4095 characters. ``worker``: a command (argument list) that runs
+    the play elsewhere, through ansible-runner's streaming (:mod:`evc.ansible_stream`).
     """
     import ansible_runner
 
@@ -374,37 +378,42 @@ def run_playbook(
                 prune_runs(artifacts, KEEP_RUNS)
             with progress.task(f"{path.name} on {target}") as line:
                 collector = _Collector(hosts, line)
+                args = {
+                    "limit": target,
+                    "extravars": unsafe(extravars),
+                    "envvars": ansible_env(ws, forks, task_timeout, remote=bool(worker)),
+                    "passwords": passwords,
+                    "quiet": True,
+                    "suppress_env_files": True,  # else env/passwords holds the secrets in clear
+                }
                 with _signals_deferred() as cancelled:
-                    runner = ansible_runner.run(
-                        private_data_dir=str(ws.artifacts_dir),
-                        ident=ident,
-                        playbook=str(path),
-                        inventory=str(inventory),
-                        limit=target,
-                        extravars=unsafe(extravars),
-                        envvars=ansible_env(ws, forks, task_timeout),
-                        passwords=passwords,
-                        event_handler=collector,
-                        status_handler=_scrub_when_running,
-                        quiet=True,
-                        suppress_env_files=True,  # else env/passwords holds the secrets in clear
-                        cancel_callback=cancelled,
-                    )
+                    if worker:
+                        status, rc = run_streamed(
+                            ws, worker, playbook=path, inventory=inventory, ident=ident,
+                            runner_args=args, event_handler=collector, cancelled=cancelled,
+                        )  # fmt: skip
+                    else:
+                        runner = ansible_runner.run(
+                            private_data_dir=str(ws.artifacts_dir), ident=ident,
+                            playbook=str(path), inventory=str(inventory), event_handler=collector,
+                            status_handler=_scrub_when_running, cancel_callback=cancelled, **args,
+                        )  # fmt: skip
+                        status, rc = runner.status, runner.rc
         finally:
             scrub_command_file(artifacts / ident)  # again, should the run have stopped early
-    if runner.status not in ("successful", "failed"):
+    if status not in ("successful", "failed"):
         raise EVCError(
-            f"ansible-playbook {path.name} did not run ({runner.status}, rc={runner.rc}); "
-            f"see {Path(runner.config.artifact_dir) / 'stdout'}."
+            f"ansible-playbook {path.name} did not run ({status}, rc={rc}); "
+            f"see {artifacts / ident / 'stdout'}."
         )
     result = RunResult(
         playbook=path.name,
         target=target,
         ident=ident,
-        artifacts_dir=str(runner.config.artifact_dir),
+        artifacts_dir=str(artifacts / ident),
         started=started,
         ended=time.time(),
-        rc=runner.rc,
+        rc=rc,
         hosts=collector.hosts,
     )
     record_run(workspace_db(ws), result)
