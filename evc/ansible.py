@@ -11,7 +11,8 @@ the controller. A secret reaches a play through a ``vars_prompt`` answered over
 ansible-runner's pty, never through the environment, the command line or a file.
 Each run's artifacts folder is locked while the run lasts, and EVC prunes old ones
 itself (:func:`prune_runs`): ansible-runner's own rotation deletes folders of other
-processes' runs in progress.
+processes' runs in progress. A run can execute on a worker elsewhere
+(:mod:`evc.ansible_stream`) and give the same result.
 """
 
 from __future__ import annotations

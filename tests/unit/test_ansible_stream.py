@@ -5,7 +5,10 @@ against local-connection hosts, and the controller gets the result a local run g
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -128,3 +131,25 @@ def test_a_worker_that_cannot_run_says_why(two):
         run_playbook(two, "ping.yml", "all", worker=["sh", "-c", "echo no execution node here >&2"])
     with pytest.raises(EVCError, match="cannot start the worker"):
         run_playbook(two, "ping.yml", "all", worker=["/nonexistent/ansible-runner", "worker"])
+
+
+def test_ctrl_c_during_a_streamed_run_ends_the_worker(two, tmp_path):
+    """The worker runs in a session of its own (a terminal's Ctrl-C reaches EVC only);
+    EVC's cancel ends it, the run stops at once and the Ctrl-C then reaches the caller."""
+    kept = signal.signal(signal.SIGINT, signal.default_int_handler)
+    pids = tmp_path / "pid"
+    command = ["sh", "-c", f'echo $$ > {pids}; exec "$@"', "sh", *loopback()]
+    try:
+        timer = threading.Timer(4.0, os.kill, [os.getpid(), signal.SIGINT])
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            run_playbook(
+                two, str(PLAYBOOKS / "artifacts_kept.yml"), "box",
+                extravars={"evc_sleep": "60"}, worker=command,
+            )  # fmt: skip
+        assert time.monotonic() - started < 30
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pids.read_text()), 0)
+    finally:
+        signal.signal(signal.SIGINT, kept)
