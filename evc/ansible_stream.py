@@ -63,7 +63,12 @@ def _job_folder(ws: Workspace, root: Path, playbook: Path, inventory: Path) -> s
     (root / "inventory" / "hosts.yml").write_text(json.dumps(tree))
     known = root / "inventory" / "known_hosts"
     known.write_bytes(ws.known_hosts.read_bytes() if ws.known_hosts.is_file() else b"")
-    return Path(key_path).read_text() if key_path else None
+    if not key_path:
+        return None
+    try:
+        return Path(key_path).read_text()
+    except OSError as exc:
+        raise EVCError(f"cannot read the SSH key the inventory names ({exc}).") from None
 
 
 def _stopper(proc: subprocess.Popen, cancelled: Callable[[], bool] | None, done: threading.Event):
@@ -111,7 +116,7 @@ def run_streamed(
             )
         except OSError as exc:
             raise EVCError(f"cannot start the worker {worker[0]!r}: {exc}") from None
-        done = threading.Event()
+        done, finished = threading.Event(), False
         stopper = threading.Thread(target=_stopper, args=(proc, cancelled, done), daemon=True)
         stopper.start()
         try:
@@ -140,8 +145,12 @@ def run_streamed(
                 cancel_callback=lambda: False,
                 quiet=True,
             )
+            finished = True
         finally:
             done.set()
+            if not finished:  # an error or a Ctrl-C here: the worker need not finish
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
             proc.stdout.close()
             try:
                 proc.wait(timeout=30)

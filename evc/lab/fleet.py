@@ -234,7 +234,7 @@ class Lab:
             c.remove(container)
         # Bound to the gateway, so it goes with the network; --purge takes its data too.
         removed["registry"] = registry_server.down(self.ws, purge=purge, client=self.client)
-        if worker.stop(self.ws):  # a streamed-run worker (README "Beyond one controller")
+        if worker.stop(self.ws, self.client):  # the lab worker of streamed runs
             removed["containers"].append(worker.container_name(self.ws))
         network = c.network()
         if network is not None:

@@ -53,7 +53,7 @@ def start(ws: Workspace, progress: Progress = SILENT) -> list[str]:
     nodes = Nodes(ws, client)
     image = ensure_image(client, progress)
     name = container_name(ws)
-    stop(ws)
+    stop(ws, client)
     with engine_errors(f"starting the lab worker {name}"):
         client.containers.run(
             image, name=name, detach=True, labels={LABEL: nodes.name}, network=nodes.network_name
@@ -61,12 +61,12 @@ def start(ws: Workspace, progress: Progress = SILENT) -> list[str]:
     return ["docker", "exec", "-i", name, "ansible-runner", "worker"]  # a folder per job
 
 
-def stop(ws: Workspace) -> bool:
+def stop(ws: Workspace, client=None) -> bool:
     """Remove the lab's worker container; False if there was none."""
     import docker.errors
 
     try:
-        docker_client().containers.get(container_name(ws)).remove(force=True)
+        (client or docker_client()).containers.get(container_name(ws)).remove(force=True)
     except docker.errors.NotFound:
         return False
     return True
