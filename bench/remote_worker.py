@@ -10,66 +10,40 @@ Uses its own lab ("evcworkerbench", 3 nodes) and removes it at the end; or, with
 ``--workspace DIR``, the lab of an existing workspace (not removed).
 """
 
-import argparse
-import os
-import resource
 import statistics
 import sys
-import tempfile
 import time
-from contextlib import nullcontext
-from pathlib import Path
 
-from _util import lab_fleet
+from _util import bench_lab, cpu, lab_args
 
 ROUNDS = 5
 PLAYBOOKS = ("ping.yml", "facts.yml")
 
 
-def cpu() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workspace", type=Path, help="use this workspace's lab (kept)")
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
-    args = parser.parse_args()
+    args = lab_args(__doc__, ROUNDS)
     from evc.ansible import run_playbook
-    from evc.config import Workspace
-    from evc.engine import docker_client
     from evc.lab import worker
-    from evc.lab.network import free_subnet
 
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.workspace:
-            fleet = nullcontext({"EVC_HOME": str(args.workspace)})
-        else:
-            subnet = free_subnet(docker_client(), "evc-evcworkerbench", "172.31.240.0/24")
-            fleet = lab_fleet(Path(tmp) / "ws", "evcworkerbench", subnet)
-        with fleet as env:
-            os.environ.update(env)
-            ws = Workspace.find()
-            command = worker.start(ws)
-            try:
-                ways = {"local": None, "worker": command}
-                found = {(w, p): ([], []) for w in ways for p in PLAYBOOKS}
-                for n in range(args.rounds + 1):  # the first round warms up (not counted)
-                    for playbook in PLAYBOOKS:
-                        for way, through in ways.items():
-                            cpu0, start = cpu(), time.perf_counter()
-                            result = run_playbook(ws, playbook, "all", worker=through)
-                            wall, used = time.perf_counter() - start, cpu() - cpu0
-                            if not result.ok:
-                                sys.exit(f"{playbook} ({way}) failed: {result.to_dict()}")
-                            if n:
-                                found[(way, playbook)][0].append(wall)
-                                found[(way, playbook)][1].append(used)
-                hosts = len(result.hosts)
-            finally:
-                worker.stop(ws)
+    with bench_lab(args.workspace, "evcworkerbench", "172.31.240.0/24") as ws:
+        command = worker.start(ws)
+        try:
+            ways = {"local": None, "worker": command}
+            found = {(w, p): ([], []) for w in ways for p in PLAYBOOKS}
+            for n in range(args.rounds + 1):  # the first round warms up (not counted)
+                for playbook in PLAYBOOKS:
+                    for way, through in ways.items():
+                        cpu0, start = cpu(), time.perf_counter()
+                        result = run_playbook(ws, playbook, "all", worker=through)
+                        wall, used = time.perf_counter() - start, cpu() - cpu0
+                        if not result.ok:
+                            sys.exit(f"{playbook} ({way}) failed: {result.to_dict()}")
+                        if n:
+                            found[(way, playbook)][0].append(wall)
+                            found[(way, playbook)][1].append(used)
+            hosts = len(result.hosts)
+        finally:
+            worker.stop(ws)
     print(
         f"{hosts} nodes, median of {args.rounds} interleaved "
         "(controller CPU: this process and its children)"
