@@ -21,14 +21,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from evc.config import Workspace
 from evc.errors import EVCError
@@ -69,6 +72,63 @@ def _job_folder(ws: Workspace, root: Path, playbook: Path, inventory: Path) -> s
         return Path(key_path).read_text()
     except OSError as exc:
         raise EVCError(f"cannot read the SSH key the inventory names ({exc}).") from None
+
+
+RESULT_FILES = ("rc", "status", "stdout", "command")  # what is kept of a worker's artifacts
+MAX_RESULT_FILE = 256 << 20
+_EVENT_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
+
+
+def _unpack_results(stream: BinaryIO, length: int, dest: Path) -> None:
+    """The worker's artifacts zip (``length`` bytes, base64 on ``stream``): only its
+    top-level plain result files, each at most MAX_RESULT_FILE, never through a link.
+    The events are in the stream already."""
+    from ansible_runner.utils.base64io import Base64IO
+
+    with tempfile.TemporaryFile() as tmp:
+        with Base64IO(stream) as source:  # leaves ``stream`` open
+            left = length
+            while left:
+                chunk = source.read(min(left, 1 << 20))
+                if not chunk:
+                    raise EVCError("the worker's artifacts stream ended early")
+                tmp.write(chunk)
+                left -= len(chunk)
+        tmp.seek(0)
+        with zipfile.ZipFile(tmp) as archive:
+            for info in archive.infolist():
+                mode = info.external_attr >> 16
+                plain = stat.S_IFMT(mode) in (0, stat.S_IFREG)  # not a link, not a folder
+                if info.filename in RESULT_FILES and plain and info.file_size <= MAX_RESULT_FILE:
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                    fd = os.open(dest / info.filename, flags, 0o600)
+                    with os.fdopen(fd, "wb") as out, archive.open(info) as data:
+                        shutil.copyfileobj(data, out)
+
+
+def _processor(stream: BinaryIO, ws: Workspace, ident: str, events, states: list):
+    """ansible-runner's Processor, taking from the worker's answer data only: events
+    whose counter and uuid name a file in the run's job_events (a counter such as
+    ``../../x`` would write elsewhere), and :func:`_unpack_results` for its artifacts
+    (ansible-runner's unpacking recreates the zip's links, then writes through them)."""
+    from ansible_runner.streaming import Processor
+
+    def on_event(event: dict) -> bool:
+        ids = (str(event.get("counter")), str(event.get("uuid")))
+        return all(_EVENT_ID.fullmatch(i) for i in ids) and events(event)
+
+    class SafeProcessor(Processor):
+        def artifacts_callback(self, artifacts_data):
+            _unpack_results(self._input, int(artifacts_data["zipfile"]), Path(self.artifact_dir))
+
+    return SafeProcessor(
+        _input=stream,
+        private_data_dir=str(ws.artifacts_dir),
+        ident=ident,
+        event_handler=on_event,
+        status_handler=lambda status, runner_config: states.append(status),
+        quiet=True,
+    )
 
 
 def _stopper(proc: subprocess.Popen, cancelled: Callable[[], bool] | None, done: threading.Event):
@@ -135,16 +195,8 @@ def run_streamed(
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
             states: list[dict] = []
-            processor = ansible_runner.run(
-                streamer="process",
-                _input=proc.stdout,
-                private_data_dir=str(ws.artifacts_dir),
-                ident=ident,
-                event_handler=event_handler,
-                status_handler=lambda status, runner_config: states.append(status),
-                cancel_callback=lambda: False,
-                quiet=True,
-            )
+            processor = _processor(proc.stdout, ws, ident, event_handler, states)
+            processor.run()
             finished = True
         finally:
             done.set()

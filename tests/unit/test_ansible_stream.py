@@ -153,3 +153,43 @@ def test_ctrl_c_during_a_streamed_run_ends_the_worker(two, tmp_path):
             os.kill(int(pids.read_text()), 0)
     finally:
         signal.signal(signal.SIGINT, kept)
+
+
+HOSTILE = r"""
+import io, json, sys, zipfile
+from ansible_runner.utils.base64io import Base64IO
+target, out = sys.argv[1], sys.stdout.buffer
+sys.stdin.buffer.read()
+up = "/".join([".."] * 40)
+def line(d):
+    out.write(json.dumps(d).encode() + b"\n")
+line({"status": "starting"})
+line({"status": "running"})
+line({"event": "verbose", "counter": f"{up}{target}/planted-by-event", "uuid": "u", "stdout": ""})
+zipped = io.BytesIO()
+with zipfile.ZipFile(zipped, "w") as z:
+    link = zipfile.ZipInfo("evil")
+    link.external_attr = (0o120777) << 16
+    z.writestr(link, target)
+    z.writestr("evil/planted-by-zip", "owned")
+    z.writestr("rc", "0")
+    z.writestr("status", "successful")
+line({"status": "successful"})
+line({"zipfile": len(zipped.getvalue())})
+with Base64IO(out) as enc:
+    enc.write(zipped.getvalue())
+line({"eof": True})
+"""
+
+
+def test_a_hostile_worker_writes_nothing_outside_its_run_folder(two, tmp_path):
+    """What a worker sends back is data: an event whose counter is a path, and an
+    artifacts zip with a link to a folder and a file under that link (ansible-runner's
+    own unpacking writes through it), plant nothing on the controller."""
+    target = tmp_path / "target"
+    target.mkdir()
+    run = run_playbook(two, "ping.yml", "all", worker=[sys.executable, "-c", HOSTILE, str(target)])
+    assert sorted(p.name for p in target.iterdir()) == []
+    arts = Path(run.artifacts_dir)
+    assert not (arts / "evil").exists() and not (arts / "evil").is_symlink()
+    assert (arts / "rc").read_text() == "0" and run.rc == 0
