@@ -14,6 +14,9 @@ the runner's arguments, secrets included (``passwords``: the vars_prompt answers
 ``ssh_key``: the workspace's private SSH key, which the worker hands to an ssh-agent
 through a fifo), so the transport must be private and authenticated (a local pipe,
 ``docker exec``, SSH). The worker writes neither to its disk (``suppress_env_files``).
+What comes back is data from a machine EVC does not control: events that would name a
+file outside the run's folder are dropped, and of the artifacts only the plain result
+files are kept (:func:`_processor`).
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ def _unpack_results(stream: BinaryIO, length: int, dest: Path) -> None:
     The events are in the stream already."""
     from ansible_runner.utils.base64io import Base64IO
 
+    if not 0 <= length <= 4 * MAX_RESULT_FILE:
+        raise EVCError(f"the worker's artifacts zip is {length} bytes: too large")
     with tempfile.TemporaryFile() as tmp:
         with Base64IO(stream) as source:  # leaves ``stream`` open
             left = length
