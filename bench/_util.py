@@ -30,6 +30,47 @@ def bench_workspace(root: Path, lab: str, subnet: str) -> dict:
     return {"EVC_HOME": str(root)}
 
 
+def cpu() -> float:
+    """CPU-seconds of this process and its children (once reaped)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def lab_args(doc: str, rounds: int):
+    """--workspace DIR (use that workspace's lab, kept) and --rounds N."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, help="use this workspace's lab (kept)")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser.parse_args()
+
+
+@contextmanager
+def bench_lab(workspace: Path | None, lab: str, start: str, nodes: int = 3):
+    """The Workspace of ``workspace`` (its lab kept), or else of a lab of its own
+    (:func:`lab_fleet`, on the first free subnet from ``start``); EVC_HOME names it."""
+    import tempfile
+    from contextlib import nullcontext
+
+    from evc.config import Workspace
+    from evc.engine import docker_client
+    from evc.lab.network import free_subnet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if workspace:
+            fleet = nullcontext({"EVC_HOME": str(workspace)})
+        else:
+            subnet = free_subnet(docker_client(), f"evc-{lab}", start)
+            fleet = lab_fleet(Path(tmp) / "ws", lab, subnet, nodes)
+        with fleet as env:
+            os.environ.update(env)
+            yield Workspace.find()
+
+
 @contextmanager
 def lab_fleet(root: Path, lab: str, subnet: str, nodes: int = 3):
     """A bench workspace with its own N-node lab; yields its env, removes lab and registry."""

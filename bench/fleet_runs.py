@@ -20,28 +20,19 @@ Uses its own lab ("evcfleetbench", 8 nodes) and removes it at the end; or, with
 ``--workspace DIR``, the lab of an existing workspace (not removed).
 """
 
-import argparse
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
-from _util import lab_fleet
+from _util import bench_lab, cpu, lab_args
 
 ROUNDS = 5
 PLAYBOOKS = ("ping.yml", "facts.yml", "telemetry.yml")
-
-
-def cpu() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def plain_playbooks(into: Path) -> Path:
@@ -86,7 +77,7 @@ def variants(ws, plain: Path, target: str) -> dict:
 
     def evc_run(extra: dict[str, str]):
         def run(playbook: str) -> None:
-            evc_ansible.ansible_env = lambda *a: {**base_env(*a), **extra}
+            evc_ansible.ansible_env = lambda *a, **k: {**base_env(*a, **k), **extra}
             try:
                 result = evc_ansible.run_playbook(ws, playbook, target)
             finally:
@@ -132,29 +123,17 @@ def report(title: str, found: dict, playbooks) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workspace", type=Path, help="use this workspace's lab (kept)")
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
-    args = parser.parse_args()
-    from evc.config import Workspace
-    from evc.engine import docker_client
-    from evc.lab.network import free_subnet
-
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.workspace:
-            fleet = nullcontext({"EVC_HOME": str(args.workspace)})
-        else:
-            subnet = free_subnet(docker_client(), "evc-evcfleetbench", "172.31.230.0/24")
-            fleet = lab_fleet(Path(tmp) / "ws", "evcfleetbench", subnet, nodes=8)
-        with fleet as env:
-            os.environ.update(env)
-            ws = Workspace.find()
-            plain = plain_playbooks(Path(tmp) / "plain")
-            runs = variants(ws, plain, "lab")
-            measure(runs, PLAYBOOKS, 1)  # warm: SSH masters, telemetry state on the nodes
-            fleet_found = measure(runs, PLAYBOOKS, args.rounds)
-            one = {k: v for k, v in variants(ws, plain, "node1").items() if k != "defaults"}
-            shard_found = measure(one, ["ping.yml"], args.rounds)
+    args = lab_args(__doc__, ROUNDS)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        bench_lab(args.workspace, "evcfleetbench", "172.31.230.0/24", 8) as ws,
+    ):
+        plain = plain_playbooks(Path(tmp) / "plain")
+        runs = variants(ws, plain, "lab")
+        measure(runs, PLAYBOOKS, 1)  # warm: SSH masters, telemetry state on the nodes
+        fleet_found = measure(runs, PLAYBOOKS, args.rounds)
+        one = {k: v for k, v in variants(ws, plain, "node1").items() if k != "defaults"}
+        shard_found = measure(one, ["ping.yml"], args.rounds)
     ratio = report(f"8 nodes, median of {args.rounds} (x: defaults' wall / this wall)",
                    fleet_found, PLAYBOOKS)  # fmt: skip
     print("one node, one task (the controller's part of a shard hand-over):")

@@ -43,7 +43,7 @@ from _util import EVC, run, timed
 
 from evc.engine import docker_client, ensure_base_image, ensure_image
 from evc.lab.nodes import PROFILES
-from evc.model.build import _probe_base
+from evc.model.build import probe_base
 from evc.model.runtimes import Runtime, cache_dir, wheelhouse
 
 # image name: (runtime, weights file in the temp folder or None)
@@ -208,7 +208,7 @@ def main() -> int:
                         warm.setdefault(name, []).append(build_image(name, force=True))
             lat = latency(built, tmp / "in", tmp)
             profiles = profile_latency(built, tmp / "in", tmp)
-            packages = packages_per_arch(*_probe_base(client, base.tags[0]))
+            packages = packages_per_arch(*probe_base(client, base.tags[0]))
         finally:
             remove_built_on(client, base.id)
     warm = {name: statistics.median(times) for name, times in warm.items()}

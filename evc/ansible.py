@@ -11,7 +11,8 @@ the controller. A secret reaches a play through a ``vars_prompt`` answered over
 ansible-runner's pty, never through the environment, the command line or a file.
 Each run's artifacts folder is locked while the run lasts, and EVC prunes old ones
 itself (:func:`prune_runs`): ansible-runner's own rotation deletes folders of other
-processes' runs in progress.
+processes' runs in progress. A run can execute on a worker elsewhere
+(:mod:`evc.ansible_stream`) and give the same result.
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ import os
 import re
 import shutil
 import signal
-import stat
-import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from evc.ansible_stream import run_streamed
 from evc.config import Workspace
+from evc.connections import ansible_env
 from evc.db import record_run, workspace_db
 from evc.errors import EVCError, Result, UsageError
 from evc.inventory import unsafe
@@ -121,94 +123,6 @@ def resolve_hosts(inventory: Path, target: str) -> list[str]:
             f"Ansible pattern such as 'group:&other'. Known groups: {known}."
         )
     return hosts
-
-
-def control_dir(ws: Workspace) -> Path:
-    """SSH ControlPersist sockets of this workspace: a short path (sockets max 108 chars).
-
-    It lives in the shared /tmp, so it must be ours and closed to everyone else: ssh
-    sends its sessions over whatever socket it finds there, and anyone who can write
-    to the folder could plant one. A folder that fails the check is refused, not used.
-    """
-    import hashlib
-    import tempfile
-
-    tag = hashlib.sha256(str(ws.root).encode()).hexdigest()[:10]
-    path = Path(tempfile.gettempdir()) / f"evc-cp-{tag}"
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode):
-        problem = "not a folder (a link or a file)"
-    elif info.st_uid != os.getuid():
-        problem = f"owned by uid {info.st_uid}, not by you (uid {os.getuid()})"
-    elif info.st_mode & 0o077:
-        problem = f"open to group or others (mode {stat.S_IMODE(info.st_mode):04o}, not 0700)"
-    else:
-        return path
-    raise EVCError(
-        f"The SSH control socket folder {path} is {problem}: anyone who can write there "
-        "could plant a socket that EVC's SSH sessions would use, so EVC will not use it. "
-        f"Remove it (as its owner or root: rm -rf {path}) and run again; EVC makes it "
-        "anew, yours and 0700."
-    )
-
-
-def close_connections(ws: Workspace, address: str | None = None) -> int:
-    """Close this workspace's persistent SSH connections (after nodes stop or change):
-    those to ``address`` (a node's ansible_host) only, or all of them. Closing one ends
-    every session running over it, so a node's stop must not close the others'."""
-    import subprocess
-
-    closed = 0
-    for sock in control_dir(ws).iterdir():
-        if address is not None and not sock.name.startswith(f"{address}-"):
-            continue
-        subprocess.run(
-            ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "evc-control"],
-            capture_output=True,
-            timeout=10,
-        )
-        sock.unlink(missing_ok=True)
-        closed += 1
-    if address is None:
-        with contextlib.suppress(OSError):  # made again by the next run
-            control_dir(ws).rmdir()
-    return closed
-
-
-def ansible_env(ws: Workspace, forks: int, task_timeout: int) -> dict[str, str]:
-    """Environment for ansible-playbook: fast, strict about host keys, quiet."""
-    ssh_args = " ".join(
-        [
-            "-o ControlMaster=auto",
-            "-o ControlPersist=60s",
-            "-o ServerAliveInterval=5",
-            "-o ServerAliveCountMax=2",
-            f"-o UserKnownHostsFile={ws.known_hosts}",
-            "-o StrictHostKeyChecking=yes",
-        ]
-    )
-    venv_bin = str(Path(sys.executable).parent)
-    return {
-        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-        "ANSIBLE_FORKS": str(forks),
-        "ANSIBLE_PIPELINING": "True",
-        "ANSIBLE_SSH_ARGS": ssh_args,
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir(ws)),
-        # Named by host (not Ansible's hash), so close_connections can pick one node's.
-        "ANSIBLE_SSH_CONTROL_PATH": "%(directory)s/%%h-%%p-%%r",
-        "ANSIBLE_HOST_KEY_CHECKING": "True",
-        "ANSIBLE_GATHERING": "explicit",
-        "ANSIBLE_TIMEOUT": "10",
-        "ANSIBLE_TASK_TIMEOUT": str(task_timeout),
-        "ANSIBLE_RETRY_FILES_ENABLED": "False",
-        "ANSIBLE_DEPRECATION_WARNINGS": "False",
-        "ANSIBLE_LOCALHOST_WARNING": "False",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
-        "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
-        "ANSIBLE_NOCOLOR": "True",
-    }
 
 
 _KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
@@ -433,6 +347,7 @@ def run_playbook(
     secrets: dict[str, str] | None = None,
     inventory: Path | None = None,
     task_timeout: int = 300,
+    worker: Sequence[str] | None = None,
     progress: Progress = SILENT,
 ) -> RunResult:
     """Run a bundled playbook (or a path) against ``target`` and return per-host results.
@@ -442,7 +357,8 @@ def run_playbook(
     in ``secrets`` (name -> value): each answers the play's private, unsafe
     ``vars_prompt`` of that name (:func:`_passwords`), typed into ansible-playbook's
     terminal, so it is in no argument, environment or file. An answer is one terminal
-    line: at most 4095 characters.
+    line: at most 4095 characters. ``worker``: a command (argument list) that runs
+    the play elsewhere, through ansible-runner's streaming (:mod:`evc.ansible_stream`).
     """
     import ansible_runner
 
@@ -463,37 +379,42 @@ def run_playbook(
                 prune_runs(artifacts, KEEP_RUNS)
             with progress.task(f"{path.name} on {target}") as line:
                 collector = _Collector(hosts, line)
+                args = {
+                    "limit": target,
+                    "extravars": unsafe(extravars),
+                    "envvars": ansible_env(ws, forks, task_timeout, remote=bool(worker)),
+                    "passwords": passwords,
+                    "quiet": True,
+                    "suppress_env_files": True,  # else env/passwords holds the secrets in clear
+                }
                 with _signals_deferred() as cancelled:
-                    runner = ansible_runner.run(
-                        private_data_dir=str(ws.artifacts_dir),
-                        ident=ident,
-                        playbook=str(path),
-                        inventory=str(inventory),
-                        limit=target,
-                        extravars=unsafe(extravars),
-                        envvars=ansible_env(ws, forks, task_timeout),
-                        passwords=passwords,
-                        event_handler=collector,
-                        status_handler=_scrub_when_running,
-                        quiet=True,
-                        suppress_env_files=True,  # else env/passwords holds the secrets in clear
-                        cancel_callback=cancelled,
-                    )
+                    if worker:
+                        status, rc = run_streamed(
+                            ws, worker, playbook=path, inventory=inventory, ident=ident,
+                            runner_args=args, event_handler=collector, cancelled=cancelled,
+                        )  # fmt: skip
+                    else:
+                        runner = ansible_runner.run(
+                            private_data_dir=str(ws.artifacts_dir), ident=ident,
+                            playbook=str(path), inventory=str(inventory), event_handler=collector,
+                            status_handler=_scrub_when_running, cancel_callback=cancelled, **args,
+                        )  # fmt: skip
+                        status, rc = runner.status, runner.rc
         finally:
             scrub_command_file(artifacts / ident)  # again, should the run have stopped early
-    if runner.status not in ("successful", "failed"):
+    if status not in ("successful", "failed"):
         raise EVCError(
-            f"ansible-playbook {path.name} did not run ({runner.status}, rc={runner.rc}); "
-            f"see {Path(runner.config.artifact_dir) / 'stdout'}."
+            f"ansible-playbook {path.name} did not run ({status}, rc={rc}); "
+            f"see {artifacts / ident / 'stdout'}."
         )
     result = RunResult(
         playbook=path.name,
         target=target,
         ident=ident,
-        artifacts_dir=str(runner.config.artifact_dir),
+        artifacts_dir=str(artifacts / ident),
         started=started,
         ended=time.time(),
-        rc=runner.rc,
+        rc=rc,
         hosts=collector.hosts,
     )
     record_run(workspace_db(ws), result)

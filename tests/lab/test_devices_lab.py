@@ -6,7 +6,7 @@ import json
 import yaml
 
 from evc import db as evcdb
-from evc.ansible import close_connections
+from evc.connections import close_connections
 from evc.lab.fleet import Lab
 from evc.lab.nodes import PROFILES, Nodes
 from tests.conftest import evc

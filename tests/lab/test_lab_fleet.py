@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from evc.ansible import close_connections, run_playbook
+from evc.ansible import run_playbook
+from evc.connections import close_connections
 from evc.errors import UsageError
 from evc.lab.fleet import Lab
 from evc.lab.nodes import PROFILES

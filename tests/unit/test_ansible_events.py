@@ -119,7 +119,7 @@ def test_command_failure_reports_stderr_not_the_generic_message():
 
 
 def test_closing_one_nodes_connections_leaves_the_others(workspace):
-    from evc.ansible import close_connections, control_dir
+    from evc.connections import close_connections, control_dir
 
     cp = control_dir(workspace)
     for name in ("172.30.0.2-22-root", "172.30.0.20-22-root", "172.30.0.3-2222-pi"):

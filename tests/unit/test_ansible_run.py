@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from evc import ansible, inventory
-from evc.ansible import control_dir, prune_runs, run_playbook
+from evc.ansible import prune_runs, run_playbook
+from evc.connections import control_dir
 from evc.errors import EVCError
 from evc.inventory import InventoryHost
 from tests.conftest import files_holding

@@ -124,7 +124,7 @@ def test_ultralytics_for_jetson_and_x86_each_arch_gets_its_base_and_torch(
     monkeypatch.setattr(build, "check_arch", lambda arch, emulated=True: None)
     monkeypatch.setattr(build, "_place", lambda ws, on, arch, stack, p: (None, "emulated"))
     pythons = {JETSON_BASE: ("3.10", "2.35"), CUDA_BASE: ("3.12", "2.39")}
-    monkeypatch.setattr(build, "_probe_base", lambda client, base: pythons[base])
+    monkeypatch.setattr(build, "probe_base", lambda client, base: pythons[base])
     fetched, built = {}, {}
 
     def wheelhouse(requirements, arch, python, libc, progress):
