@@ -137,6 +137,11 @@ def _pid(ws: Workspace) -> int | None:
     return pid if Path(exe).name.startswith("redis") else None
 
 
+def running(ws: Workspace) -> bool:
+    """Whether the workspace's redis-server runs (its pid file names a live redis)."""
+    return _pid(ws) is not None
+
+
 def client(ws: Workspace, username: str, password: str, *, timeout: float = 5.0, retries: int = 3):
     """A verified TLS connection to the workspace's Redis as ``username``; a lost
     connection is tried again ``retries`` times (Redis restarting), briefly."""
