@@ -32,6 +32,7 @@ from evc.keys import check_host_key, controller_key, copy_key, pin_host, scan_ho
 from evc.model import deployments
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
+from evc.queue import server as queue
 
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
@@ -367,6 +368,7 @@ def add(ws: Workspace, devices: list[Device], *, scan_keys: bool = True,
         if scanned.get(d.name):
             pin_host(ws, d.host, d.port, scanned[d.name])
     regenerate_inventory(ws, db)
+    _sync_queue(ws)
     result = gather_facts(ws, ",".join(names), progress=progress)
     return DevicesResult("add", result.devices)
 
@@ -383,7 +385,15 @@ def remove(ws: Workspace, name: str, *, reason: str = "its device was removed") 
         deployments.end_on(db, name, reason)
         db["devices"].delete(name)
     regenerate_inventory(ws, db)
+    _sync_queue(ws)
     return device
+
+
+def _sync_queue(ws: Workspace) -> None:
+    """A running queue's users follow the devices table at once: a removed device's user
+    is deleted (its connections cut). A stopped queue reads its ACL file when it starts."""
+    if queue.running(ws):
+        queue.sync_acl(ws)
 
 
 def list_devices(ws: Workspace, group: str | None = None) -> list[dict]:
