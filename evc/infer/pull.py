@@ -200,7 +200,7 @@ def execute(
     r = server.admin(ws)
     # two shards a node (one worked, one waiting), within a quarter of Redis' memory
     room = (ws.settings.queue.maxmemory_mb << 20) // (4 * MAX_SHARD_BYTES)
-    window = max(1, min(max(8, 2 * len(nodes)), room))
+    window = max(1, min(max(4, 2 * len(nodes)), room))
     dispatcher = Dispatcher(r, job_id, nodes, run.ingest, window=window,
                             max_shard_bytes=MAX_SHARD_BYTES)  # fmt: skip
     halt = threading.Event()
@@ -225,6 +225,7 @@ def execute(
                 thread.join(timeout=0.5)
         if run.error is not None:
             raise _Stopped(f"the queue failed: {run.error}")
+        ingest.finish(db, job_id, [])  # its makespan ends with the last report, not the cleanup
     except (KeyboardInterrupt, _Stopped) as exc:
         _halt(db, job_id, halt, thread)
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
@@ -239,7 +240,6 @@ def execute(
         halt.set()
         with contextlib.suppress(Exception, KeyboardInterrupt):  # best effort, as push's cleanup
             _end(ws, r, dispatcher)
-    ingest.finish(db, job_id, [])
     return status(ws, job_id)
 
 
