@@ -368,7 +368,7 @@ def add(ws: Workspace, devices: list[Device], *, scan_keys: bool = True,
         if scanned.get(d.name):
             pin_host(ws, d.host, d.port, scanned[d.name])
     regenerate_inventory(ws, db)
-    _sync_queue(ws)
+    queue.sync_if_running(ws)
     result = gather_facts(ws, ",".join(names), progress=progress)
     return DevicesResult("add", result.devices)
 
@@ -385,15 +385,8 @@ def remove(ws: Workspace, name: str, *, reason: str = "its device was removed") 
         deployments.end_on(db, name, reason)
         db["devices"].delete(name)
     regenerate_inventory(ws, db)
-    _sync_queue(ws)
+    queue.sync_if_running(ws)
     return device
-
-
-def _sync_queue(ws: Workspace) -> None:
-    """A running queue's users follow the devices table at once: a removed device's user
-    is deleted (its connections cut). A stopped queue reads its ACL file when it starts."""
-    if queue.running(ws):
-        queue.sync_acl(ws)
 
 
 def list_devices(ws: Workspace, group: str | None = None) -> list[dict]:

@@ -189,6 +189,13 @@ def sync_acl(ws: Workspace) -> bool:
     return True
 
 
+def sync_if_running(ws: Workspace) -> bool:
+    """:func:`sync_acl` when the server runs (what the device and credential paths call:
+    a revoked device's user goes at once, its connections cut); a stopped server reads
+    its ACL file as it starts, and a workspace without a queue gets none."""
+    return running(ws) and sync_acl(ws)
+
+
 def _prepare(ws: Workspace) -> bool:
     """Certificate and config files; whether either changed (a running server then
     restarts to read them)."""

@@ -116,7 +116,7 @@ class StandIn:
 def _until_dead(worker: Worker, halt: threading.Event) -> None:
     try:
         worker.run(halt)
-    except Died:
+    except (Died, redis.ResponseError):  # NOPERM: the job ended, its grant revoked
         pass
 
 

@@ -19,8 +19,8 @@ import time
 import pytest
 import redis
 
+from evc import certs, devices, pull_credentials
 from evc import db as evcdb
-from evc import devices
 from evc.errors import EVCError, UsageError
 from evc.infer import jobs, nodes, pull, runner
 from evc.model import deploy
@@ -278,10 +278,15 @@ def test_controller_cpu_per_item(ws, tmp_path):
           f"{cpu:.2f} s = {1000 * cpu / count:.2f} ms per item; wall {wall:.1f} s")  # fmt: skip
 
 
-def test_a_removed_device_reads_nothing(ws):
-    """Planted: node5 holds a grant and reads its announcements; removing the device
-    (the queue running) deletes its Redis user at once: its open connection is cut and
-    its password refused. Fails without the sync in devices.remove."""
+@pytest.mark.parametrize("how", ["cert revoke", "device remove"])
+def test_a_revoked_device_reads_nothing(ws, how, monkeypatch):
+    """Planted: node5 holds a grant and reads its announcements; revoking its credential
+    (`evc cert revoke`) or removing the device, the queue running, deletes its Redis
+    user at once: its open connection is cut and its password refused. Fails without
+    the sync in certs.revoke / devices.remove."""
+    if how == "device remove":
+        pull_credentials.issue(ws, ["node5"])  # again, after the cert revoke case
+        server.sync_acl(ws)
     job = "20990101-000000-dead"
     acl.grant(ws, job, ["node5"])
     server.sync_acl(ws)
@@ -292,7 +297,11 @@ def test_a_removed_device_reads_nothing(ws):
     assert node5.xrange(jobs_key("node5"))  # it could read
     password = node5.connection_pool.connection_kwargs["password"]
     try:
-        devices.remove(ws, "node5")
+        if how == "cert revoke":
+            monkeypatch.setattr(certs, "run_playbook", FakeFleet())
+            certs.revoke(ws, certs.RevokeOptions(target="node5"))
+        else:
+            devices.remove(ws, "node5")
         with pytest.raises(redis.RedisError):
             node5.xrange(jobs_key("node5"))
         again = server.client(ws, "node5", password, retries=0)
