@@ -69,25 +69,15 @@ def _report(ideal: float, jobs: dict[str, tuple[dict, float]]) -> int:
 
 def lab() -> int:
     sys.path.insert(0, str(ROOT / "bench"))
-    from _util import EVC, bench_workspace, run, timed
-    from infer_strategies import ALONE, CPUS, _dataset, _job
+    from _util import EVC, bench_workspace, timed
+    from infer_strategies import ALONE, CPUS, _dataset, _job, unequal_lab
 
     with tempfile.TemporaryDirectory() as tmp:
         env = bench_workspace(Path(tmp), "evcmodes", "172.31.249.0/24")
         folder = _dataset(Path(tmp), ITEMS)
         subsets = {n: _dataset(Path(tmp), k) for n, k in ALONE.items()}
         try:
-            run(EVC + ["lab", "up", "--nodes", "3"], env)  # the queue too
-            run(EVC + ["cert", "push", "all"], env)  # the nodes' queue credential too
-            run(EVC + ["model", "build", "bfaces", "--runtime", "face-haar", "--version", "1"],
-                env)  # fmt: skip
-            run(EVC + ["model", "push", "bfaces:1"], env)
-            for node, cpus in CPUS.items():
-                run(EVC + ["model", "deploy", "bfaces:1", node, "--cpus", str(cpus)], env)
-            alone = {}
-            for node in CPUS:
-                job = _job(env, subsets[node], node, "--strategy", "round-robin")
-                alone[node] = ALONE[node] / job["makespan_s"]
+            alone = unequal_lab(env, subsets)  # cert push: the queue credential too
             jobs = {}
             for mode, args in (("push-dynamic", ["--strategy", "dynamic"]),
                                ("pull", ["--mode", "pull"])):  # fmt: skip

@@ -224,7 +224,7 @@ def execute(
                             f"{s.enqueued - s.done} shards in the queue")  # fmt: skip
                 thread.join(timeout=0.5)
         if run.error is not None:
-            raise _Stopped(f"the queue failed: {run.error}")
+            raise _Stopped(f"{type(run.error).__name__}: {run.error}")
         ingest.finish(db, job_id, [])  # its makespan ends with the last report, not the cleanup
     except (KeyboardInterrupt, _Stopped) as exc:
         _halt(db, job_id, halt, thread)
