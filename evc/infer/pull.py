@@ -185,7 +185,8 @@ class _Run:
 
 
 class _Stopped(Exception):
-    """Ctrl-C's like: ``stop`` set, the nodes stalled, or the dispatcher failed."""
+    """Handled like Ctrl-C: ``stop`` set (no reason), or why the run cannot go on (the
+    nodes stalled, the dispatcher failed)."""
 
 
 def execute(
@@ -216,7 +217,7 @@ def execute(
             thread.start()
             while thread.is_alive():
                 if stop is not None and stop.is_set():
-                    raise _Stopped("stopped")
+                    raise _Stopped()
                 if time.monotonic() - run.last_report > STALL_S:
                     raise _Stopped(f"no node reported for {STALL_S:.0f} s")
                 s = dispatcher.stats
@@ -228,11 +229,11 @@ def execute(
         ingest.finish(db, job_id, [])  # its makespan ends with the last report, not the cleanup
     except (KeyboardInterrupt, _Stopped) as exc:
         _halt(db, job_id, halt, thread)
-        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
         resume = f"its pending items stay pending: `evc infer resume {job_id}` runs them."
-        if isinstance(exc, KeyboardInterrupt) or str(exc) == "stopped":
-            raise Interrupted(f"Job {job_id} {why}; {resume}") from None
-        raise EVCError(f"Job {job_id} stopped ({why}); {resume}") from None
+        if isinstance(exc, _Stopped) and exc.args:
+            raise EVCError(f"Job {job_id} stopped ({exc.args[0]}); {resume}") from None
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped"
+        raise Interrupted(f"Job {job_id} {what}; {resume}") from None
     except Exception:  # the queue refused the setup: the job is resumable all the same
         _halt(db, job_id, halt, thread)
         raise
