@@ -147,6 +147,36 @@ def test_a_node_killed_mid_shard_is_reclaimed_and_each_item_ends_once(ws, tmp_pa
     _queue_is_clean(ws, result.job["id"])
 
 
+def test_a_bad_line_and_a_poison_shard_end_as_item_errors(ws, tmp_path, stand_ins):
+    """Planted: a node's line that is not a valid record (a text latency), an item it
+    leaves out of its report, and a shard every node fails (given up after 3
+    deliveries): each of those items ends as an error with its reason, the rest ok."""
+    data, items = _data(tmp_path, 12)
+
+    def sloppy(shard):
+        if "img011.jpg" in shard.items:
+            raise RuntimeError("the model server died")  # left pending, reclaimed, again
+        lines = ps.answer(shard)
+        for line in lines:
+            if line["item"] == "img001.jpg":
+                line["latency_ms"] = "fast"
+        return [line for line in lines if line["item"] != "img002.jpg"]
+
+    for d in NODES:
+        stand_ins(d, process=sloppy)
+    result = _in_thread(lambda: runner.run(ws, _options(data, shard_size=3)))
+    rows = _check_every_item_once(ws, result.job["id"], items)
+    assert rows["img001.jpg"]["error"].startswith("unusable result from the node: ")
+    assert rows["img002.jpg"]["error"] == "not in the node's report"
+    given_up = {i for i, r in rows.items() if r["error"] == "given up after 3 deliveries"}
+    assert given_up == {"img009.jpg", "img010.jpg", "img011.jpg"}
+    assert {i for i, r in rows.items() if r["state"] == "ok"} == set(items) - given_up - {
+        "img001.jpg",
+        "img002.jpg",
+    }
+    _queue_is_clean(ws, result.job["id"])
+
+
 def test_a_redis_restart_mid_job_loses_nothing(ws, tmp_path, stand_ins):
     data, items = _data(tmp_path, 48)
     for d in NODES:
