@@ -44,23 +44,28 @@ def _job(env, folder, *args) -> dict:
     return json.loads(out)
 
 
+def unequal_lab(env, subsets: dict[str, Path]) -> dict[str, float]:
+    """The 3-node lab with bfaces:1 deployed under CPUS; each node's items/s alone."""
+    run(EVC + ["lab", "up", "--nodes", "3"], env)  # the queue too (pull mode)
+    run(EVC + ["cert", "push", "all"], env)
+    run(EVC + ["model", "build", "bfaces", "--runtime", "face-haar", "--version", "1"], env)
+    run(EVC + ["model", "push", "bfaces:1"], env)
+    for node, cpus in CPUS.items():
+        run(EVC + ["model", "deploy", "bfaces:1", node, "--cpus", str(cpus)], env)
+    alone = {}
+    for node in CPUS:
+        job = _job(env, subsets[node], node, "--strategy", "round-robin")
+        alone[node] = ALONE[node] / job["makespan_s"]
+    return alone
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         env = bench_workspace(Path(tmp), "evcbench", "172.31.250.0/24")
         folder = _dataset(Path(tmp), ITEMS)
         subsets = {n: _dataset(Path(tmp), k) for n, k in ALONE.items()}
         try:
-            run(EVC + ["lab", "up", "--nodes", "3"], env)
-            run(EVC + ["cert", "push", "all"], env)
-            build = ["model", "build", "bfaces", "--runtime", "face-haar", "--version", "1"]
-            run(EVC + build, env)
-            run(EVC + ["model", "push", "bfaces:1"], env)
-            for node, cpus in CPUS.items():
-                run(EVC + ["model", "deploy", "bfaces:1", node, "--cpus", str(cpus)], env)
-            alone = {}
-            for node in CPUS:
-                job = _job(env, subsets[node], node, "--strategy", "round-robin")
-                alone[node] = ALONE[node] / job["makespan_s"]
+            alone = unequal_lab(env, subsets)
             ideal = ITEMS / sum(alone.values())
             jobs = {s: _job(env, folder, "--strategy", s) for s in STRATEGIES}
         finally:

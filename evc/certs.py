@@ -26,6 +26,7 @@ from evc.keys import write_private
 from evc.names import Target
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
+from evc.queue import server as queue
 
 
 def _vars(ws: Workspace) -> dict:
@@ -103,6 +104,7 @@ def revoke(ws: Workspace, options: RevokeOptions, progress: Progress = SILENT) -
     request, whether or not a node answers: a stolen one does not), then logout, remove
     the CA and the probe image; succeeds only if a pull then fails."""
     pull_credentials.revoke(ws, resolve_hosts(ws.inventory, options.target))
+    queue.sync_if_running(ws)  # their queue users too
     run = run_playbook(
         ws, "cert_revoke.yml", options.target, extravars=_vars(ws), progress=progress
     )

@@ -32,6 +32,7 @@ from evc.keys import check_host_key, controller_key, copy_key, pin_host, scan_ho
 from evc.model import deployments
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
+from evc.queue import server as queue
 
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
@@ -367,6 +368,7 @@ def add(ws: Workspace, devices: list[Device], *, scan_keys: bool = True,
         if scanned.get(d.name):
             pin_host(ws, d.host, d.port, scanned[d.name])
     regenerate_inventory(ws, db)
+    queue.sync_if_running(ws)
     result = gather_facts(ws, ",".join(names), progress=progress)
     return DevicesResult("add", result.devices)
 
@@ -383,6 +385,7 @@ def remove(ws: Workspace, name: str, *, reason: str = "its device was removed") 
         deployments.end_on(db, name, reason)
         db["devices"].delete(name)
     regenerate_inventory(ws, db)
+    queue.sync_if_running(ws)
     return device
 
 

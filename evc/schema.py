@@ -394,6 +394,11 @@ def _built_on(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE models ADD COLUMN built_on TEXT")
 
 
+def _job_mode(db: sqlite_utils.Database) -> None:
+    """How a job's shards reach the nodes: push (over SSH) or pull (the queue, issue 19)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN mode TEXT NOT NULL DEFAULT 'push'")
+
+
 # Applied in order, once each; never edit or reorder a released entry, append a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_core", _core),
@@ -406,4 +411,5 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0008_api", _api),
     ("0009_variants", _variants),
     ("0010_built_on", _built_on),
+    ("0011_job_mode", _job_mode),
 ]

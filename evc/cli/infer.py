@@ -27,7 +27,7 @@ def _report(result, json: bool, check: bool = True) -> None:
     else:
         j = result.job
         print_table(
-            f"job {j['id']}: {j['model']}:{j['version']} ({j['strategy']})",
+            f"job {j['id']}: {j['model']}:{j['version']} ({_how(j)})",
             ["node", "shards", "items", "ok", "failed", "busy s", "items/s"],
             [
                 [n, str(r.get("shards", 0)), str(r.get("items") or 0), str(r.get("ok") or 0),
@@ -45,6 +45,11 @@ def _report(result, json: bool, check: bool = True) -> None:
         )
     if check:
         raise typer.Exit(result.exit_code)
+
+
+def _how(job: dict) -> str:
+    """A job's strategy, or 'pull' (the nodes take the shards: no strategy applies)."""
+    return "pull" if job.get("mode") == "pull" else job["strategy"]
 
 
 @command(app, RunOptions)
@@ -86,7 +91,7 @@ def list_(json: bool = JSON) -> None:
     print_table(
         "jobs",
         ["id", "model", "strategy", "state", "items", "ok", "failed", "makespan s"],
-        [[r["id"], f"{r['model']}:{r['version']}", r["strategy"], r["state"], str(r["items"]),
+        [[r["id"], f"{r['model']}:{r['version']}", _how(r), r["state"], str(r["items"]),
           str(r["ok"]), str(r["failed"]), str(r["makespan_s"] or "-")] for r in rows],
     )  # fmt: skip
 

@@ -33,6 +33,7 @@ from evc import fleet, schedule
 from evc.ansible import resolve_hosts, run_playbook
 from evc.config import Workspace
 from evc.errors import EVCError, Interrupted, UsageError
+from evc.infer import ingest, pull
 from evc.infer.data import stage_items
 from evc.infer.jobs import (
     JobResult,
@@ -40,7 +41,6 @@ from evc.infer.jobs import (
     get,
     job_dir,
     job_lock,
-    keypoints_json,
     status,
     throughputs,
 )
@@ -74,12 +74,13 @@ def _model_for(ws: Workspace, ref: str, hosts: list[str]) -> catalogue.Model:
     return catalogue.get(ws, f"{ref}:{versions.pop()}")
 
 
-def _strategy(value: str) -> str:
-    if value not in schedule.STRATEGIES:
-        raise ValueError(
-            f"{value!r} is not a strategy: choose one of {', '.join(schedule.STRATEGIES)}"
-        )
-    return value
+def _one_of(choices: tuple[str, ...], what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not a {what}: choose one of {', '.join(choices)}")
+        return value
+
+    return AfterValidator(check)
 
 
 class RunOptions(Options):
@@ -90,8 +91,11 @@ class RunOptions(Options):
     data: Path = opt(
         ..., help="A folder of images, a .zip, .tar, .tar.gz or .tgz of images, or a video."
     )
-    strategy: Annotated[str, AfterValidator(_strategy)] = opt(
+    strategy: Annotated[str, _one_of(schedule.STRATEGIES, "strategy")] = opt(
         "dynamic", help="round-robin | load | proportional | dynamic (work stealing)."
+    )
+    mode: Annotated[str, _one_of(("push", "pull"), "mode")] = opt(
+        "push", help="push: shards sent over SSH; pull: nodes take them from the queue."
     )
     retries: int = opt(2, help="Re-runs of a failed shard, each on another node.", ge=0, le=20)
     conf: float | None = opt(None, help="Minimum score (default: the model's).", ge=0, le=1)
@@ -122,7 +126,7 @@ def run(
     with job_lock(ws, job_id, progress):
         _create(ws, options, job_id, model, progress)
         try:  # after the data is checked: bad input is refused without asking the nodes
-            checked = usable_nodes(ws, model.name, model.version, hosts, progress)
+            checked = _usable(ws, model.name, model.version, options.mode, hosts, progress)
         except BaseException:  # no node usable, or Ctrl-C: no job is left half-made
             discard(ws, job_id)
             raise
@@ -144,6 +148,8 @@ def _prepare(ws: Workspace, o: RunOptions) -> tuple[str, list[str], catalogue.Mo
     hosts = resolve_hosts(ws.inventory, o.target)
     model = _model_for(ws, o.model, hosts)
     declared_nodes(ws, model.name, model.version, hosts)
+    if o.mode == "pull":
+        pull.check_queue(ws)
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4], hosts, model
 
 
@@ -167,6 +173,7 @@ def _create(ws, o: RunOptions, job_id: str, model: catalogue.Model, progress: Pr
                 "image": model.image,
                 "target": target,
                 "strategy": o.strategy,
+                "mode": o.mode,
                 "retries": o.retries,
                 "params": json.dumps(params),
                 "source": str(data),
@@ -206,6 +213,12 @@ def resume(
         return _execute(ws, job_id, hosts, progress, stop)
 
 
+def _usable(ws, model: str, version: str, mode: str, hosts: list[str], progress: Progress):
+    """:func:`usable_nodes`; in pull mode, only those with a queue user."""
+    nodes, skipped = usable_nodes(ws, model, version, hosts, progress)
+    return (pull.pullers(ws, nodes, skipped) if mode == "pull" else nodes), skipped
+
+
 class _Stopped(Exception):
     """The caller's ``stop`` event was set: handled like Ctrl-C."""
 
@@ -221,17 +234,15 @@ def _execute(
     """Run the job's pending items on the usable nodes of ``hosts`` (``checked``: as
     :func:`usable_nodes` found them just before; else they are checked now)."""
     job = get(ws, job_id)
+    if job["mode"] == "pull":
+        pull.check_queue(ws)
     db = evcdb.workspace_db(ws)
-    nodes, skipped = checked or usable_nodes(ws, job["model"], job["version"], hosts, progress)
-    with evcdb.transaction(db):  # under the job's lock: a shard still 'running' is stale
-        db["jobs"].update(job_id, {"skipped_nodes": json.dumps(skipped), "state": "running"})
-        db.execute(
-            "UPDATE shards SET state = 'interrupted', finished = COALESCE(finished, ?) "
-            "WHERE job_id = ? AND state = 'running'", [time.time(), job_id],
-        )  # fmt: skip
-    pending = [r["item"] for r in db.query(
-        "SELECT item FROM results WHERE job_id = ? AND state = 'pending' ORDER BY item", [job_id]
-    )]  # fmt: skip
+    nodes, skipped = checked or _usable(
+        ws, job["model"], job["version"], job["mode"], hosts, progress
+    )
+    pending = ingest.begin(db, job_id, skipped)
+    if job["mode"] == "pull":
+        return pull.execute(ws, job, nodes, pending, progress, stop)
     ran_before = db.execute("SELECT 1 FROM shards WHERE job_id = ? LIMIT 1", [job_id]).fetchone()
     params = json.loads(job["params"])
     tputs = throughputs(ws, job["model"], job["version"])
@@ -241,8 +252,6 @@ def _execute(
     pacer = schedule.Pacer(tputs) if paced else None
     queue = schedule.WorkQueue(shards, nodes, job["retries"], pacer)
     runner = _Runner(ws, job, queue)
-    if not job["started"]:
-        db["jobs"].update(job_id, {"started": time.time()})
     threads = [
         threading.Thread(target=runner.work, args=(n,), daemon=True)
         for n in nodes for _ in range(RUNNERS_PER_NODE)
@@ -262,12 +271,7 @@ def _execute(
     except (KeyboardInterrupt, _Stopped) as exc:
         by = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "stopped"
         runner.stop.set()
-        with evcdb.transaction(db):  # job and its running shards change together
-            db["jobs"].update(job_id, {"state": "interrupted"})
-            db.execute(
-                "UPDATE shards SET state = 'interrupted', finished = ? "
-                "WHERE job_id = ? AND state = 'running'", [time.time(), job_id],
-            )  # fmt: skip
+        ingest.interrupt(db, job_id)
         again = " (Ctrl-C again skips it)" if by == "Ctrl-C" else ""
         progress.log(f"removing job {job_id}'s files from the nodes{again}")
         with contextlib.suppress(Exception, KeyboardInterrupt):  # never hides the interrupt
@@ -309,36 +313,14 @@ def _clean_nodes(ws: Workspace, job: dict, nodes: list[str], progress: Progress)
 
 
 def _finish(db, job_id: str, runner: _Runner) -> None:
-    """Record the job's end: the shard rows the database refused while it ran; items of
-    shards that failed for good, or that no node could take, get their error; so does
-    any item still pending (a bug's doing), so every item ends ok or with a reason."""
+    """Record the job's end: items of shards that failed for good, or that no node
+    could take, get their error (:func:`evc.infer.ingest.finish`)."""
     queue = runner.queue
     gone = "; ".join(runner.dropped.values()) or "none ran it"
-    reasons = [(s, f"failed after {s.attempt} attempt(s): {s.error}") for s in queue.failures()]
-    reasons += [(s, f"no node left to run it ({s.error or gone})") for s in queue.stranded()]
-    now = time.time()
-    with evcdb.transaction(db):
-        for shard_id, row in runner.unstored:
-            db["shards"].update(shard_id, row)
-        for shard, reason in reasons:
-            db.conn.executemany(
-                "UPDATE results SET state = 'error', error = ? "
-                "WHERE job_id = ? AND item = ? AND state = 'pending'",
-                [(reason, job_id, item) for item in shard.items],
-            )
-        db.execute(
-            "UPDATE results SET state = 'error', error = 'no shard reported it' "
-            "WHERE job_id = ? AND state = 'pending'", [job_id],
-        )  # fmt: skip
-        counts = next(iter(db.query(
-            "SELECT SUM(state = 'ok') AS ok, SUM(state = 'error') AS failed "
-            "FROM results WHERE job_id = ?", [job_id],
-        )))  # fmt: skip
-        job = next(iter(db.query("SELECT started FROM jobs WHERE id = ?", [job_id])))
-        db["jobs"].update(job_id, {
-            "ok": counts["ok"] or 0, "failed": counts["failed"] or 0, "state": "complete",
-            "finished": now, "makespan_s": round(now - job["started"], 3),
-        })  # fmt: skip
+    reasons = [(s.items, f"failed after {s.attempt} attempt(s): {s.error}")
+               for s in queue.failures()]  # fmt: skip
+    reasons += [(s.items, f"no node left to run it ({s.error or gone})") for s in queue.stranded()]
+    ingest.finish(db, job_id, reasons, runner.unstored)
 
 
 class _Runner:
@@ -465,30 +447,12 @@ class _Runner:
             return "failed", "stopped before its results were stored"
         with evcdb.transaction(db):
             for rec in records.values():
-                self._ingest_item(db, rec, shard_id, node, shard.attempt)
+                ingest.store_item(db, self.job["id"], rec, shard_id, node, shard.attempt)
             for item, why in refused.items():
-                self._ingest_item(db, Record(item=item, ok=False, error=f"not sent: {why}"),
-                                  shard_id, None, shard.attempt)  # fmt: skip
+                rec = Record(item=item, ok=False, error=f"not sent: {why}")
+                ingest.store_item(db, self.job["id"], rec, shard_id, None, shard.attempt)
             db["shards"].update(shard_id, {"state": "done", "finished": time.time()})
         self.queue.done(shard, sum(r.latency_ms or 0 for r in records.values()) / 1000)
         with self._lock:
             self.done_items += len(shard.items)
         return "done", None
-
-    def _ingest_item(self, db, rec: Record, shard_id: int, node: str | None, attempt: int):
-        cursor = db.execute(
-            "UPDATE results SET state = ?, error = ?, latency_ms = ?, width = ?, height = ?, "
-            "node = ?, shard_id = ?, attempt = ? WHERE job_id = ? AND item = ? "
-            "AND state = 'pending'",
-            ["ok" if rec.ok else "error", None if rec.ok else rec.error or "failed on the node",
-             rec.latency_ms, rec.width, rec.height, node, shard_id, attempt, self.job["id"],
-             rec.item],
-        )  # fmt: skip
-        if cursor.rowcount != 1:
-            return  # already final: exactly once
-        db["detections"].insert_all(
-            {"job_id": self.job["id"], "item": rec.item, "label": d.label,
-             "class_id": d.class_id, "score": d.score, "x": d.box[0], "y": d.box[1],
-             "w": d.box[2], "h": d.box[3], "keypoints": keypoints_json(d.keypoints)}
-            for d in rec.detections or []
-        )  # fmt: skip

@@ -3,7 +3,8 @@
 ``Lab.up`` brings the lab to exactly N nodes (:mod:`evc.lab.nodes`), pins each
 node's SSH host key read from inside its container (not by trusting the
 network), enrols the nodes as ordinary devices through :mod:`evc.devices`, and
-starts the workspace registry at the lab network's gateway with its probe image.
+starts the workspace registry at the lab network's gateway with its probe image, and
+the workspace's queue (:mod:`evc.queue.server`, bound to that gateway: pull mode).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from evc.lab import worker
 from evc.lab.network import check_subnet
 from evc.lab.nodes import DEFAULT_PROFILES, LABEL, PROFILES, LabNode, Nodes, validate_request
 from evc.progress import SILENT, Progress
+from evc.queue import server as queue
 
 
 @dataclass
@@ -32,6 +34,7 @@ class LabUpResult(Result):
     gateway: str
     nodes: list[LabNode]
     registry: str | None = None  # address the nodes pull from (the read-only endpoint)
+    queue: str | None = None  # the queue's address (pull-mode inference)
     created: list[str] = field(default_factory=list)
     images_built: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -136,6 +139,9 @@ class Lab:
             result.images_built += [registry_image] if built else []
             result.registry = self.ensure_registry(str(net[1]), registry_image)
             timings["registry_s"] = time.monotonic() - t3
+            t4 = time.monotonic()
+            result.queue = queue.up(self.ws, progress=progress).address
+            timings["queue_s"] = time.monotonic() - t4
         except BaseException:
             for action in reversed(undo):
                 try:
@@ -236,6 +242,7 @@ class Lab:
         removed["registry"] = registry_server.down(self.ws, purge=purge, client=self.client)
         if worker.stop(self.ws, self.client):  # the lab worker of streamed runs
             removed["containers"].append(worker.container_name(self.ws))
+        removed["queue"] = ["redis-server"] if queue.down(self.ws).stopped else []
         network = c.network()
         if network is not None:
             network.remove()

@@ -137,6 +137,11 @@ def _pid(ws: Workspace) -> int | None:
     return pid if Path(exe).name.startswith("redis") else None
 
 
+def running(ws: Workspace) -> bool:
+    """Whether the workspace's redis-server runs (its pid file names a live redis)."""
+    return _pid(ws) is not None
+
+
 def client(ws: Workspace, username: str, password: str, *, timeout: float = 5.0, retries: int = 3):
     """A verified TLS connection to the workspace's Redis as ``username``; a lost
     connection is tried again ``retries`` times (Redis restarting), briefly."""
@@ -182,6 +187,13 @@ def sync_acl(ws: Workspace) -> bool:
     except redis.RedisError as exc:
         raise EVCError(f"Redis refused the ACL rules of {files(ws).acl}: {exc}") from None
     return True
+
+
+def sync_if_running(ws: Workspace) -> bool:
+    """:func:`sync_acl` when the server runs (what the device and credential paths call:
+    a revoked device's user goes at once, its connections cut); a stopped server reads
+    its ACL file as it starts, and a workspace without a queue gets none."""
+    return running(ws) and sync_acl(ws)
 
 
 def _prepare(ws: Workspace) -> bool:

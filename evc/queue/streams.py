@@ -6,6 +6,8 @@ key patterns):
 - ``evc:job:JOB:work``: the job's shards, one entry each, read by the job's nodes in the
   consumer group ``workers`` (consumer name: the device's name). One stream per job, so
   a fast node simply takes more (work stealing falls out of pulling).
+- ``evc:node:DEVICE:jobs``: the jobs announced to DEVICE (:func:`jobs_key`); its worker
+  reads it to know which job streams to pull from, and stops when its job's entry goes.
 - ``evc:job:JOB:results:DEVICE``: what DEVICE reports. Only DEVICE's ACL user may XADD
   there (:mod:`evc.queue.acl`), so the key, not a field a node writes, says who reported.
 
@@ -54,6 +56,12 @@ def work_key(job: str) -> str:
 
 def results_key(job: str, device: str) -> str:
     return f"evc:job:{job}:results:{device}"
+
+
+def jobs_key(device: str) -> str:
+    """Where the controller announces the pull jobs ``device`` may work on (one entry per
+    job: ``job``, ``model``, ``version``, ``params``, ``lease``), XDELed when the job ends."""
+    return f"evc:node:{device}:jobs"
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,9 @@ def _up_recreate_and_down(env, tmp_path, gateway):
         evc("lab", "up", "--nodes", "1", "--profile", "rpi", "--json", env=env, check=0).stdout
     )
     assert up["ping"]["status"] == "success" and up["created"]
+    assert up["queue"] == f"{gateway}:6380"  # started at the gateway, for pull mode
+    queue = json.loads(evc("queue", "status", "--json", env=env, check=0).stdout)
+    assert queue["state"] == "running" and queue["address"] == up["queue"]
     client = docker_client()
     assert all(_leftovers(client, "evcdown"))
     ws = Workspace.load(tmp_path)
@@ -70,7 +73,9 @@ def _up_recreate_and_down(env, tmp_path, gateway):
     assert dev["labels"]["profile"] == "nuc" and dev["cpu_count"] == 1.0
     assert "profile_nuc" in dev["groups"] and "profile_rpi" not in dev["groups"]
     down = json.loads(evc("lab", "down", "--json", env=env, check=0).stdout)
-    assert down["containers"] == ["evc-evcdown-node1"]
+    assert down["containers"] == ["evc-evcdown-node1"] and down["queue"] == ["redis-server"]
+    queue = json.loads(evc("queue", "status", "--json", env=env, check=1).stdout)
+    assert queue["state"] == "stopped"
     assert _ended(ws) == "lab evcdown is down: its node is gone"
     assert _leftovers(client, "evcdown") == ([], [], [])
     rw = down["registry"][0]  # and the read-only endpoint's container beside it
