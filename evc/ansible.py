@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -33,15 +34,15 @@ from typing import Any, BinaryIO
 
 from evc.config import Workspace
 from evc.db import record_run, workspace_db
-from evc.errors import EVCError, Result, UsageError
-from evc.inventory import unsafe
+from evc.errors import EVCError, Result
+from evc.inventory import subset, unsafe
 from evc.progress import SILENT, Progress
 from evc.resources import playbook as bundled_playbook
+from evc.targets import select
 
 MAX_FORKS = 100
 KEEP_RUNS = 200  # run folders kept in .evc/runs/artifacts
 RUN_LOCK = ".evc-run.lock"  # in a run's folder, locked (flock) while the run lasts
-_INVENTORY_LOCK = threading.Lock()
 HOST_STATES = ("ok", "changed", "failed", "unreachable", "skipped")
 # Keys of a module result that are noise in a stored result.
 _DROP = ("invocation", "diff", "stdout_lines", "stderr_lines")
@@ -93,34 +94,6 @@ class RunResult(Result):
         out["status"] = self.status
         out["duration_s"] = round(self.ended - self.started, 3)
         return out
-
-
-def resolve_hosts(inventory: Path, target: str) -> list[str]:
-    """Hosts the Ansible pattern ``target`` matches; a clear error if it matches none."""
-    from ansible.errors import AnsibleError
-    from ansible.inventory.manager import InventoryManager
-    from ansible.parsing.dataloader import DataLoader
-
-    if not inventory.is_file():
-        raise UsageError(f"No inventory at {inventory}: add devices or run `evc lab up` first.")
-    with _INVENTORY_LOCK:  # Ansible's first load of a plugin is not thread-safe
-        manager = InventoryManager(loader=DataLoader(), sources=[str(inventory)])
-        try:
-            hosts = [h.name for h in manager.list_hosts(target)]
-        except (AnsibleError, IndexError) as exc:  # '~(', 'lab[99]'; IndexError: a bare '!' or '&'
-            why = exc if isinstance(exc, AnsibleError) else "'!' and '&' need a name after them"
-            raise UsageError(
-                f"Target {target!r} is not a pattern Ansible can use ({why}). Use a host name, "
-                "a group or an Ansible pattern such as 'group:&other'."
-            ) from None
-    if not hosts:
-        groups = sorted(g for g in manager.groups if g not in ("all", "ungrouped"))
-        known = ", ".join(groups) if groups else "none"
-        raise UsageError(
-            f"Target {target!r} matches no host in {inventory}. Use a host name, a group or an "
-            f"Ansible pattern such as 'group:&other'. Known groups: {known}."
-        )
-    return hosts
 
 
 def control_dir(ws: Workspace) -> Path:
@@ -221,7 +194,6 @@ def scrub_command_file(artifact_dir: Path) -> None:
     suppress_env_files says), so any credential in the user's environment would
     land on disk. Only the settings EVC chose and a few harmless names are kept.
     """
-    import json
 
     path = artifact_dir / "command"
     try:
@@ -446,8 +418,7 @@ def run_playbook(
     """
     import ansible_runner
 
-    inventory = inventory or ws.inventory
-    hosts = resolve_hosts(inventory, target)
+    hosts, tree = select(inventory or ws.inventory, target)
     if any(len(v) > 4095 or "\n" in v for v in (secrets or {}).values()):
         raise EVCError("a secret for a vars_prompt must be one line of at most 4095 characters")
     path = Path(name) if os.sep in name else bundled_playbook(name)
@@ -461,6 +432,8 @@ def run_playbook(
         try:
             with contextlib.suppress(OSError):  # housekeeping only: the next run tries again
                 prune_runs(artifacts, KEEP_RUNS)
+            run_inventory = artifacts / ident / "hosts.json"  # the targeted hosts alone
+            run_inventory.write_text(json.dumps(subset(tree, hosts)))
             with progress.task(f"{path.name} on {target}") as line:
                 collector = _Collector(hosts, line)
                 with _signals_deferred() as cancelled:
@@ -468,8 +441,7 @@ def run_playbook(
                         private_data_dir=str(ws.artifacts_dir),
                         ident=ident,
                         playbook=str(path),
-                        inventory=str(inventory),
-                        limit=target,
+                        inventory=str(run_inventory),
                         extravars=unsafe(extravars),
                         envvars=ansible_env(ws, forks, task_timeout),
                         passwords=passwords,
