@@ -31,11 +31,12 @@ def bench_workspace(root: Path, lab: str, subnet: str) -> dict:
 
 
 @contextmanager
-def lab_fleet(root: Path, lab: str, subnet: str, nodes: int = 3):
-    """A bench workspace with its own N-node lab; yields its env, removes lab and registry."""
+def lab_fleet(root: Path, lab: str, subnet: str, nodes: int = 3, profile: str | None = None):
+    """A bench workspace with its own N-node lab (of one profile, or the default mix);
+    yields its env, removes lab and registry."""
     env = bench_workspace(root, lab, subnet)
     try:
-        run(EVC + ["lab", "up", "--nodes", str(nodes)], env)
+        run(EVC + ["lab", "up", "--nodes", str(nodes)] + (["-p", profile] if profile else []), env)
         yield env
     finally:
         timed(EVC + ["lab", "down"], env)
