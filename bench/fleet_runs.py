@@ -20,9 +20,10 @@ Uses its own lab ("evcfleetbench", 8 nodes) and removes it at the end; or, with
 ``--workspace DIR``, the lab of an existing workspace (not removed).
 
 ``--scale N`` measures scale instead, on a lab of N light nodes (sshd and python, no
-Docker engine; "evcscalebench"): EVC's ping, facts and telemetry on all N against
-node1 alone, interleaved, median of ROUNDS (issue 19's target at 50: at most 3x),
-and each node's memory (its cgroup's usage less page cache, after the runs).
+Docker engine; its own lab, "evcscalebench" unless ``--lab``): EVC's ping, facts and
+telemetry on all N against node1 alone, interleaved, median of ROUNDS (issue 19's
+target at 50: at most 3x), and each node's memory (its cgroup's usage less page
+cache, after the runs).
 """
 
 import argparse
@@ -148,16 +149,16 @@ def node_memory(ws) -> list[int]:
     return used
 
 
-def scale(nodes: int, rounds: int) -> int:
+def scale(nodes: int, rounds: int, lab: str) -> int:
     """N light nodes against one: EVC's wall time per playbook, and memory per node."""
     from evc.config import Workspace
     from evc.engine import docker_client
     from evc.lab.network import free_subnet
 
     with tempfile.TemporaryDirectory() as tmp:
-        subnet = free_subnet(docker_client(), "evc-evcscalebench", "172.31.231.0/24")
+        subnet = free_subnet(docker_client(), f"evc-{lab}", "172.31.231.0/24")
         started = time.perf_counter()
-        with lab_fleet(Path(tmp) / "ws", "evcscalebench", subnet, nodes, "light") as env:
+        with lab_fleet(Path(tmp) / "ws", lab, subnet, nodes, "light") as env:
             up_s = time.perf_counter() - started
             os.environ.update(env)
             ws = Workspace.find()
@@ -186,9 +187,10 @@ def main() -> int:
     parser.add_argument("--workspace", type=Path, help="use this workspace's lab (kept)")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--scale", type=int, metavar="N", help="N light nodes against one")
+    parser.add_argument("--lab", default="evcscalebench", help="the --scale lab's name")
     args = parser.parse_args()
     if args.scale:
-        return scale(args.scale, args.rounds)
+        return scale(args.scale, args.rounds, args.lab)
     from evc.config import Workspace
     from evc.engine import docker_client
     from evc.lab.network import free_subnet

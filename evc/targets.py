@@ -24,6 +24,7 @@ from evc.errors import UsageError
 # ansible.inventory.manager.PATTERN_WITH_SUBSCRIPT
 _SUBSCRIPT = re.compile(r"^(.+)\[(?:(-?[0-9]+)|([0-9]+)([:-])([0-9]*))\]$")
 _LIST = re.compile(r"(?:[^\s:\[\]]|\[[^\]]*\])+")  # split_host_pattern's ':' form
+_SEPARATOR = re.compile(r"[\s:\[\]]")  # what _LIST can split on
 HINT = "Use a host name, a group or an Ansible pattern such as 'group:&other'."
 
 
@@ -53,44 +54,36 @@ def load(path: Path) -> dict:
 
 def members(tree: dict) -> Members:
     """Names and groups of a YAML-shaped inventory tree (``all: {hosts, children}``)."""
-    own: dict[str, list[str]] = {"all": [], "ungrouped": []}
-    kids: dict[str, list[str]] = {"all": [], "ungrouped": []}
-    in_group: dict[str, int] = {}
+    own: dict[str, dict[str, None]] = {"all": {}, "ungrouped": {}}  # dicts: ordered sets
+    kids: dict[str, dict[str, None]] = {"all": {}, "ungrouped": {}}
+    grouped: dict[str, bool] = {}  # host -> in a group other than all
 
     def walk(name: str, node: dict | None) -> None:
         node = node or {}
-        own.setdefault(name, [])
-        kids.setdefault(name, [])
+        own.setdefault(name, {}).update(dict.fromkeys(node.get("hosts") or {}))
         for host in node.get("hosts") or {}:
-            if host not in own[name]:
-                own[name].append(host)
-            in_group.setdefault(host, 0)
-            in_group[host] += name != "all"
+            grouped[host] = grouped.get(host, False) or name != "all"
+        kids.setdefault(name, {})
         for child, sub in (node.get("children") or {}).items():
-            if child not in kids[name]:
-                kids[name].append(child)
+            kids[name][child] = None
             walk(child, sub)
 
-    root = tree.get("all") or {}
-    walk("all", root)
+    walk("all", tree.get("all"))
     for name, node in tree.items():  # top-level groups other than all
         if name != "all":
             walk(name, node)
-    hosts = list(in_group)
-    own["ungrouped"] = [h for h in hosts if not in_group[h]]
+    hosts = list(grouped)
+    own["ungrouped"] = {h: None for h in hosts if not grouped[h]}
 
-    def expand(name: str, seen: set[str]) -> list[str]:
-        out = list(own[name])
+    def expand(name: str, seen: set[str]) -> dict[str, None]:
+        out = dict(own[name])
         for child in kids[name]:
             if child not in seen:
                 seen.add(child)
-                out += expand(child, seen)
+                out.update(expand(child, seen))
         return out
 
-    groups = {}
-    for name in own:
-        expanded = expand(name, {name})
-        groups[name] = list(dict.fromkeys(expanded))
+    groups = {name: list(expand(name, {name})) for name in own}
     groups["all"] = list(dict.fromkeys(groups["all"] + hosts))
     return Members(hosts, groups)
 
@@ -99,6 +92,8 @@ def split(pattern: str) -> list[str]:
     """ansible.inventory.manager.split_host_pattern."""
     if "," in pattern:
         parts = pattern.split(",")
+    elif not _SEPARATOR.search(pattern):  # one pattern either way: skip Ansible's import
+        parts = [pattern]
     else:
         from ansible.parsing.utils.addresses import parse_address
 
