@@ -10,6 +10,7 @@ composed in :mod:`evc.lab.fleet`.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -219,10 +220,19 @@ class Nodes:
 
     def wait_ready(self, names: list[str]) -> dict[str, str]:
         """Wait for sshd (+ dockerd where there is one) on each node; return each node's
-        SSH host key."""
+        SSH host key.
+
+        Each worker thread has a Docker client of its own: docker-py's exec takes over
+        its connection's socket, and one client shared by 16 threads failed at 50
+        nodes ("Bad file descriptor")."""
+        local = threading.local()
+        clients: list = []
 
         def ready(node: str) -> str:
-            c = self.get(node)
+            if not hasattr(local, "client"):
+                local.client = docker_client()
+                clients.append(local.client)
+            c = local.client.containers.get(self.container_name(node))
             code, output = c.exec_run(["/usr/local/sbin/node-ready"])
             if code != 0:
                 raise EVCError(f"lab node {node} did not come up: {output.decode().strip()}")
@@ -231,8 +241,12 @@ class Nodes:
                 raise EVCError(f"lab node {node} has no SSH host key: {key.decode().strip()}")
             return " ".join(key.decode().split()[:2])
 
-        with ThreadPoolExecutor(max_workers=min(len(names), 16) or 1) as pool:
-            return dict(zip(names, pool.map(ready, names), strict=True))
+        try:
+            with ThreadPoolExecutor(max_workers=min(len(names), 16) or 1) as pool:
+                return dict(zip(names, pool.map(ready, names), strict=True))
+        finally:
+            for client in clients:
+                client.close()
 
     def stop(self, node: str) -> LabNode:
         c = self.get(node)
