@@ -39,13 +39,16 @@ def cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def lab_args(doc: str, rounds: int):
-    """--workspace DIR (use that workspace's lab, kept) and --rounds N."""
+def lab_args(doc: str, rounds: int, extend=None):
+    """--workspace DIR (use that workspace's lab, kept), --rounds N, and what
+    ``extend(parser)`` adds."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--workspace", type=Path, help="use this workspace's lab (kept)")
     parser.add_argument("--rounds", type=int, default=rounds)
+    if extend:
+        extend(parser)
     return parser.parse_args()
 
 
@@ -72,11 +75,12 @@ def bench_lab(workspace: Path | None, lab: str, start: str, nodes: int = 3):
 
 
 @contextmanager
-def lab_fleet(root: Path, lab: str, subnet: str, nodes: int = 3):
-    """A bench workspace with its own N-node lab; yields its env, removes lab and registry."""
+def lab_fleet(root: Path, lab: str, subnet: str, nodes: int = 3, profile: str | None = None):
+    """A bench workspace with its own N-node lab (of one profile, or the default mix);
+    yields its env, removes lab and registry."""
     env = bench_workspace(root, lab, subnet)
     try:
-        run(EVC + ["lab", "up", "--nodes", str(nodes)], env)
+        run(EVC + ["lab", "up", "--nodes", str(nodes)] + (["-p", profile] if profile else []), env)
         yield env
     finally:
         timed(EVC + ["lab", "down"], env)

@@ -18,6 +18,12 @@ on one node, in CPU-seconds (issue 19's target: under 0.4).
 
 Uses its own lab ("evcfleetbench", 8 nodes) and removes it at the end; or, with
 ``--workspace DIR``, the lab of an existing workspace (not removed).
+
+``--scale N`` measures scale instead, on a lab of N light nodes (sshd and python, no
+Docker engine; its own lab, "evcscalebench" unless ``--lab``): EVC's ping, facts and
+telemetry on all N against node1 alone, interleaved, median of ROUNDS (issue 19's
+target at 50: at most 3x), and each node's memory (its cgroup's usage less page
+cache, after the runs).
 """
 
 import os
@@ -29,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _util import bench_lab, cpu, lab_args
+from _util import bench_lab, cpu, lab_args, lab_fleet
 
 ROUNDS = 5
 PLAYBOOKS = ("ping.yml", "facts.yml", "telemetry.yml")
@@ -122,8 +128,60 @@ def report(title: str, found: dict, playbooks) -> float:
     return worst
 
 
+def node_memory(ws) -> list[int]:
+    """Bytes each lab node's container uses, less page cache (Docker's own figure)."""
+    from evc.lab.nodes import Nodes
+
+    used = []
+    for container in Nodes(ws).containers():
+        mem = container.stats(stream=False)["memory_stats"]
+        stats = mem.get("stats", {})
+        used.append(mem["usage"] - stats.get("total_inactive_file", stats.get("inactive_file", 0)))
+    return used
+
+
+def scale(nodes: int, rounds: int, lab: str) -> int:
+    """N light nodes against one: EVC's wall time per playbook, and memory per node."""
+    from evc.config import Workspace
+    from evc.engine import docker_client
+    from evc.lab.network import free_subnet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subnet = free_subnet(docker_client(), f"evc-{lab}", "172.31.231.0/24")
+        started = time.perf_counter()
+        with lab_fleet(Path(tmp) / "ws", lab, subnet, nodes, "light") as env:
+            up_s = time.perf_counter() - started
+            os.environ.update(env)
+            ws = Workspace.find()
+            runs = {t: variants(ws, Path(tmp), t)["evc"] for t in ("node1", "lab")}
+            measure(runs, PLAYBOOKS, 1)  # warm: SSH masters, telemetry state on the nodes
+            found = measure(runs, PLAYBOOKS, rounds)
+            memory = node_memory(ws)
+    print(f"{nodes} light nodes (lab up {up_s:.0f} s), median of {rounds}; load "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (shared machine)")  # fmt: skip
+    worst = 0.0
+    for playbook in PLAYBOOKS:
+        one, all_ = (statistics.median(found[(t, playbook)][0]) for t in ("node1", "lab"))
+        cpu_one, cpu_all = (statistics.median(found[(t, playbook)][1]) for t in ("node1", "lab"))
+        worst = max(worst, all_ / one)
+        print(f"  {playbook:14} 1 node {one:5.2f} s ({cpu_one:4.2f} CPU-s)  {nodes} nodes "
+              f"{all_:5.2f} s ({cpu_all:4.2f} CPU-s)  ratio {all_ / one:4.2f}x")  # fmt: skip
+    mib = [m / 2**20 for m in memory]
+    print(f"memory per node: median {statistics.median(mib):.1f} MiB, max {max(mib):.1f} MiB, "
+          f"all {sum(mib):.0f} MiB")  # fmt: skip
+    print(f"worst {nodes}/1 ratio {worst:.2f}x  target <= 3x: {'PASS' if worst <= 3 else 'FAIL'}")
+    return 0 if worst <= 3 else 1
+
+
+def _scale_args(parser) -> None:
+    parser.add_argument("--scale", type=int, metavar="N", help="N light nodes against one")
+    parser.add_argument("--lab", default="evcscalebench", help="the --scale lab's name")
+
+
 def main() -> int:
-    args = lab_args(__doc__, ROUNDS)
+    args = lab_args(__doc__, ROUNDS, _scale_args)
+    if args.scale:
+        return scale(args.scale, args.rounds, args.lab)
     with (
         tempfile.TemporaryDirectory() as tmp,
         bench_lab(args.workspace, "evcfleetbench", "172.31.230.0/24", 8) as ws,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -35,15 +36,15 @@ from evc.ansible_stream import run_streamed
 from evc.config import Workspace
 from evc.connections import ansible_env
 from evc.db import record_run, workspace_db
-from evc.errors import EVCError, Result, UsageError
-from evc.inventory import unsafe
+from evc.errors import EVCError, Result
+from evc.inventory import subset, unsafe
 from evc.progress import SILENT, Progress
 from evc.resources import playbook as bundled_playbook
+from evc.targets import select
 
 MAX_FORKS = 100
 KEEP_RUNS = 200  # run folders kept in .evc/runs/artifacts
 RUN_LOCK = ".evc-run.lock"  # in a run's folder, locked (flock) while the run lasts
-_INVENTORY_LOCK = threading.Lock()
 HOST_STATES = ("ok", "changed", "failed", "unreachable", "skipped")
 # Keys of a module result that are noise in a stored result.
 _DROP = ("invocation", "diff", "stdout_lines", "stderr_lines")
@@ -97,34 +98,6 @@ class RunResult(Result):
         return out
 
 
-def resolve_hosts(inventory: Path, target: str) -> list[str]:
-    """Hosts the Ansible pattern ``target`` matches; a clear error if it matches none."""
-    from ansible.errors import AnsibleError
-    from ansible.inventory.manager import InventoryManager
-    from ansible.parsing.dataloader import DataLoader
-
-    if not inventory.is_file():
-        raise UsageError(f"No inventory at {inventory}: add devices or run `evc lab up` first.")
-    with _INVENTORY_LOCK:  # Ansible's first load of a plugin is not thread-safe
-        manager = InventoryManager(loader=DataLoader(), sources=[str(inventory)])
-        try:
-            hosts = [h.name for h in manager.list_hosts(target)]
-        except (AnsibleError, IndexError) as exc:  # '~(', 'lab[99]'; IndexError: a bare '!' or '&'
-            why = exc if isinstance(exc, AnsibleError) else "'!' and '&' need a name after them"
-            raise UsageError(
-                f"Target {target!r} is not a pattern Ansible can use ({why}). Use a host name, "
-                "a group or an Ansible pattern such as 'group:&other'."
-            ) from None
-    if not hosts:
-        groups = sorted(g for g in manager.groups if g not in ("all", "ungrouped"))
-        known = ", ".join(groups) if groups else "none"
-        raise UsageError(
-            f"Target {target!r} matches no host in {inventory}. Use a host name, a group or an "
-            f"Ansible pattern such as 'group:&other'. Known groups: {known}."
-        )
-    return hosts
-
-
 _KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
 
 
@@ -135,7 +108,6 @@ def scrub_command_file(artifact_dir: Path) -> None:
     suppress_env_files says), so any credential in the user's environment would
     land on disk. Only the settings EVC chose and a few harmless names are kept.
     """
-    import json
 
     path = artifact_dir / "command"
     try:
@@ -362,8 +334,7 @@ def run_playbook(
     """
     import ansible_runner
 
-    inventory = inventory or ws.inventory
-    hosts = resolve_hosts(inventory, target)
+    hosts, tree = select(inventory or ws.inventory, target)
     if any(len(v) > 4095 or "\n" in v for v in (secrets or {}).values()):
         raise EVCError("a secret for a vars_prompt must be one line of at most 4095 characters")
     path = Path(name) if os.sep in name else bundled_playbook(name)
@@ -377,10 +348,11 @@ def run_playbook(
         try:
             with contextlib.suppress(OSError):  # housekeeping only: the next run tries again
                 prune_runs(artifacts, KEEP_RUNS)
+            run_inventory = artifacts / ident / "hosts.json"  # the targeted hosts alone
+            run_inventory.write_text(json.dumps(subset(tree, hosts)))
             with progress.task(f"{path.name} on {target}") as line:
                 collector = _Collector(hosts, line)
                 args = {
-                    "limit": target,
                     "extravars": unsafe(extravars),
                     "envvars": ansible_env(ws, forks, task_timeout, remote=bool(worker)),
                     "passwords": passwords,
@@ -390,14 +362,15 @@ def run_playbook(
                 with _signals_deferred() as cancelled:
                     if worker:
                         status, rc = run_streamed(
-                            ws, worker, playbook=path, inventory=inventory, ident=ident,
+                            ws, worker, playbook=path, inventory=run_inventory, ident=ident,
                             runner_args=args, event_handler=collector, cancelled=cancelled,
                         )  # fmt: skip
                     else:
                         runner = ansible_runner.run(
                             private_data_dir=str(ws.artifacts_dir), ident=ident,
-                            playbook=str(path), inventory=str(inventory), event_handler=collector,
-                            status_handler=_scrub_when_running, cancel_callback=cancelled, **args,
+                            playbook=str(path), inventory=str(run_inventory),
+                            event_handler=collector, status_handler=_scrub_when_running,
+                            cancel_callback=cancelled, **args,
                         )  # fmt: skip
                         status, rc = runner.status, runner.rc
         finally:

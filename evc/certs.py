@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from evc import pki, pull_credentials, registry, registry_api, registry_server
-from evc.ansible import RunResult, resolve_hosts, run_playbook
+from evc.ansible import RunResult, run_playbook
 from evc.config import Workspace
 from evc.errors import EVCError, Result, UsageError
 from evc.keys import write_private
@@ -27,6 +27,7 @@ from evc.names import Target
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
 from evc.queue import server as queue
+from evc.targets import resolve_hosts
 
 
 def _vars(ws: Workspace) -> dict:

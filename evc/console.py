@@ -48,7 +48,13 @@ def line(*parts: Cell, console: Console = out, **kwargs: Any) -> None:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """Indented JSON; a list has one item per line (json's C encoder, not the Python
+    one that ``indent`` needs: 10,000 devices print in a tenth of the time)."""
+    if isinstance(data, list) and data:
+        items = ",\n".join("  " + json.dumps(item, default=str) for item in data)
+        sys.stdout.write("[\n" + items + "\n]\n")
+    else:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 RICH_TABLE_MAX_ROWS = 200

@@ -278,7 +278,8 @@ def inventory_hosts(rows: list[dict]) -> list[inventory.InventoryHost]:
 
 def regenerate_inventory(ws: Workspace, db) -> None:
     """hosts.yml from the devices table (atomic); the controller key applies to all."""
-    rows = [evcdb.device_from_row(r) for r in db["devices"].rows_where(order_by="name")]
+    columns = "name, host, port, user, role, groups, labels, arch, accelerator"  # what it uses
+    rows = [evcdb.device_from_row(r) for r in db.query(f"select {columns} from devices")]
     inventory.write(
         ws.inventory,
         inventory_hosts(rows),

@@ -25,7 +25,7 @@ from typing import Any
 
 from evc import certs, pull_credentials, registry
 from evc import db as evcdb
-from evc.ansible import HostResult, RunResult, resolve_hosts, run_playbook
+from evc.ansible import HostResult, RunResult, run_playbook
 from evc.config import Workspace
 from evc.errors import Result
 from evc.model import deploy as model_deploy
@@ -33,6 +33,7 @@ from evc.model.deployments import CONTAINER_PREFIX, current, spec
 from evc.names import MODEL_NAME, Target
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
+from evc.targets import resolve_hosts
 
 TASK = "fleet state"  # fleet_status.yml's one task
 KINDS = ("unreachable", "ca-missing", "ca-stale", "credential-missing", "model-not-running",

@@ -91,6 +91,25 @@ def emit(tree: dict, depth: int = 0, block_depth: int = 3) -> str:
     return "{\n" + items + "\n" + "  " * depth + "}"
 
 
+def subset(tree: dict, hosts: list[str]) -> dict:
+    """``tree`` (YAML-shaped) with only ``hosts`` in it: every group and variable kept,
+    each group's host list cut to those. ansible-playbook then loads the hosts a run
+    targets, not the whole fleet."""
+    keep = set(hosts)
+
+    def cut(node):
+        if not isinstance(node, dict):
+            return node
+        out = {k: cut(v) if k == "children" else v for k, v in node.items() if k != "hosts"}
+        if isinstance(node.get("children"), dict):
+            out["children"] = {g: cut(sub) for g, sub in node["children"].items()}
+        if "hosts" in node:
+            out["hosts"] = {h: v for h, v in (node["hosts"] or {}).items() if h in keep}
+        return out
+
+    return {name: cut(group) for name, group in tree.items()}
+
+
 def write(path: Path, hosts: Iterable[InventoryHost], all_vars: dict | None = None) -> Path:
     """Write ``hosts.yml`` atomically (temp file + rename): readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from evc import fleet, logs
-from evc.ansible import resolve_hosts
 from evc.config import Workspace
 from evc.model.deployments import CONTAINER_PREFIX, current
+from evc.targets import resolve_hosts
 
 
 @dataclass

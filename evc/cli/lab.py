@@ -55,7 +55,8 @@ def up(
         "-p",
         help="Hardware profile(s), assigned to nodes in turn (a,b or repeated): rpi, nuc, orin "
         "(default: those "
-        "three), rpi-arm64 (an arm64 userland under qemu; see the README).",
+        "three), rpi-arm64 (an arm64 userland under qemu; see the README), light (sshd and "
+        "python only, no Docker engine: up to 50 on one machine).",
     ),
     subnet: str = typer.Option(None, help="Lab network (default from evc.yaml, 172.28.0.0/24)."),
     json: bool = JSON,

@@ -30,7 +30,7 @@ from pydantic import AfterValidator
 
 from evc import db as evcdb
 from evc import fleet, schedule
-from evc.ansible import resolve_hosts, run_playbook
+from evc.ansible import run_playbook
 from evc.config import Workspace
 from evc.errors import EVCError, Interrupted, UsageError
 from evc.infer import ingest, pull
@@ -51,6 +51,7 @@ from evc.model.deployments import JOBS_DIR, current
 from evc.names import ModelOrRef, Target
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
+from evc.targets import resolve_hosts
 
 # What evc_shard says when the node no longer runs the model (stopped, or re-imaged:
 # its job folder is gone): the node is given up at once, with the command that repairs it.

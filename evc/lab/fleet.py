@@ -85,11 +85,13 @@ class Lab:
         try:
             base, built = engine.ensure_base_image(self.client, progress.log)
             result.images_built += [base] if built else []
-            image, built = engine.ensure_image(self.client, "node", base, progress.log)
-            result.images_built += [image] if built else []
-            images = {"amd64": image}
-            if any(PROFILES[p].arch == "arm64" for p in profiles):
-                images["arm64"], made = engine.ensure_arm64_node_image(self.client, progress.log)
+            images = {}  # only the node images these profiles run
+            for kind in sorted({PROFILES[p].image for p in profiles}):
+                if kind == "node-arm64":
+                    images[kind], made = engine.ensure_arm64_node_image(self.client, progress.log)
+                else:
+                    images[kind], built = engine.ensure_image(self.client, kind, base, progress.log)
+                    made = [images[kind]] if built else []
                 result.images_built += [i for i in made if i not in result.images_built]
             timings["images_s"] = time.monotonic() - t0
             _, pubkey = controller_key(self.ws)
@@ -110,14 +112,14 @@ class Lab:
             for i in range(1, nodes + 1):
                 profile = PROFILES[profiles[(i - 1) % len(profiles)]]
                 wanted[f"node{i}"] = (i, profile, str(net[9 + i]))
-            image_ids = {arch: self.client.images.get(i).id for arch, i in images.items()}
+            image_ids = {kind: self.client.images.get(i).id for kind, i in images.items()}
             for container in c.containers():
                 spec = wanted.get(container.labels.get("evc.lab.node"))
                 stale = (
                     spec is None
                     or container.labels.get("evc.lab.profile") != spec[1].name
                     or container.labels.get("evc.lab.ip") != spec[2]
-                    or container.image.id != image_ids[spec[1].arch]
+                    or container.image.id != image_ids[spec[1].image]
                 )
                 if stale:
                     c.remove(container)
@@ -125,7 +127,7 @@ class Lab:
             for node, (index, profile, ip) in wanted.items():
                 container = existing.get(node)
                 if container is None:
-                    container = c.create(node, index, profile, ip, images[profile.arch], pubkey)
+                    container = c.create(node, index, profile, ip, images[profile.image], pubkey)
                     undo.append(lambda x=container: c.remove(x))
                     result.created.append(f"node {node}")
                 if container.status != "running":
@@ -158,7 +160,7 @@ class Lab:
         for n in result.nodes:  # dockerd answered in wait_ready; SSH answered the ping
             hr = result.ping.hosts.get(n.name)
             n.ssh_ok = hr is not None and hr.state in ("ok", "changed")
-            n.docker_ok = True
+            n.docker_ok = True if PROFILES[n.profile].engine else None  # a light node: none
             n.message = hr.message if hr else None
         return result
 
@@ -216,7 +218,7 @@ class Lab:
             if hr is None:
                 continue
             n.ssh_ok = hr.state != "unreachable"
-            n.docker_ok = hr.state in ("ok", "changed")
+            n.docker_ok = hr.state in ("ok", "changed") if PROFILES[n.profile].engine else None
             n.message = hr.message
             out = hr.outputs.get("docker version", {})
             n.docker_version = (out.get("stdout") or "").strip() or None
@@ -258,6 +260,7 @@ class Lab:
             for repo in (
                 "node",
                 "node-arm64",
+                "node-light",
                 "registry",
                 "worker",
                 "base",

@@ -1,4 +1,5 @@
-"""Lab nodes as containers: Docker-in-Docker with sshd and their own engine.
+"""Lab nodes as containers: Docker-in-Docker with sshd and their own engine, or light
+nodes (sshd and python only, no privileges).
 
 Nodes get CPU/memory limits and labels from a hardware profile; this module
 creates, starts, stops and removes their containers and waits until sshd and
@@ -9,6 +10,7 @@ composed in :mod:`evc.lab.fleet`.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,14 @@ class Profile:
     mem_gib: float
     labels: dict[str, str]
     arch: str = "amd64"  # arm64: the hybrid node of base_images/node-arm64 (README)
+    engine: bool = True  # False: sshd and python only (base_images/node-light)
+
+    @property
+    def image(self) -> str:
+        """Which node image (base_images/<image>) its containers run."""
+        if not self.engine:
+            return "node-light"
+        return "node" if self.arch == "amd64" else f"node-{self.arch}"
 
 
 PROFILES = {
@@ -60,6 +70,15 @@ PROFILES = {
                 "emulated": "qemu-user",
             },
             arch="arm64",
+        ),  # fmt: skip
+        # No Docker engine: ping, facts, telemetry. docker=none tells the plays that
+        # need an engine to stop with a message (playbooks/tasks/needs_docker.yml).
+        Profile(
+            "light",
+            0.25,
+            0.25,
+            {"hw": "light", "class": "light", "accelerator": "none", "docker": "none"},
+            engine=False,
         ),  # fmt: skip
     )
 }
@@ -164,8 +183,17 @@ class Nodes:
             "evc.lab.ip": ip,
             **{f"evc.label.{k}": v for k, v in profile.labels.items()},
         }
-        volume = self.volume_name(node)
-        self.client.volumes.create(volume, labels={LABEL: self.name})
+        engine: dict[str, Any] = {"tmpfs": {"/run": ""}}  # a light node: no privileges
+        if profile.engine:
+            volume = self.volume_name(node)
+            self.client.volumes.create(volume, labels={LABEL: self.name})
+            engine = {
+                "volumes": {
+                    "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+                    volume: {"bind": "/var/lib/docker", "mode": "rw"},
+                },
+                **NODE_RUN_OPTS,
+            }
         return self.client.containers.create(
             image,
             name=self.container_name(node),
@@ -175,13 +203,9 @@ class Nodes:
             environment={"EVC_AUTHORIZED_KEY": pubkey},
             nano_cpus=int(profile.cpus * 1e9),
             mem_limit=int(profile.mem_gib * 2**30),
-            volumes={
-                "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-                volume: {"bind": "/var/lib/docker", "mode": "rw"},
-            },
             network=self.network_name,
             networking_config={self.network_name: api.create_endpoint_config(ipv4_address=ip)},
-            **NODE_RUN_OPTS,
+            **engine,
         )
 
     def remove(self, container) -> None:
@@ -195,10 +219,20 @@ class Nodes:
             pass
 
     def wait_ready(self, names: list[str]) -> dict[str, str]:
-        """Wait for sshd + dockerd on each node; return each node's SSH host key."""
+        """Wait for sshd (+ dockerd where there is one) on each node; return each node's
+        SSH host key.
+
+        Each worker thread has a Docker client of its own: docker-py's exec takes over
+        its connection's socket, and one client shared by 16 threads failed at 50
+        nodes ("Bad file descriptor")."""
+        local = threading.local()
+        clients: list = []
 
         def ready(node: str) -> str:
-            c = self.get(node)
+            if not hasattr(local, "client"):
+                local.client = docker_client()
+                clients.append(local.client)
+            c = local.client.containers.get(self.container_name(node))
             code, output = c.exec_run(["/usr/local/sbin/node-ready"])
             if code != 0:
                 raise EVCError(f"lab node {node} did not come up: {output.decode().strip()}")
@@ -207,8 +241,12 @@ class Nodes:
                 raise EVCError(f"lab node {node} has no SSH host key: {key.decode().strip()}")
             return " ".join(key.decode().split()[:2])
 
-        with ThreadPoolExecutor(max_workers=min(len(names), 16) or 1) as pool:
-            return dict(zip(names, pool.map(ready, names), strict=True))
+        try:
+            with ThreadPoolExecutor(max_workers=min(len(names), 16) or 1) as pool:
+                return dict(zip(names, pool.map(ready, names), strict=True))
+        finally:
+            for client in clients:
+                client.close()
 
     def stop(self, node: str) -> LabNode:
         c = self.get(node)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from evc import db as evcdb
-from evc.ansible import HostResult, RunResult, resolve_hosts, run_playbook
+from evc.ansible import HostResult, RunResult, run_playbook
 from evc.config import Workspace
 from evc.devices import gather_facts
 from evc.errors import Result, UsageError
@@ -26,6 +26,7 @@ from evc.model.deployments import JOBS_DIR, current, previous, record, spec
 from evc.names import Memory, ModelName, ModelRef, Serial, Target
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
+from evc.targets import resolve_hosts
 
 # Every model container has a memory limit: the bundled runtimes serve in well under
 # 1 GiB; a heavier model asks for more with --memory.

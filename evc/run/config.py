@@ -19,7 +19,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evc import db, devices, inventory, names, yamlpos
-from evc.ansible import resolve_hosts
 from evc.config import Workspace
 from evc.devices import Device
 from evc.errors import UsageError
@@ -28,6 +27,7 @@ from evc.options import TARGET, Options
 from evc.problems import Problems, pydantic_problems, suggest
 from evc.run import capabilities
 from evc.run.variables import VAR_RE, Vars, evaluate_when, typed
+from evc.targets import resolve_hosts
 
 VERSION = 1
 ENROL = "devices"  # name and kind of the step that enrols the ``devices:`` list

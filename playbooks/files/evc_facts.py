@@ -47,7 +47,9 @@ def mem_bytes():
             total = int(line.split()[1]) * 1024
     _, path = cgroup_path("memory")
     v1_limit = f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
-    for limit_file in ("/sys/fs/cgroup/memory.max", v1_limit):
+    # The last: cgroup v1 in a container whose own cgroup is the mount's root.
+    v1_own = "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+    for limit_file in ("/sys/fs/cgroup/memory.max", v1_limit, v1_own):
         limit = read(limit_file)
         if limit and limit.isdigit() and total and int(limit) < total:
             return int(limit)

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 from evc import db as evcdb
 from evc import devices, registry
-from evc.ansible import HostResult, RunResult, resolve_hosts
+from evc.ansible import HostResult, RunResult
 from evc.model import catalogue
 from evc.model.deployments import current
+from evc.targets import resolve_hosts
 
 
 @dataclass

@@ -7,8 +7,8 @@ import yaml
 
 from evc import db as evcdb
 from evc import devices
-from evc.ansible import resolve_hosts
 from evc.errors import UsageError
+from evc.targets import resolve_hosts
 from tests.conftest import evc
 
 
