@@ -37,7 +37,8 @@ from evc.lab.network import free_subnet
 from tests.conftest import evc, write_settings
 
 # EVC_TEST_SHARD=K/N: this process runs shard K of N (`make test` runs two, each with
-# its own lab); the modules of shard 2, balanced by their measured time (README: tests).
+# its own lab); the modules of shard 2, chosen so that both shards take about as long
+# (measured: see the commit that set them). A module not named runs in shard 1.
 SHARD, SHARDS_N = map(int, os.environ.get("EVC_TEST_SHARD", "1/1").split("/"))
 SHARDS = {
     "test_mixed_fleet_lab.py": 2,
