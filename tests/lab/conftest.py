@@ -26,6 +26,7 @@ EVC_TEST_LAB with K appended for K > 1, whose subnet is searched from its own st
 
 import json
 import os
+import signal
 import threading
 
 import pytest
@@ -35,6 +36,13 @@ from evc.config import Workspace
 from evc.engine import docker_client, ensure_arm64_node_image
 from evc.lab.network import free_subnet
 from tests.conftest import evc, write_settings
+
+# A pytest started as a background job of a shell (`make test`'s second shard, or a run
+# under nohup) inherits SIGINT ignored, and so would every `evc` it starts: the tests
+# that Ctrl-C a job need it delivered as from a terminal (a handled signal is reset to
+# its default in a child, an ignored one stays ignored).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # EVC_TEST_SHARD=K/N: this process runs shard K of N (`make test` runs two, each with
 # its own lab); the modules of shard 2, chosen so that both shards take about as long
