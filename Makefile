@@ -28,17 +28,25 @@ demo: setup
 	@echo "  $(BIN)/evc token create me --role operator   (shown once: paste it at login)"
 	@echo "  $(BIN)/evc serve --data-root run_cfg          (then open http://127.0.0.1:8080/)"
 
-# The unit tests run in a second pytest beside the lab tests (the lab's time is mostly
-# waiting on nodes); their report follows the lab's. Fails if either fails.
+# Three pytest processes side by side, each with its own temporary folder: the lab
+# tests in two shards, each on a lab of its own (tests/lab/conftest.py: EVC_TEST_SHARD;
+# a lab's time is mostly waiting on nodes), and the unit tests. The first shard's
+# report shows as it runs, the others' follow. Fails if any fails.
 # (Not pytest-xdist: its --dist loadgroup does not group with pytest 9.)
-UNIT_LOG ?= /tmp/evc-unit-tests.log
 test: setup
-	@$(BIN)/python -m pytest -p no:cacheprovider tests/unit > $(UNIT_LOG) 2>&1 & unit=$$!; \
-	lab=0; $(BIN)/python -m pytest tests/lab || lab=$$?; \
-	unit_rc=0; wait $$unit || unit_rc=$$?; \
-	echo "---- unit tests (run beside the lab tests) ----"; cat $(UNIT_LOG); \
-	echo "lab tests exit $$lab, unit tests exit $$unit_rc"; \
-	[ $$lab -eq 0 ] && [ $$unit_rc -eq 0 ]
+	@tmp=$$(mktemp -d /tmp/evc-test.XXXXXX); \
+	$(BIN)/python -m pytest -p no:cacheprovider --basetemp=$$tmp/unit tests/unit \
+	  > $$tmp/unit.log 2>&1 & unit=$$!; \
+	EVC_TEST_SHARD=2/2 $(BIN)/python -m pytest -p no:cacheprovider --basetemp=$$tmp/lab2 \
+	  tests/lab > $$tmp/lab2.log 2>&1 & lab2=$$!; \
+	lab=0; EVC_TEST_SHARD=1/2 $(BIN)/python -m pytest -p no:cacheprovider \
+	  --basetemp=$$tmp/lab1 tests/lab || lab=$$?; \
+	lab2_rc=0; wait $$lab2 || lab2_rc=$$?; unit_rc=0; wait $$unit || unit_rc=$$?; \
+	echo "---- lab tests, shard 2 (run beside shard 1, on a lab of its own) ----"; \
+	cat $$tmp/lab2.log; \
+	echo "---- unit tests (run beside the lab tests) ----"; cat $$tmp/unit.log; \
+	echo "lab tests exit $$lab (shard 1) and $$lab2_rc (shard 2), unit tests exit $$unit_rc"; \
+	[ $$lab -eq 0 ] && [ $$lab2_rc -eq 0 ] && [ $$unit_rc -eq 0 ] && rm -rf $$tmp
 
 setup: system-packages binfmt venv docker-engine
 

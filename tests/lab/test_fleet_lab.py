@@ -3,7 +3,7 @@ registry CA removed, a node re-imaged, a stray EVC container) is what `evc fleet
 reports, `evc fleet converge` repairs it, a second converge changes nothing, and a job
 afterwards runs on every node that runs the model. Containers without EVC's labels are
 left alone. The session fleet is left as found: the model runs on node1 and node2 again
-and the `trusted` fixture revokes the trust afterwards."""
+and the next module without `trusted` revokes the trust."""
 
 import json
 import os

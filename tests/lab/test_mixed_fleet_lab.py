@@ -2,23 +2,22 @@
 node: arm64 userland under qemu-user, see the README), one model version built for
 both arches, pushed as an image index, each node running its own arch by digest.
 
-The lab is this module's own (brought up once for the module, torn down after it); the
-arm64 node image is built once under emulation and cached by content hash."""
+The lab is the session's (tests/lab/conftest.py), its node3 recreated as the arm64
+node; the arm64 node image is built once under emulation and cached by content hash."""
 
 import json
 
 import pytest
 
 from evc import registry
-from evc.config import Workspace
 from evc.engine import docker_client
-from evc.lab.network import free_subnet
 from evc.lab.nodes import Nodes
-from tests.conftest import evc, write_settings
+from tests.conftest import evc
 from tests.lab.conftest import LAB_NAME
 from tests.lab.conftest import evc_json as _json
 
 MODEL = "mfaces"
+PROFILES = {"node1": "rpi", "node2": "nuc", "node3": "rpi-arm64"}  # node1, node2: as the session's
 NODES = {"node1": "amd64", "node2": "amd64", "node3": "arm64"}
 PICTURES = ("astronaut", "coffee", "chelsea", "rocket", "camera")
 LIST_TYPES = (
@@ -28,32 +27,41 @@ LIST_TYPES = (
 
 
 @pytest.fixture(scope="module")
-def mixed(tmp_path_factory, pytestconfig):
-    """(workspace, env): a lab of nuc, rpi (amd64) and rpi-arm64 nodes that trust the
-    registry, with MODEL:1 built for both arches (the default: the enrolled arches)."""
+def mixed(lab_session, trusted, trust, pytestconfig, request):
+    """(workspace, env): the session's lab with node3 recreated as an rpi-arm64 node
+    and enrolled as the arm64 builder (node1 rpi and node2 nuc stay as they are, amd64),
+    every node trusting the registry, for MODEL:1 built for both arches (the default:
+    the enrolled arches). No lab of its own: the session's comes up once. node3 is put
+    back as the session had it (an orin) only if other tests follow."""
     images = getattr(pytestconfig, "evc_arm64_images", None)  # started with the session's
-    if images is not None:  # lab (conftest), if that runs; `lab up` builds what is left
+    if images is not None:  # lab (conftest); `lab up` builds what is left
         images.join()
-    root = tmp_path_factory.mktemp("mixedws")
-    name = f"{LAB_NAME}mx"
-    subnet = free_subnet(docker_client(), f"evc-{name}", "172.30.0.0/24")
-    write_settings(root, f"name: mixedtest\nlab: {{name: {name}, subnet: {subnet}}}\n")
-    env = {"EVC_HOME": str(root)}
-    up = evc("lab", "up", "--nodes", "3", "--profile", "nuc,rpi,rpi-arm64", "--json", env=env,
-             timeout=1800)  # fmt: skip
+    ws = lab_session[0]
+    env = {"EVC_HOME": str(ws.root)}
+    profiles = ",".join(PROFILES.values())
+    up = evc("lab", "up", "--nodes", "3", "--profile", profiles, "--json", env=env, timeout=1800)
     try:
         assert up.returncode == 0, f"evc lab up failed:\n{up.stderr}\n{up.stdout}"
         # node3 enrolled again with role builder: arm64 variants are built on it.
         (node3,) = [d for d in _json("device", "list", env=env) if d["name"] == "node3"]
         evc("device", "remove", "node3", env=env, check=0)
         evc("device", "add", "node3", "--host", node3["host"], "--role", "builder", "--group",
-            "lab", "--label", f"lab={name}", "--label", "profile=rpi-arm64", env=env,
+            "lab", "--label", f"lab={LAB_NAME}", "--label", "profile=rpi-arm64", env=env,
             check=0)  # fmt: skip
-        evc("cert", "push", "all", env=env, check=0)
-        yield Workspace.load(root), env
+        trust.state = None  # node3 is new
+        trust.push()
+        yield ws, env
     finally:
-        evc("lab", "down", env=env, check=0)
-        evc("registry", "down", "--purge", env=env, check=0)
+        module = request.node.path
+        if any(item.path != module for item in request.session.items[_last(request) + 1 :]):
+            evc("lab", "up", "--nodes", "3", env=env, check=0, timeout=900)  # node3: orin
+            trust.state = None
+
+
+def _last(request) -> int:
+    """Index of this module's last test in the session."""
+    items = request.session.items
+    return max(i for i, item in enumerate(items) if item.path == request.node.path)
 
 
 def _on_node(ws, node: str, *cmd: str) -> str:
@@ -151,7 +159,9 @@ def test_a_version_without_an_arm64_build_skips_the_arm64_node(mixed):
     }
     assert result["versions"] == {"node1": "2", "node2": "2"}
     listed = _json("model", "list", env=env)  # a row per variant, each with its nodes
-    running = {node: m["version"] for m in listed for node in m["deployed_on"]}
+    running = {
+        node: m["version"] for m in listed if m["name"] == MODEL for node in m["deployed_on"]
+    }
     assert running == {"node1": "2", "node2": "2", "node3": "1"}
 
 
