@@ -3,6 +3,11 @@
 Keys (a job id holds no glob character, :data:`evc.names.JOB_ID`, so it is safe in ACL
 key patterns):
 
+- ``evc:node:DEVICE:jobs``: the jobs announced to DEVICE, one entry each (fields ``job``,
+  ``model``, ``version``, ``params``, ``lease``), added by the controller when a job starts
+  and deleted when it ends. DEVICE may only read it; its puller runs a :class:`Worker` for
+  each announced job of its model.
+
 - ``evc:job:JOB:work``: the job's shards, one entry each, read by the job's nodes in the
   consumer group ``workers`` (consumer name: the device's name). One stream per job, so
   a fast node simply takes more (work stealing falls out of pulling).
@@ -46,6 +51,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 GROUP = "workers"
+
+
+def announce_key(device: str) -> str:
+    return f"evc:node:{device}:jobs"
 
 
 def work_key(job: str) -> str:
