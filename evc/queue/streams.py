@@ -40,6 +40,10 @@ payloads cost Redis memory, which the window bounds: at most ``window`` shards o
 ``max_shard_bytes`` each per job (``maxmemory`` with ``noeviction`` caps the server
 whatever the jobs), and each is deleted once its results are in. A shard may instead
 carry references only (``payloads=None``): item names the node resolves itself.
+
+This module is shipped into every model image as ``evc_infer/streams.py`` (the nodes'
+puller, model_images/common/evc_infer/pull.py): it imports the standard library and
+redis-py only.
 """
 
 from __future__ import annotations
@@ -279,20 +283,28 @@ class Worker:
         """Until ``stop`` is set (whoever runs the worker knows when its job is over; a
         job's stream that is not there yet, or no longer, is waited for); the number of
         shards it reported."""
+        while not stop.is_set():
+            self.step(stop)
+        return self.done
+
+    def step(self, stop: threading.Event) -> bool:
+        """One round: a stale entry, else a new one (waiting up to ``block``), handled.
+        Whether it handled one (a node's puller runs its jobs' workers step by step, so
+        that it holds one shard at most)."""
         import redis
 
-        while not stop.is_set():
-            try:
-                entry = self._claim_stale() or self._read_new()
-                if entry is not None:
-                    self._handle(*entry)
-            except redis.ConnectionError:
-                stop.wait(self.block)  # Redis restarting: its AOF keeps the pending entries
-            except redis.ResponseError as exc:
-                if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
-                    raise
-                stop.wait(self.block)  # the job is not set up yet, or over and deleted
-        return self.done
+        try:
+            entry = self._claim_stale() or self._read_new()
+            if entry is not None:
+                self._handle(*entry)
+                return True
+        except redis.ConnectionError:
+            stop.wait(self.block)  # Redis restarting: its AOF keeps the pending entries
+        except redis.ResponseError as exc:
+            if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                raise
+            stop.wait(self.block)  # the job is not set up yet, or over and deleted
+        return False
 
     def _claim_stale(self) -> tuple[str, dict] | None:
         answer = self.r.xautoclaim(
