@@ -297,3 +297,21 @@ def test_a_silent_model_server_gives_the_shard_back_and_takes_no_more(ws, packag
     assert "left for another node: the model server has not answered" in log
     assert "the model server has been silent" in log
     assert len(stand_in.held) == 1  # the second shard was never taken
+
+
+def test_bad_invocations_say_what_is_wrong(package, home, tmp_path):
+    queue = tmp_path / "q"
+    queue.mkdir()
+    cases = [
+        (["--pull", tmp_path], "faces", "--pull DIR needs --queue DIR"),
+        (["--pull", tmp_path, "--queue", queue, "--serve", tmp_path], "faces", "no other mode"),
+        (["--pull", tmp_path, "--queue", queue, "--home", home], "faces", "queue.json"),
+        (["--pull", tmp_path, "--queue", queue, "--home", home], "", "EVC_MODEL_NAME"),
+    ]
+    for args, model, message in cases:
+        proc = start(package, args, model=model)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and message in err and "Traceback" not in err, err
+    (queue / "queue.json").write_text(json.dumps({"host": "h", "port": "1", "user": "u"}))
+    proc = start(package, ["--pull", tmp_path, "--queue", queue, "--home", home])
+    assert "expected an object of host, port, user, password" in proc.communicate(timeout=60)[1]

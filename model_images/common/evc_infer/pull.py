@@ -156,7 +156,10 @@ class ModelServer:
         archive = self.inbox / f"{name}.tar"
         results, error = self.outbox / f"{name}.jsonl", self.outbox / f"{name}.error"
         try:
-            self._write(archive, shard, params)
+            try:
+                self._write(archive, shard, params)
+            except (ValueError, tarfile.TarError) as exc:  # an item name tar cannot hold
+                return item_errors(shard.items, f"cannot write the shard: {one_line(exc)}")
             text, refused = self._wait(archive, results, error)
         finally:
             for path in (archive, results, error):
