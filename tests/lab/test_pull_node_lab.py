@@ -10,6 +10,7 @@ import pytest
 from evc.engine import docker_client
 from evc.lab.nodes import Nodes
 from evc.queue import acl, server
+from evc.queue.files import files
 from evc.queue.streams import GROUP, Shard, announce_key, results_key, work_key
 from evc.resources import data_dir
 from tests.conftest import evc
@@ -48,6 +49,7 @@ def pulling(lab_session):
         evc("model", "delete", f"{MODEL}:1", "--force", env=env, check=None)
         evc("cert", "revoke", "node1", env=env, check=None)
         evc("queue", "down", env=env, check=None)
+        files(ws).config.unlink(missing_ok=True)  # no queue set up: later pushes give none
 
 
 def test_the_puller_runs_confined_and_answers_a_shard_from_the_queue(pulling):
