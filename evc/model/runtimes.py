@@ -31,8 +31,10 @@ from evc.model.catalogue import ARCHES
 from evc.progress import SILENT, Progress
 
 # What every model image needs whatever its runtime: redis-py for the pull-mode worker
-# (evc_infer/pull.py, shipped with evc.queue.streams as evc_infer/streams.py).
-IMAGE_REQUIREMENTS = ("redis>=5,<9",)
+# (evc_infer/pull.py, shipped with evc.queue.streams as evc_infer/streams.py), and its
+# dependency on Pythons before 3.11.3 (Debian bookworm's 3.11.2), named here because
+# `pip download --python-version 3.11` judges that marker by the controller's Python.
+IMAGE_REQUIREMENTS = ("redis>=5,<9", "async-timeout>=4.0.3")
 
 # Runs in a subprocess on the controller: ultralytics is slow to import and writes settings.
 _EXPORT = """
