@@ -34,6 +34,7 @@ def _vars(ws: Workspace) -> dict:
     """Extravars of the cert playbooks: paths and names, never a secret.
 
     ``registry_address`` is the read-only endpoint, the one nodes use;
+    ``queue_host``/``queue_port`` the pull-mode queue's address, where it is set up;
     ``registry_rw_address`` only names what an older EVC put on the nodes (its CA and
     the read-write login), which they lose. While a rotation to a new CA is under way
     the nodes get both CAs, and the probe verifies with the one that signed the server
@@ -43,7 +44,10 @@ def _vars(ws: Workspace) -> dict:
     f = registry.files(ws)
     pending = registry.rotation_pending(ws)
     switched = pending and pki.signed_by(f.server_cert, f.next_ca().ca_cert)
+    queue_host, queue_port = queue.address(ws) if queue.configured(ws) else ("", 0)
     return {
+        "queue_host": queue_host,  # empty: no queue, no queue credential on the nodes
+        "queue_port": queue_port,
         "registry_address": settings.ro_address,
         "registry_rw_address": settings.address,
         "registry_ca": str(f.ca_cert),
@@ -96,6 +100,8 @@ def push(ws: Workspace, options: PushOptions, progress: Progress = SILENT) -> Ru
     for each node that has none, Docker login, verified by a pull; a failure says why,
     per host."""
     nonces = pull_credentials.issue(ws, resolve_hosts(ws.inventory, options.target))
+    if queue.configured(ws):
+        queue.sync_acl(ws)  # a new credential is a new Redis user
     extravars = {**_vars(ws), "registry_system_trust": options.system_trust}
     return _push(ws, options.target, nonces, extravars, progress)
 
@@ -105,7 +111,8 @@ def revoke(ws: Workspace, options: RevokeOptions, progress: Progress = SILENT) -
     request, whether or not a node answers: a stolen one does not), then logout, remove
     the CA and the probe image; succeeds only if a pull then fails."""
     pull_credentials.revoke(ws, resolve_hosts(ws.inventory, options.target))
-    queue.sync_if_running(ws)  # their queue users too
+    if queue.configured(ws):
+        queue.sync_acl(ws)  # the device's Redis user goes, its connections close
     run = run_playbook(
         ws, "cert_revoke.yml", options.target, extravars=_vars(ws), progress=progress
     )

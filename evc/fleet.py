@@ -12,8 +12,8 @@ again only when it is a valid model name.
 
 Repairs use the existing paths: `evc cert push` for trust, the deploy play with each
 node's own recorded image and limits (as a rollback does), the undeploy play for an
-``evc-model-*`` container that nothing declares. Containers without EVC's labels are
-never reported or touched. Each repair is a ``node_events`` row.
+``evc-model-*`` or ``evc-pull-*`` container that nothing declares. Containers without
+EVC's labels are never reported or touched. Each repair is a ``node_events`` row.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from evc.ansible import HostResult, RunResult, run_playbook
 from evc.config import Workspace
 from evc.errors import Result
 from evc.model import deploy as model_deploy
-from evc.model.deployments import CONTAINER_PREFIX, current, spec
+from evc.model.deployments import CONTAINER_PREFIX, PULLER_PREFIX, current, spec
 from evc.names import MODEL_NAME, Target
 from evc.options import TARGET_HELP, Options, arg, opt
 from evc.progress import SILENT, Progress
@@ -37,9 +37,9 @@ from evc.targets import resolve_hosts
 
 TASK = "fleet state"  # fleet_status.yml's one task
 KINDS = ("unreachable", "ca-missing", "ca-stale", "credential-missing", "model-not-running",
-         "wrong-digest", "unknown-container")  # fmt: skip
+         "wrong-digest", "puller-not-running", "unknown-container")  # fmt: skip
 TRUST = ("ca-missing", "ca-stale", "credential-missing")
-MODEL = ("model-not-running", "wrong-digest")
+MODEL = ("model-not-running", "wrong-digest", "puller-not-running")  # the deploy play repairs
 
 
 class StatusOptions(Options):
@@ -159,12 +159,23 @@ def drift(host: str, want: Declared, state: str, report: dict | None,
         elif not runs_image(c, row["image"]):
             out.append(Drift("wrong-digest", f"{ref} runs {str(c.get('image'))[:200]}, not "
                              f"{row['image']}", fix, model))  # fmt: skip
+        elif (
+            report.get("queue_credential") is True
+            and _state(by_name, PULLER_PREFIX + model) != "running"
+        ):
+            out.append(Drift("puller-not-running", f"{ref}'s puller is not running on {host} "
+                             "(it holds a queue credential)", fix, model))  # fmt: skip
     for name in sorted(n for n in by_name if isinstance(n, str)):
-        model = name[len(CONTAINER_PREFIX) :]
-        if name.startswith(CONTAINER_PREFIX) and model not in want.models:
+        prefix = next((p for p in (CONTAINER_PREFIX, PULLER_PREFIX) if name.startswith(p)), None)
+        if prefix and name[len(prefix) :] not in want.models:
             why = f"{name[:80]} is on the node but nothing declares it"
-            out.append(Drift("unknown-container", why, fix, model))
+            out.append(Drift("unknown-container", why, fix, name[len(prefix) :]))
     return out
+
+
+def _state(by_name: dict, name: str) -> str | None:
+    c = by_name.get(name)
+    return str(c.get("state")) if c else None
 
 
 def extravars(ws: Workspace) -> dict[str, str]:
@@ -273,7 +284,9 @@ def _plan(want: dict[str, Declared], nodes: dict[str, NodeStatus]) -> dict[str, 
                     want[host].models[item.model]
                 )
             elif item.model and _valid_name(item.model):
-                plan["remove"].setdefault(item.model, []).append(host)
+                hosts = plan["remove"].setdefault(item.model, [])
+                if host not in hosts:  # its model and puller containers: one undeploy
+                    hosts.append(host)
             else:
                 why = "not a valid model name: left alone"
             if why:

@@ -40,7 +40,7 @@ from evc.infer.jobs import JobResult, status
 from evc.infer.shards import Record
 from evc.progress import Progress
 from evc.queue import acl, server
-from evc.queue.streams import Dispatcher, Shard, jobs_key
+from evc.queue.streams import Dispatcher, Shard, announce_key
 
 STALL_S = 300.0  # no report from any node for this long while shards are pending: stop
 LEASE_S = 30.0  # a node's worker extends its lease on a shard every LEASE_S / 3
@@ -83,7 +83,7 @@ def withdraw(r, job_id: str) -> int:
     """XDEL ``job_id``'s announcements from every node's stream (this run's and any a
     killed run left); how many."""
     gone = 0
-    for key in r.scan_iter(match=jobs_key("*"), _type="stream", count=500):
+    for key in r.scan_iter(match=announce_key("*"), _type="stream", count=500):
         ids = [i for i, f in r.xrange(key) if f.get(b"job") == job_id.encode()]
         gone += r.xdel(key, *ids) if ids else 0
     return gone
@@ -212,7 +212,7 @@ def execute(
         acl.grant(ws, job_id, nodes)
         server.sync_acl(ws)
         for n in nodes:
-            r.xadd(jobs_key(n), announcement(job))
+            r.xadd(announce_key(n), announcement(job))
         with progress.task(f"job {job_id} (pull, {len(nodes)} nodes)") as line:
             thread.start()
             while thread.is_alive():

@@ -59,6 +59,7 @@ from evc.model.runtimes import (
 from evc.names import Arches, BuildOn, ModelName, Owner, Version
 from evc.options import Options, arg, opt
 from evc.progress import SILENT, Progress
+from evc.queue import streams
 
 # The base image's interpreter and C library decide which wheels fit it.
 _PROBE = "import sys, platform; print(*sys.version_info[:2], platform.libc_ver()[1])"
@@ -146,15 +147,22 @@ def arch_requirements(items: list[str], arches: list[str]) -> dict[str, list[str
     return given
 
 
+def infer_package(dest: Path) -> None:
+    """The image's ``evc_infer`` package at ``dest``: model_images/common/evc_infer and, as
+    its ``streams`` module, :mod:`evc.queue.streams` (the pull-mode protocol: one source
+    for the controller and the nodes' puller)."""
+    common = resources.data_dir("model_images") / "common"
+    shutil.copytree(common / "evc_infer", dest, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(streams.__file__, dest / "streams.py")
+
+
 def _context(rt: Runtime, requirements: list[str], wheels: Path, root: Path) -> None:
     """The build context (weights already staged in root/model): model_images/README.md.
 
     The Dockerfile is the runtime's own if it has one, else the shared common/Dockerfile.
     """
     common = resources.data_dir("model_images") / "common"
-    shutil.copytree(
-        common / "evc_infer", root / "evc_infer", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    infer_package(root / "evc_infer")
     own = rt.path / "Dockerfile"
     shutil.copy(own if own.is_file() else common / "Dockerfile", root / "Dockerfile")
     shutil.copy(rt.path / "model.yaml", root / "model.yaml")

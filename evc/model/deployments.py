@@ -13,6 +13,7 @@ from evc import views
 from evc.config import Workspace
 
 CONTAINER_PREFIX = "evc-model-"  # a model's container on a node: evc-model-NAME
+PULLER_PREFIX = "evc-pull-"  # its pull-mode worker, where the node holds a queue credential
 JOBS_DIR = "/var/lib/evc/jobs"  # on the node; models/NAME is mounted at /jobs in its container
 _LIVE = ("running", "removed")  # rows that say what a node runs (or that it runs nothing)
 

@@ -30,6 +30,12 @@ from evc.errors import EVCError, UsageError
 from evc.model.catalogue import ARCHES
 from evc.progress import SILENT, Progress
 
+# What every model image needs whatever its runtime: redis-py for the pull-mode worker
+# (evc_infer/pull.py, shipped with evc.queue.streams as evc_infer/streams.py), and its
+# dependency on Pythons before 3.11.3 (Debian bookworm's 3.11.2), named here because
+# `pip download --python-version 3.11` judges that marker by the controller's Python.
+IMAGE_REQUIREMENTS = ("redis>=5,<9", "async-timeout>=4.0.3")
+
 # Runs in a subprocess on the controller: ultralytics is slow to import and writes settings.
 _EXPORT = """
 import shutil, sys
@@ -86,10 +92,14 @@ class Runtime:
         )
 
     def requirements_for(self, arch: str, given: list[str] = ()) -> list[str]:
-        """model.yaml ``requirements`` for ``arch``: each line of ``arch_requirements``
-        for it, then of ``given`` (``--requirement``), replaces the line of the same
-        package, or is added."""
-        lines = list(self.requirements)
+        """model.yaml ``requirements`` for ``arch``, and :data:`IMAGE_REQUIREMENTS` that
+        it does not name: each line of ``arch_requirements`` for it, then of ``given``
+        (``--requirement``), replaces the line of the same package, or is added."""
+        own = {requirement_name(x) for x in self.requirements}
+        lines = [
+            *self.requirements,
+            *(r for r in IMAGE_REQUIREMENTS if requirement_name(r) not in own),
+        ]
         for line in [*self.arch_requirements.get(arch, []), *given]:
             names = [requirement_name(x) for x in lines]
             if requirement_name(line) in names:

@@ -9,7 +9,8 @@ Users:
   (:mod:`evc.pull_credentials`). Its password is derived by the same helper from the same
   KEY and the device's nonce, with the nonce suffixed ``:queue`` so that it differs from
   the registry password: a node that can pull can derive it, one revocation (a new nonce,
-  or none) ends both. With no job granted it can only ``PING``; for each job it is granted
+  or none) ends both. It may always ``PING`` and read (``XREAD``/``XRANGE``) its own
+  announcement stream (``%R~``: no write); for each job it is granted
   (:func:`grant`) it may ``XREADGROUP``/``XACK``/``XCLAIM``/``XAUTOCLAIM``/``XPENDING`` on
   that job's work stream and ``XADD`` to its own results stream of that job, nothing else
   (two ACL selectors, so each command is allowed on its key alone).
@@ -36,7 +37,7 @@ from evc import names, pull_credentials
 from evc.config import Workspace
 from evc.keys import locked, write_private
 from evc.queue.files import files
-from evc.queue.streams import results_key, work_key
+from evc.queue.streams import announce_key, results_key, work_key
 
 ADMIN = "evc-admin"
 WORKER_COMMANDS = ("xreadgroup", "xack", "xclaim", "xautoclaim", "xpending")
@@ -84,10 +85,11 @@ def _hash(password: str) -> str:
 
 
 def device_rule(password_hash: str, device: str, jobs: Iterable[str]) -> list[str]:
-    """One device's rules: PING, and per granted job its work and results streams (each
-    selector is one argument, as ``ACL SETUSER`` takes it)."""
+    """One device's rules: PING, reading its own announcements, and per granted job its
+    work and results streams (each selector is one argument, as ``ACL SETUSER`` takes it)."""
     jobs = sorted(jobs)
     rule = ["on", password_hash, "resetkeys", "resetchannels", "-@all", "+ping"]
+    rule.append(f"(%R~{announce_key(device)} +xread +xrange)")
     if jobs:
         work = " ".join([*(f"~{work_key(j)}" for j in jobs), *(f"+{c}" for c in WORKER_COMMANDS)])
         results = " ".join(f"~{results_key(j, device)}" for j in jobs)

@@ -118,6 +118,12 @@ def render_config(ws: Workspace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def configured(ws: Workspace) -> bool:
+    """Whether `evc queue up` has run here (its config exists): the nodes then get a
+    queue credential with their registry one (cert_push.yml)."""
+    return files(ws).config.exists()
+
+
 def _binary() -> str:
     found = shutil.which("redis-server")
     if not found:

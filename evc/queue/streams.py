@@ -3,10 +3,15 @@
 Keys (a job id holds no glob character, :data:`evc.names.JOB_ID`, so it is safe in ACL
 key patterns):
 
+- ``evc:node:DEVICE:jobs``: the jobs announced to DEVICE, one entry each (fields ``job``,
+  ``model``, ``version``, ``params``, ``lease``), added by the controller when a job starts
+  and deleted when it ends. DEVICE may only read it; its puller runs a :class:`Worker` for
+  each announced job of its model.
+
 - ``evc:job:JOB:work``: the job's shards, one entry each, read by the job's nodes in the
   consumer group ``workers`` (consumer name: the device's name). One stream per job, so
   a fast node simply takes more (work stealing falls out of pulling).
-- ``evc:node:DEVICE:jobs``: the jobs announced to DEVICE (:func:`jobs_key`); its worker
+- ``evc:node:DEVICE:jobs``: the jobs announced to DEVICE (:func:`announce_key`); its worker
   reads it to know which job streams to pull from, and stops when its job's entry goes.
 - ``evc:job:JOB:results:DEVICE``: what DEVICE reports. Only DEVICE's ACL user may XADD
   there (:mod:`evc.queue.acl`), so the key, not a field a node writes, says who reported.
@@ -37,6 +42,10 @@ payloads cost Redis memory, which the window bounds: at most ``window`` shards o
 ``max_shard_bytes`` each per job (``maxmemory`` with ``noeviction`` caps the server
 whatever the jobs), and each is deleted once its results are in. A shard may instead
 carry references only (``payloads=None``): item names the node resolves itself.
+
+This module is shipped into every model image as ``evc_infer/streams.py`` (the nodes'
+puller, model_images/common/evc_infer/pull.py): it imports the standard library and
+redis-py only.
 """
 
 from __future__ import annotations
@@ -50,18 +59,18 @@ from dataclasses import dataclass
 GROUP = "workers"
 
 
+def announce_key(device: str) -> str:
+    """Where the controller announces the pull jobs ``device`` may work on (one entry per
+    job: ``job``, ``model``, ``version``, ``params``, ``lease``), XDELed when the job ends."""
+    return f"evc:node:{device}:jobs"
+
+
 def work_key(job: str) -> str:
     return f"evc:job:{job}:work"
 
 
 def results_key(job: str, device: str) -> str:
     return f"evc:job:{job}:results:{device}"
-
-
-def jobs_key(device: str) -> str:
-    """Where the controller announces the pull jobs ``device`` may work on (one entry per
-    job: ``job``, ``model``, ``version``, ``params``, ``lease``), XDELed when the job ends."""
-    return f"evc:node:{device}:jobs"
 
 
 @dataclass(frozen=True)
@@ -278,20 +287,28 @@ class Worker:
         """Until ``stop`` is set (whoever runs the worker knows when its job is over; a
         job's stream that is not there yet, or no longer, is waited for); the number of
         shards it reported."""
+        while not stop.is_set():
+            self.step(stop)
+        return self.done
+
+    def step(self, stop: threading.Event) -> bool:
+        """One round: a stale entry, else a new one (waiting up to ``block``), handled.
+        Whether it handled one (a node's puller runs its jobs' workers step by step, so
+        that it holds one shard at most)."""
         import redis
 
-        while not stop.is_set():
-            try:
-                entry = self._claim_stale() or self._read_new()
-                if entry is not None:
-                    self._handle(*entry)
-            except redis.ConnectionError:
-                stop.wait(self.block)  # Redis restarting: its AOF keeps the pending entries
-            except redis.ResponseError as exc:
-                if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
-                    raise
-                stop.wait(self.block)  # the job is not set up yet, or over and deleted
-        return self.done
+        try:
+            entry = self._claim_stale() or self._read_new()
+            if entry is not None:
+                self._handle(*entry)
+                return True
+        except redis.ConnectionError:
+            stop.wait(self.block)  # Redis restarting: its AOF keeps the pending entries
+        except redis.ResponseError as exc:
+            if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                raise
+            stop.wait(self.block)  # the job is not set up yet, or over and deleted
+        return False
 
     def _claim_stale(self) -> tuple[str, dict] | None:
         answer = self.r.xautoclaim(

@@ -472,12 +472,15 @@ def logged_in(registry_address, config=None):
 
 def fleet_state(registry_address, sock=DOCKER_SOCK):
     """What `evc fleet status` compares with the database: the EVC containers (with the
-    digests they run), the registry CA's checksum, whether the node is logged in."""
+    digests they run), the registry CA's checksum, whether the node is logged in and
+    holds a queue credential."""
     certs = os.path.join("/etc/docker/certs.d", registry_address)
     return {
         "containers": containers(sock, digests=True),
         "ca_sha256": sha256_of(os.path.join(certs, "ca.crt")),
         "credential": logged_in(registry_address),
+        # the pull-mode credential (cert_push.yml): the node then runs a puller per model
+        "queue_credential": os.path.exists("/etc/evc/queue/queue.json"),
     }
 
 

@@ -56,6 +56,7 @@ SHARDS = {
     "test_injection_lab.py": 2,
     "test_lab_lifecycle.py": 2,
     "test_grafana_up.py": 2,
+    "test_light_lab.py": 2,
 }
 # Overridable so that two checkouts can run their lab tests side by side; without
 # EVC_TEST_SUBNET the first free /24 from 172.30.0.0 on (shard K > 1: from 172.30.64*(K-1).0;

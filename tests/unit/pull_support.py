@@ -24,7 +24,7 @@ import redis
 
 from evc.config import Workspace
 from evc.queue import acl
-from evc.queue.streams import Shard, Worker, jobs_key
+from evc.queue.streams import Shard, Worker, announce_key
 from tests.unit import queue_support as qs
 
 
@@ -34,9 +34,9 @@ def with_announcements(rule_of=acl.device_rule):
 
     def rule(password_hash, device, jobs):
         rules = rule_of(password_hash, device, jobs)
-        if any(jobs_key(device) in r for r in rules):
+        if any(announce_key(device) in r for r in rules):
             return rules
-        return [*rules, f"(~{jobs_key(device)} +xread +xrange)"]
+        return [*rules, f"(~{announce_key(device)} +xread +xrange)"]
 
     return rule
 
@@ -87,7 +87,7 @@ class StandIn:
         while not self.stop.wait(self.poll):
             try:
                 announced = {
-                    f[b"job"].decode(): f for _, f in r.xrange(jobs_key(self.device))
+                    f[b"job"].decode(): f for _, f in r.xrange(announce_key(self.device))
                     if f[b"model"].decode() == self.model
                 }  # fmt: skip
             except redis.RedisError:  # restarting, or this device was revoked

@@ -15,7 +15,7 @@ import pytest
 from evc import db as evcdb
 from evc.errors import EVCError, UsageError
 from evc.model import build, builder, catalogue
-from evc.model.runtimes import Runtime, install_line
+from evc.model.runtimes import IMAGE_REQUIREMENTS, Runtime, install_line
 from evc.progress import Progress
 from tests.conftest import evc
 from tests.unit.fake_fleet import DEVICES, add_devices
@@ -88,7 +88,9 @@ def test_per_arch_requirements_replace_the_runtimes_line():
     assert not any(line.startswith("torch>") for line in amd64)
     arm64 = rt.requirements_for("arm64", [JETSON_TORCH, "extra-pkg==1"])
     assert arm64.index(JETSON_TORCH) == rt.requirements.index("torch>=2.1,<3")
-    assert arm64[-1] == "extra-pkg==1" and len(arm64) == len(rt.requirements) + 1
+    assert arm64[-1] == "extra-pkg==1"
+    assert len(arm64) == len(rt.requirements) + len(IMAGE_REQUIREMENTS) + 1
+    assert [line for line in amd64 if line.startswith("redis")] == ["redis>=5,<9"]  # the puller
     assert install_line(JETSON_TORCH) == "torch"  # the image's pip has no network
 
 

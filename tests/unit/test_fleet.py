@@ -61,6 +61,25 @@ def test_each_drift_is_named(report, expected):
     assert all(d.fix == "evc fleet converge node2" for d in items)
 
 
+def test_a_node_with_a_queue_credential_runs_a_puller_per_model():
+    """The puller is no unknown container; missing where the node holds the queue
+    credential, it is drift that the deploy play repairs; one left by a model gone is
+    unknown (the undeploy play removes both)."""
+    puller = _container("evc-pull-faces", image="anything")
+    with_queue = {**_report([_container(), puller]), "queue_credential": True}
+    assert drift("node1", _want(), "ok", with_queue) == []
+    assert drift("node1", _want(), "ok", _report([_container(), puller])) == []
+    (item,) = drift("node1", _want(), "ok", {**_report([_container()]), "queue_credential": True})
+    assert (item.kind, item.model) == ("puller-not-running", "faces")
+    stopped = {**with_queue, "containers": [_container(), {**puller, "state": "exited"}]}
+    assert kinds(drift("node1", _want(), "ok", stopped)) == ["puller-not-running"]
+    assert drift("node1", _want(), "ok", _report([_container()])) == []  # no credential
+    stray = _report([_container(), _container("evc-pull-old"), _container("evc-model-old")])
+    assert [(d.kind, d.model) for d in drift("node1", _want(), "ok", stray)] == [
+        ("unknown-container", "old"), ("unknown-container", "old"),
+    ]  # fmt: skip
+
+
 def test_a_missing_model_names_its_version_and_the_fix():
     (item,) = drift("node2", _want(), "ok", _report([]))
     assert item.message == "faces:1.0 is not running on node2 (container absent)"

@@ -7,6 +7,7 @@ import pytest
 from evc import resources
 from evc.errors import UsageError
 from evc.model import build, catalogue, runtimes
+from evc.queue import streams
 from tests.conftest import evc
 
 
@@ -63,6 +64,8 @@ def test_build_context_takes_the_runtimes_own_dockerfile_else_the_shared_one_all
     assert (root / "Dockerfile").read_bytes() == (images / dockerfile).read_bytes()
     assert (root / "runtime" / "runtime.py").is_file() and (root / "model.yaml").is_file()
     assert (root / "evc_infer" / "serve.py").is_file()
+    shipped = (root / "evc_infer" / "streams.py").read_bytes()  # the puller's protocol
+    assert shipped == Path(streams.__file__).read_bytes()
     assert [p.name for p in (root / "wheels").iterdir()] == ["pip-24.0-py3-none-any.whl"]
 
 

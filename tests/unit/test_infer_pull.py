@@ -25,7 +25,7 @@ from evc.errors import EVCError, UsageError
 from evc.infer import jobs, nodes, pull, runner
 from evc.model import deploy
 from evc.queue import acl, server
-from evc.queue.streams import jobs_key, work_key
+from evc.queue.streams import announce_key, work_key
 from tests.unit import pull_support as ps
 from tests.unit import queue_support as qs
 from tests.unit.fake_fleet import FakeFleet, add_model
@@ -95,7 +95,7 @@ def _queue_is_clean(ws, job_id: str) -> None:
     """The run's end withdrew its announcements, revoked its grant, deleted its streams."""
     r = server.admin(ws)
     for d in NODES:
-        assert all(f[b"job"].decode() != job_id for _, f in r.xrange(jobs_key(d)))
+        assert all(f[b"job"].decode() != job_id for _, f in r.xrange(announce_key(d)))
     assert job_id not in acl._grants(ws)
     assert not list(r.scan_iter(match=f"evc:job:{job_id}:*"))
 
@@ -320,10 +320,10 @@ def test_a_revoked_device_reads_nothing(ws, how, monkeypatch):
     acl.grant(ws, job, ["node5"])
     server.sync_acl(ws)
     r = server.admin(ws)
-    r.xadd(jobs_key("node5"), {"job": job, "model": "faces", "version": "1.0",
+    r.xadd(announce_key("node5"), {"job": job, "model": "faces", "version": "1.0",
                                "params": "{}", "lease": "1.0"})  # fmt: skip
     node5 = qs.device(ws, "node5", retries=0)
-    assert node5.xrange(jobs_key("node5"))  # it could read
+    assert node5.xrange(announce_key("node5"))  # it could read
     password = node5.connection_pool.connection_kwargs["password"]
     try:
         if how == "cert revoke":
@@ -332,10 +332,10 @@ def test_a_revoked_device_reads_nothing(ws, how, monkeypatch):
         else:
             devices.remove(ws, "node5")
         with pytest.raises(redis.RedisError):
-            node5.xrange(jobs_key("node5"))
+            node5.xrange(announce_key("node5"))
         again = server.client(ws, "node5", password, retries=0)
         with pytest.raises(redis.AuthenticationError):
             again.xreadgroup("workers", "node5", {work_key(job): ">"}, count=1)
     finally:
         acl.grant(ws, job, [])
-        r.delete(jobs_key("node5"))
+        r.delete(announce_key("node5"))

@@ -16,6 +16,7 @@ import yaml
 
 from evc import pki, pull_credentials, registry
 from evc.ansible import run_playbook
+from evc.queue import acl
 from evc.resources import playbook
 from tests.conftest import files_holding
 
@@ -148,16 +149,21 @@ def test_the_play_derives_the_password_the_registry_holds(workspace, files, tmp_
     run_playbook(secrets=): the derived password passes the device's bcrypt line, and the
     key is in no artifact (ansible-runner's command file included) and no database row."""
     play = yaml.safe_load(playbook("cert_push.yml").read_text())[0]
-    steps = [t for task in play["tasks"] for t in task.get("block", [])]
-    login = next(t for t in steps if "community.docker.docker_login" in t)[
-        "community.docker.docker_login"
-    ]
-    out = tmp_path / "derived"
+    tasks = {t["name"]: t for t in play["tasks"]}
+    login = next(
+        t for t in tasks["registry access"]["block"] if "community.docker.docker_login" in t
+    )["community.docker.docker_login"]
+    queue = tasks["queue credential"]
+    assert queue["no_log"] is True
+    out, queue_json = tmp_path / "derived", tmp_path / "queue.json"
     test_play = [{
         "name": "derive", "hosts": "all", "gather_facts": False,
         "vars_prompt": play["vars_prompt"],
         "tasks": [{"ansible.builtin.copy": {"content": login["password"], "dest": str(out),
-                                            "mode": "0600"}, "no_log": True}],
+                                            "mode": "0600"}, "no_log": True},
+                  {"ansible.builtin.copy": {"content": queue["ansible.builtin.shell"]["stdin"],
+                                            "dest": str(queue_json), "mode": "0600"},
+                   "no_log": True}],
     }]  # fmt: skip
     path = tmp_path / "derive.yml"
     path.write_text(yaml.safe_dump(test_play))
@@ -167,13 +173,19 @@ def test_the_play_derives_the_password_the_registry_holds(workspace, files, tmp_
     key = pull_credentials.key(workspace)
     run = run_playbook(
         workspace, str(path), "node1", inventory=inventory,
-        extravars={"registry_pull_nonce": nonces},
+        extravars={"registry_pull_nonce": nonces, "queue_host": "10.9.0.1", "queue_port": 6380},
         secrets={pull_credentials.PROMPT: key},
     )  # fmt: skip
     assert run.ok, run.hosts["node1"].message
     line = pki.read_htpasswd(files.pull_htpasswd)["node1"]
     assert _checks(line, out.read_text())
-    assert not files_holding(workspace, key)
+    # The queue's ACL user for node1 has the password the play writes on the node.
+    password = acl.device_password(key, "node1", nonces["node1"])
+    assert json.loads(queue_json.read_text()) == {
+        "host": "10.9.0.1", "port": 6380, "user": "node1", "password": password,
+    }  # fmt: skip
+    assert password != out.read_text()  # not the registry's
+    assert not files_holding(workspace, key) and not files_holding(workspace, password)
 
 
 def test_a_secret_is_data_never_a_template(workspace, tmp_path):

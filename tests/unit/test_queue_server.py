@@ -20,7 +20,7 @@ from evc import pki, pull_credentials, registry
 from evc.config import Workspace
 from evc.queue import acl, server
 from evc.queue.files import files
-from evc.queue.streams import GROUP, results_key, work_key
+from evc.queue.streams import GROUP, announce_key, results_key, work_key
 from tests.conftest import evc
 from tests.unit import queue_support as qs
 
@@ -184,3 +184,30 @@ def test_bad_job_ids_and_device_names_never_reach_the_acl_file(ws):
         with pytest.raises(UsageError):
             acl.grant(ws, job, devices)
     assert "~*" not in files(ws).acl.read_text().split(acl.ADMIN)[1].split("\n", 1)[1]
+
+
+def test_a_device_reads_its_own_announcements_only_and_writes_none(ws):
+    """Planted: a node reading another node's announcements (which jobs it runs, their
+    models) and a node forging or deleting announcements, its own included."""
+    r = server.admin(ws, retries=0)
+    for device in ("node1", "node2"):
+        r.xadd(announce_key(device), {"job": f"job-{device}", "model": "m", "version": "1"})
+    node1 = qs.device(ws, "node1")
+    own = node1.xread({announce_key("node1"): "0-0"}, count=10)
+    assert [f[b"job"] for _, f in own[0][1]] == [b"job-node1"]
+    assert [f[b"job"] for _, f in node1.xrange(announce_key("node1"))] == [b"job-node1"]
+    entry = own[0][1][0][0]
+    attempts = {
+        "another node's announcements": lambda: node1.xread({announce_key("node2"): "0-0"}),
+        "another node's, by XRANGE": lambda: node1.xrange(announce_key("node2")),
+        "announcing to itself": lambda: node1.xadd(announce_key("node1"), {"job": "x"}),
+        "announcing to another": lambda: node1.xadd(announce_key("node2"), {"job": "x"}),
+        "deleting its announcement": lambda: node1.xdel(announce_key("node1"), entry),
+        "trimming them": lambda: node1.xtrim(announce_key("node1"), maxlen=0),
+        "DEL": lambda: node1.delete(announce_key("node1")),
+        "a consumer group on them": lambda: node1.xgroup_create(announce_key("node1"), "g"),
+    }
+    for what, call in attempts.items():
+        assert "no permissions" in _refused(call), what
+    assert r.xlen(announce_key("node1")) == 1 and r.xlen(announce_key("node2")) == 1
+    r.delete(announce_key("node1"), announce_key("node2"))

@@ -1,4 +1,5 @@
-"""Command line: ``evc-infer --input DIR --output DIR [...]`` and ``evc-infer --selftest``."""
+"""Command line: ``evc-infer --input DIR --output DIR [...]``, ``--selftest``, ``--serve DIR``
+and ``--pull DIR --queue DIR``."""
 
 import argparse
 import json
@@ -35,6 +36,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--serve", type=Path, metavar="DIR", help="run shards dropped into DIR/inbox (see serve.py)"
     )
+    p.add_argument(
+        "--pull",
+        type=Path,
+        metavar="DIR",
+        help="pull shards of this model's jobs from the queue (--queue) and run them "
+        "through the --serve server of DIR (see pull.py)",
+    )
+    p.add_argument("--queue", type=Path, metavar="DIR", help="with --pull: queue.json and ca.crt")
+    p.add_argument(
+        "--stale-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="with --pull: seconds of model-server silence before a shard is given back "
+        "(default 120)",
+    )
     return p
 
 
@@ -44,15 +61,25 @@ def main(argv: list[str] | None = None) -> int:
     home = args.home or default_home()
     if args.serve and (args.input or args.output or args.selftest):
         parser.error("--serve takes no --input, --output or --selftest")
+    if bool(args.pull) != bool(args.queue) or (
+        args.pull and (args.serve or args.input or args.output or args.selftest)
+    ):
+        parser.error("--pull DIR needs --queue DIR, and takes no other mode")
+    if args.stale_after is not None and (not args.pull or args.stale_after <= 0):
+        parser.error("--stale-after is a positive number of seconds, with --pull")
     if args.selftest:
         if args.input or args.output:
             parser.error("--selftest takes no --input or --output")
         return selftest(home, args.conf, args.iou, args.imgsz)
-    if not args.serve and (not args.input or not args.output):
-        parser.error("--input and --output are required (or --selftest, or --serve)")
+    if not (args.serve or args.pull) and (not args.input or not args.output):
+        parser.error("--input and --output are required (or --selftest, --serve, --pull)")
     try:
         if args.serve:
             return serve(home, args.serve)
+        if args.pull:
+            from evc_infer.pull import STALE_AFTER_S, pull  # needs redis-py
+
+            return pull(home, args.pull, args.queue, stale_after=args.stale_after or STALE_AFTER_S)
         summary = _run(home, args)
     except UsageError as exc:
         print(f"evc-infer: error: {exc}", file=sys.stderr)
