@@ -102,6 +102,7 @@ def test_a_puller_killed_and_the_queue_restarted_mid_job_lose_nothing(pulling, t
     items = _dataset(tmp_path / "data", 8)
     cmd = [*EVC, "infer", "run", MODEL, NODES, "--mode", "pull", "--data",
            str(tmp_path / "data"), "--json"]  # fmt: skip
+    started = time.time()
     run = subprocess.Popen(cmd, env={**os.environ, **env}, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
@@ -109,8 +110,8 @@ def test_a_puller_killed_and_the_queue_restarted_mid_job_lose_nothing(pulling, t
         deadline = time.monotonic() + 300
         job_id = None
         while time.monotonic() < deadline and run.poll() is None:
-            found = list(db.query("SELECT id FROM jobs WHERE mode = 'pull' ORDER BY created "
-                                  "DESC LIMIT 1"))  # fmt: skip
+            found = list(db.query("SELECT id FROM jobs WHERE mode = 'pull' AND created >= ?",
+                                  [started]))  # fmt: skip
             job_id = found[0]["id"] if found else None
             if job_id and sum(r["state"] == "ok" for r in _rows(ws, job_id)) >= 6:
                 break
