@@ -46,7 +46,9 @@ STALL_S = 300.0  # no report from any node for this long while shards are pendin
 LEASE_S = 30.0  # a node's worker extends its lease on a shard every LEASE_S / 3
 MAX_SHARD_BYTES = 4 << 20
 GUIDE = 4  # auto shard size: what is left / (GUIDE x nodes), so the last shards are small
-MAX_AUTO_SHARD = 32
+# A pull shard costs the controller ~1.5 ms, so shards stay small: the slowest node's
+# last one is what the job waits for (32 left 1.25x ideal on the unequal lab, bench/infer_modes.py).
+MAX_AUTO_SHARD = 8
 
 
 def check_queue(ws: Workspace) -> None:
