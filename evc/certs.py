@@ -362,6 +362,8 @@ def rotate_ca(
         pki.promote_next_ca(f)
         registry.trust_on_controller(ws, settings)
         registry.api(ws).ping()  # the new CA alone verifies it
+        if queue.running(ws):  # its certificate, from the old CA, is no longer trusted
+            queue.up(ws)  # renewed from the new CA, the server restarted
         rotation.result.status = "complete"
     return _finish(ws, rotation.result)
 

@@ -190,16 +190,20 @@ def _report(run: RunResult, host: str) -> tuple[HostResult, dict | None]:
     return r, report if isinstance(report, dict) else None
 
 
-def not_serving(run: RunResult, model: str, rows: dict[str, dict]) -> dict[str, str]:
+def not_serving(
+    run: RunResult, model: str, rows: dict[str, dict], *, pull: bool = False
+) -> dict[str, str]:
     """{host: why} for the hosts of ``rows`` (host -> its current deployment of ``model``)
-    that a fleet_status.yml run found not running it at the declared image."""
+    that a fleet_status.yml run found not running it at the declared image (``pull``: or
+    without its puller; a push-mode job does not need one)."""
+    kinds = MODEL if pull else tuple(k for k in MODEL if k != "puller-not-running")
     out = {}
     for host, row in rows.items():
         r, report = _report(run, host)
         items = drift(host, Declared(False, "", {model: row}), r.state, report, r.message)
         if any(d.kind == "unreachable" for d in items):
             out[host] = f"{host} did not answer: {r.message or 'no report'}"
-        elif any(d.kind in MODEL for d in items):
+        elif any(d.kind in kinds for d in items):
             out[host] = not_running(f"{model}:{row['version']}", host)
     return out
 

@@ -28,13 +28,15 @@ def declared_nodes(
 
 
 def usable_nodes(
-    ws, model: str, version: str, hosts: list[str], progress: Progress = SILENT
-) -> tuple[list[str], dict[str, str]]:
-    """(nodes that serve MODEL:VERSION, {other node: why it is skipped}); none is an error."""
+    ws, model: str, version: str, hosts: list[str], progress: Progress = SILENT, *,
+    pull: bool = False,
+) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+    """(nodes that serve MODEL:VERSION, {other node: why it is skipped}); none is an error.
+    ``pull``: a node must run the model's puller too."""
     rows, skipped = declared_nodes(ws, model, version, hosts)
     run = run_playbook(ws, "fleet_status.yml", ",".join(rows), extravars=fleet.extravars(ws),
                        progress=progress)  # fmt: skip
-    skipped.update(fleet.not_serving(run, model, rows))
+    skipped.update(fleet.not_serving(run, model, rows, pull=pull))
     nodes = [h for h in hosts if h not in skipped]
     if not nodes:
         raise UsageError("; ".join(skipped[h] for h in rows) + ".")

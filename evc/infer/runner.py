@@ -216,7 +216,7 @@ def resume(
 
 def _usable(ws, model: str, version: str, mode: str, hosts: list[str], progress: Progress):
     """:func:`usable_nodes`; in pull mode, only those with a queue user."""
-    nodes, skipped = usable_nodes(ws, model, version, hosts, progress)
+    nodes, skipped = usable_nodes(ws, model, version, hosts, progress, pull=mode == "pull")
     return (pull.pullers(ws, nodes, skipped) if mode == "pull" else nodes), skipped
 
 

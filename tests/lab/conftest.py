@@ -155,10 +155,13 @@ class Trust:
     def __init__(self, env: dict):
         self.env = env
         self.state: bool | None = False  # `lab up` enrols nodes that trust nothing
+        self.deployed = False  # the `deployed` model runs: its pullers follow the trust
 
     def push(self) -> None:
         if self.state is not True:
             evc("cert", "push", "all", env=self.env, check=0)
+            if self.deployed:  # a revoke took the pullers with the queue credential
+                evc("fleet", "converge", "all", env=self.env, check=None)
             self.state = True
 
     def revoke(self) -> None:
@@ -212,6 +215,8 @@ def deployed(lab_session, trust):
     evc_json("model", "build", DEPLOYED, "--runtime", "face-haar", "--version", "1", env=env)
     evc_json("model", "push", f"{DEPLOYED}:1", env=env)
     evc_json("model", "deploy", f"{DEPLOYED}:1", "node1,node2", env=env)
+    trust.deployed = True
     yield
+    trust.deployed = False
     evc("model", "undeploy", DEPLOYED, "all", env=env)
     evc("model", "delete", f"{DEPLOYED}:1", "--force", env=env)

@@ -61,6 +61,20 @@ def test_each_drift_is_named(report, expected):
     assert all(d.fix == "evc fleet converge node2" for d in items)
 
 
+def test_a_missing_puller_keeps_a_node_out_of_pull_jobs_only():
+    """A node that holds a queue credential but runs no puller (a revoke took it, a push
+    gave the credential back) still serves push-mode jobs."""
+    from evc.ansible import HostResult, RunResult
+    from evc.fleet import TASK, not_serving
+
+    report = {**_report([_container()]), "queue_credential": True}
+    host = HostResult("node1", outputs={TASK: {"fleet": report}})
+    run = RunResult("fleet_status.yml", "node1", "x", "", 0.0, 0.0, 0, {"node1": host})
+    rows = {"node1": {**ROW, "model": "faces"}}
+    assert not_serving(run, "faces", rows) == {}
+    assert list(not_serving(run, "faces", rows, pull=True)) == ["node1"]
+
+
 def test_a_node_with_a_queue_credential_runs_a_puller_per_model():
     """The puller is no unknown container; missing where the node holds the queue
     credential, it is drift that the deploy play repairs; one left by a model gone is
