@@ -41,10 +41,11 @@ from pathlib import Path
 import docker.errors
 from _util import EVC, run, timed
 
+from evc.cache import cache_dir
 from evc.engine import docker_client, ensure_base_image, ensure_image
 from evc.lab.nodes import PROFILES
 from evc.model.build import probe_base
-from evc.model.runtimes import Runtime, cache_dir, wheelhouse
+from evc.model.runtimes import Runtime, wheelhouse
 
 # image name: (runtime, weights file in the temp folder or None)
 BUILDS = {

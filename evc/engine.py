@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from evc.cache import build_once
 from evc.errors import EVCError, UsageError
 
 SUITE = "bookworm"
@@ -155,23 +156,27 @@ def ensure_base_image(client, log: Log = _quiet, arch: str | None = None) -> tup
         raise EVCError(
             "debootstrap is not installed (apt-get install debootstrap; `make` does it)."
         )
-    log(f"building {arch} base image {tag} with debootstrap from {mirror} "
-        f"({'about 35 s' if native else 'about 2 minutes under emulation'})")  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="evc-rootfs-", dir="/var/tmp") as tmp:
-        rootfs = Path(tmp) / "rootfs"
-        proc = subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--arch={arch}", SUITE, str(rootfs), mirror],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
-            raise EVCError(f"debootstrap failed (exit {proc.returncode}):\n{tail}")
-        if native:
-            _import(client, rootfs, digest)
-        else:
-            _load(client, rootfs, Path(tmp), arch, tag, digest)
-    return tag, True
+
+    def build() -> None:
+        log(f"building {arch} base image {tag} with debootstrap from {mirror} "
+            f"({'about 35 s' if native else 'about 2 minutes under emulation'})")  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="evc-rootfs-", dir="/var/tmp") as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            proc = subprocess.run(
+                ["debootstrap", "--variant=minbase", f"--arch={arch}", SUITE, str(rootfs),
+                 mirror],
+                capture_output=True,
+                text=True,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
+                raise EVCError(f"debootstrap failed (exit {proc.returncode}):\n{tail}")
+            if native:
+                _import(client, rootfs, digest)
+            else:
+                _load(client, rootfs, Path(tmp), arch, tag, digest)
+
+    return tag, build_once(tag, lambda: image_with_hash(client, tag, digest), build, log)
 
 
 def _import(client, rootfs: Path, digest: str) -> None:
@@ -242,8 +247,6 @@ def ensure_image(
     A foreign ``arch`` (its base built by :func:`ensure_base_image`) builds under
     emulation. ``extra``: called only to build, a folder that joins the context
     (its content is named by ``extra_key``, which joins the hash)."""
-    import docker.errors
-
     context = IMAGE_DIR / name
     files = sorted(p for p in context.iterdir() if p.is_file())
     digest = content_digest(
@@ -253,31 +256,42 @@ def ensure_image(
         *([extra_key] if extra else []),
     )
     tag = f"{IMAGE_REPO}/{name}:{digest}"
-    if image_with_hash(client, tag, digest):
-        return tag, False
-    log(f"building image {tag} (apt-get inside, about 40 s)")
-    with tempfile.TemporaryDirectory(prefix=f"evc-{name}-", dir="/var/tmp") as tmp:
-        if extra is not None:
-            root = Path(tmp)
-            for f in files:
-                shutil.copy(f, root / f.name)
-            shutil.copytree(extra(), root / "extra", copy_function=_link_or_copy)
-            context = root
-        try:
-            client.images.build(
-                path=str(context),
-                tag=tag,
-                buildargs={"BASE": base_tag},
-                labels={HASH_LABEL: digest},
-                rm=True,
-                forcerm=True,
-                platform=f"linux/{arch}" if arch and arch != native_arch() else None,
-            )
-        except docker.errors.BuildError as exc:
-            lines = [c.get("stream", c.get("error", "")) for c in exc.build_log]
-            tail = "".join(lines).strip().splitlines()[-8:]
-            raise EVCError(f"{name} image build failed:\n" + "\n".join(tail)) from None
-    return tag, True
+
+    def build() -> None:
+        log(f"building image {tag} (apt-get inside, about 40 s)")
+        with tempfile.TemporaryDirectory(prefix=f"evc-{name}-", dir="/var/tmp") as tmp:
+            context = IMAGE_DIR / name
+            if extra is not None:
+                root = Path(tmp)
+                for f in files:
+                    shutil.copy(f, root / f.name)
+                shutil.copytree(extra(), root / "extra", copy_function=_link_or_copy)
+                context = root
+            _build(client, context, tag, base_tag, digest, arch, what=f"{name} image")
+
+    return tag, build_once(tag, lambda: image_with_hash(client, tag, digest), build, log)
+
+
+def _build(client, context: Path, tag: str, base: str, digest: str, arch: str | None,
+           what: str) -> None:  # fmt: skip
+    """``docker build`` of ``context`` FROM ``base`` (build arg BASE), labelled with its
+    content hash; a failure is an EVCError with the log's last lines."""
+    import docker.errors
+
+    try:
+        client.images.build(
+            path=str(context),
+            tag=tag,
+            buildargs={"BASE": base},
+            labels={HASH_LABEL: digest},
+            rm=True,
+            forcerm=True,
+            platform=f"linux/{arch}" if arch and arch != native_arch() else None,
+        )
+    except docker.errors.BuildError as exc:
+        lines = [c.get("stream", c.get("error", "")) for c in exc.build_log]
+        tail = "".join(lines).strip().splitlines()[-8:]
+        raise EVCError(f"{what} build failed:\n" + "\n".join(tail)) from None
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -302,9 +316,9 @@ _CUT_ENGINE = (
 
 def ensure_arm64_node_image(client, log: Log = _quiet) -> tuple[str, list[str]]:
     """The arm64 lab node image (a hybrid: arm64 userland, amd64 engine); returns (tag,
-    images built now). Built under emulation once, then cached by content hash."""
-    import docker.errors
-
+    images built now). Built under emulation once, then cached by content hash, FROM the
+    arm64 model base: python3 and ca-certificates, the costliest packages to install
+    under emulation, are installed once for both (an arm64 lab runs arm64 models)."""
     built = []
     base, now = ensure_base_image(client, log)
     built += [base] if now else []
@@ -312,32 +326,29 @@ def ensure_arm64_node_image(client, log: Log = _quiet) -> tuple[str, list[str]]:
     built += [node] if now else []
     arm_base, now = ensure_base_image(client, log, arch="arm64")
     built += [arm_base] if now else []
+    model_base, now = ensure_image(client, "model-base", arm_base, log, arch="arm64")
+    built += [model_base] if now else []
     context = IMAGE_DIR / "node-arm64"
     scripts = [IMAGE_DIR / "node" / "node-init", IMAGE_DIR / "node" / "node-ready"]
     files = [context / "Dockerfile", *scripts]
     digest = content_digest(
-        "node-arm64-v1", arm_base, node, *(p.name + p.read_text() for p in files)
+        "node-arm64-v2", model_base, node, *(p.name + p.read_text() for p in files)
     )
     tag = f"{IMAGE_REPO}/node-arm64:{digest}"
-    if image_with_hash(client, tag, digest):
-        return tag, built
-    log(f"building the arm64 lab node image {tag} under emulation (a few minutes, once)")
-    with tempfile.TemporaryDirectory(prefix="evc-node-arm64-", dir="/var/tmp") as tmp:
-        root = Path(tmp)
-        for f in files:
-            shutil.copy(f, root / f.name)
-        client.containers.run(  # into a bind mount: logs would mangle binary output
-            node, ["sh", "-c", _CUT_ENGINE, "cut", *ENGINE_BINARIES],
-            entrypoint=[], remove=True, network_disabled=True,
-            volumes={str(root): {"bind": "/out", "mode": "rw"}},
-        )  # fmt: skip
-        try:
-            client.images.build(
-                path=str(root), tag=tag, buildargs={"BASE": arm_base},
-                labels={HASH_LABEL: digest}, rm=True, forcerm=True, platform="linux/arm64",
+
+    def build() -> None:
+        log(f"building the arm64 lab node image {tag} under emulation (a few minutes, once)")
+        with tempfile.TemporaryDirectory(prefix="evc-node-arm64-", dir="/var/tmp") as tmp:
+            root = Path(tmp)
+            for f in files:
+                shutil.copy(f, root / f.name)
+            client.containers.run(  # into a bind mount: logs would mangle binary output
+                node, ["sh", "-c", _CUT_ENGINE, "cut", *ENGINE_BINARIES],
+                entrypoint=[], remove=True, network_disabled=True,
+                volumes={str(root): {"bind": "/out", "mode": "rw"}},
             )  # fmt: skip
-        except docker.errors.BuildError as exc:
-            lines = [c.get("stream", c.get("error", "")) for c in exc.build_log]
-            tail = "".join(lines).strip().splitlines()[-8:]
-            raise EVCError("node-arm64 image build failed:\n" + "\n".join(tail)) from None
-    return tag, built + [tag]
+            _build(client, root, tag, model_base, digest, "arm64", what="node-arm64 image")
+
+    if build_once(tag, lambda: image_with_hash(client, tag, digest), build, log):
+        built.append(tag)
+    return tag, built

@@ -19,6 +19,7 @@ pushed here (``--on``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from pydantic import field_validator
 
 from evc import db as evcdb
 from evc import engine, registry, resources
+from evc.cache import cache_dir, exclusive
 from evc.config import Workspace
 from evc.errors import EVCError, UsageError
 from evc.model import builder
@@ -47,7 +49,6 @@ from evc.model.catalogue import (
 from evc.model.runtimes import (
     Runtime,
     builtin_weights,
-    cache_dir,
     check_weights,
     install_line,
     packaged_weights,
@@ -400,7 +401,11 @@ def _build_one(
         wheels = wheelhouse(requirements, arch, python, libc, progress)
         _context(rt, requirements, wheels, Path(tmp))
         labels = _labels(o, rt, arch, digest, built_on)
-        image_id = _docker_build(client, Path(tmp), base, labels, arch, progress)
+        # Two builds of one runtime at once (two labs, `make test`'s shards) would each run
+        # its package layer: the second waits, then takes it from the build cache.
+        key = hashlib.sha256(json.dumps([built_on, base, arch, requirements]).encode())
+        with exclusive(f"{rt.name} image layers {key.hexdigest()[:12]}", progress.log):
+            image_id = _docker_build(client, Path(tmp), base, labels, arch, progress)
         try:
             progress.log(f"running evc-infer --selftest in the {arch} image")
             report = _selftest(client, image_id)

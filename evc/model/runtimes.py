@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from evc import resources
+from evc.cache import build_once, cache_dir
 from evc.errors import EVCError, UsageError
 from evc.model.catalogue import ARCHES
 from evc.progress import SILENT, Progress
@@ -140,15 +141,6 @@ def available_runtimes() -> list[str]:
     return sorted(p.parent.name for p in root.glob("*/model.yaml"))
 
 
-def cache_dir() -> Path:
-    """Per-user cache shared by workspaces (EVC_CACHE_DIR, else ~/.cache/evc)."""
-    base = (
-        os.environ.get("EVC_CACHE_DIR")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "evc"
-    )
-    return Path(base)
-
-
 def _platform_args(arch: str, libc: str) -> list[str]:
     major, minor = (int(x) for x in (libc or "2.17").split(".")[:2])
     tags = [f"manylinux_{major}_{m}_{ARCHES[arch]}" for m in range(17, minor + 1)]
@@ -172,29 +164,31 @@ def wheelhouse(
     parts = [requirements, arch, python, libc] + ([] if deps else ["no-deps"])
     key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
     dest = cache_dir() / "wheels" / key
-    if (dest / ".complete").is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    progress.log(f"downloading wheels for {arch} / Python {python}: {', '.join(requirements)}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=dest.parent))
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-        "--dest", str(tmp), "--only-binary=:all:", *_platform_args(arch, libc),
-        "--python-version", python, "--implementation", "cp",
-        *(["pip"] if deps else ["--no-deps"]), *requirements,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tail = [ln for ln in proc.stderr.splitlines() if not ln.startswith("WARNING")][-5:]
-        raise EVCError(
-            f"downloading the image's Python packages failed ({', '.join(requirements)}); "
-            "the builder needs a package index or a filled cache at "
-            f"{cache_dir() / 'wheels'}:\n" + "\n".join(tail)
-        )
-    (tmp / ".complete").write_text("\n".join(requirements) + "\n")
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+
+    def download() -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        progress.log(f"downloading wheels for {arch} / Python {python}: {', '.join(requirements)}")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=dest.parent))
+        cmd = [
+            sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+            "--dest", str(tmp), "--only-binary=:all:", *_platform_args(arch, libc),
+            "--python-version", python, "--implementation", "cp",
+            *(["pip"] if deps else ["--no-deps"]), *requirements,
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tail = [ln for ln in proc.stderr.splitlines() if not ln.startswith("WARNING")][-5:]
+            raise EVCError(
+                f"downloading the image's Python packages failed ({', '.join(requirements)}); "
+                "the builder needs a package index or a filled cache at "
+                f"{cache_dir() / 'wheels'}:\n" + "\n".join(tail)
+            )
+        (tmp / ".complete").write_text("\n".join(requirements) + "\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+
+    build_once(f"wheels {key}", (dest / ".complete").is_file, download, progress.log)
     return dest
 
 
