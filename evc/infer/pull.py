@@ -81,13 +81,31 @@ def announcement(job: dict) -> dict[str, str]:
     }  # fmt: skip
 
 
+def _announced_key(job_id: str) -> str:
+    """The nodes ``job_id`` was announced to (a set: no device's ACL names it)."""
+    return f"evc:job:{job_id}:announced"
+
+
+def announce(r, job: dict, nodes: list[str]) -> None:
+    """One announcement of ``job`` per node, the nodes remembered first, so that the
+    next run withdraws exactly those after a run killed outright."""
+    if nodes:
+        r.sadd(_announced_key(job["id"]), *nodes)
+    for n in nodes:
+        r.xadd(announce_key(n), announcement(job))
+
+
 def withdraw(r, job_id: str) -> int:
-    """XDEL ``job_id``'s announcements from every node's stream (this run's and any a
-    killed run left); how many."""
+    """XDEL ``job_id``'s announcements from the nodes it was announced to (this run's and
+    any a killed run left): O(the job's nodes), not a scan of every node's stream (10,000
+    devices, two scans a job); how many."""
+    key = _announced_key(job_id)
     gone = 0
-    for key in r.scan_iter(match=announce_key("*"), _type="stream", count=500):
-        ids = [i for i, f in r.xrange(key) if f.get(b"job") == job_id.encode()]
-        gone += r.xdel(key, *ids) if ids else 0
+    for node in sorted(n.decode() for n in r.smembers(key)):
+        stream = announce_key(node)
+        ids = [i for i, f in r.xrange(stream) if f.get(b"job") == job_id.encode()]
+        gone += r.xdel(stream, *ids) if ids else 0
+    r.delete(key)
     return gone
 
 
@@ -213,8 +231,7 @@ def execute(
         dispatcher.cleanup()
         acl.grant(ws, job_id, nodes)
         server.sync_acl(ws)
-        for n in nodes:
-            r.xadd(announce_key(n), announcement(job))
+        announce(r, job, nodes)
         with progress.task(f"job {job_id} (pull, {len(nodes)} nodes)") as line:
             thread.start()
             while thread.is_alive():

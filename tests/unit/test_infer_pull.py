@@ -339,3 +339,27 @@ def test_a_revoked_device_reads_nothing(ws, how, monkeypatch):
     finally:
         acl.grant(ws, job, [])
         r.delete(announce_key("node5"))
+
+
+def test_withdrawing_a_killed_runs_announcements_touches_only_its_nodes(ws):
+    """A run killed outright leaves its announcements; the next run's withdraw removes
+    them from the nodes it had announced to, and reads no other node's stream (it was a
+    SCAN of every node's announcements, twice a job: O(fleet) at 10,000 devices)."""
+    r = server.admin(ws)
+    job = {"id": "20990101-000000-kill", "model": "faces", "version": "1.0",
+           "params": json.dumps({"conf": 0.25})}  # fmt: skip
+    other = {**job, "id": "20990101-000000-live"}
+    pull.announce(r, job, ["node1", "node2"])
+    pull.announce(r, other, ["node1", "node4"])
+    r.config_resetstat()
+    try:
+        assert pull.withdraw(r, job["id"]) == 2
+        stats = r.info("commandstats")
+        assert "cmdstat_scan" not in stats and stats["cmdstat_xrange"]["calls"] == 2
+        left = {d: [f[b"job"].decode() for _, f in r.xrange(announce_key(d))]
+                for d in ("node1", "node2", "node4")}  # fmt: skip
+        assert left == {"node1": [other["id"]], "node2": [], "node4": [other["id"]]}
+        assert not r.exists(f"evc:job:{job['id']}:announced")
+        assert pull.withdraw(r, job["id"]) == 0  # nothing left, nothing to read
+    finally:
+        pull.withdraw(r, other["id"])
