@@ -299,13 +299,17 @@ def _signals_deferred():
         yield None
         return
     got: list[int] = []
-    kept = {s: signal.signal(s, lambda n, _frame: got.append(n))
-            for s in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    kept = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # An ignored signal stays ignored (a background job of a shell starts with SIGINT
+    # ignored, nohup with SIGHUP): such a Ctrl-C was never meant for this process.
+    watched = [s for s, handler in kept.items() if handler is not signal.SIG_IGN]
+    for s in watched:
+        signal.signal(s, lambda n, _frame: got.append(n))
     try:
         yield lambda: bool(got)
     finally:
-        for s, handler in kept.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        for s in watched:
+            signal.signal(s, signal.SIG_DFL if kept[s] is None else kept[s])
         if got:
             signal.raise_signal(got[0])
 

@@ -302,3 +302,21 @@ def test_a_run_from_the_main_thread_keeps_the_signal_handlers_and_defers_ctrl_c(
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     finally:
         signal.signal(signal.SIGINT, kept)
+
+
+def test_an_ignored_ctrl_c_neither_cancels_a_run_nor_is_unignored(local):
+    """A process that ignores SIGINT (a background job of a shell, nohup) is not the one
+    a Ctrl-C was meant for: a SIGINT during its run leaves the run to finish, and SIGINT
+    is still ignored afterwards. (Before, the run was cancelled, and the re-raised signal
+    then met the restored SIG_IGN: a run failed for a signal nobody sent it.)"""
+    kept = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        book = str(PLAYBOOKS / "artifacts_kept.yml")
+        timer = threading.Timer(1.0, os.kill, [os.getpid(), signal.SIGINT])
+        timer.start()
+        result = run_playbook(local, book, "box", extravars={"evc_sleep": "3"})
+        timer.join()
+        assert result.ok, result.hosts
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, kept)
