@@ -20,7 +20,7 @@ from evc.connections import close_connections
 from evc.errors import Result, UsageError
 from evc.keys import controller_key, pin_host_keys
 from evc.lab import worker
-from evc.lab.network import check_subnet
+from evc.lab.network import check_subnet, forget_neighbour
 from evc.lab.nodes import DEFAULT_PROFILES, LABEL, PROFILES, LabNode, Nodes, validate_request
 from evc.progress import SILENT, Progress
 from evc.queue import server as queue
@@ -227,6 +227,7 @@ class Lab:
     def stop(self, node: str) -> LabNode:
         stopped = self.containers.stop(node)
         close_connections(self.ws, stopped.ip)  # the others' keep running
+        forget_neighbour(stopped.ip)
         return stopped
 
     def start(self, node: str) -> LabNode:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
 from pathlib import Path
 
 from evc.errors import UsageError
@@ -86,3 +87,16 @@ def free_subnet(client, network_name: str, start="172.28.0.0/24", networks=None)
         if _conflict(networks, net, network_name) is None:
             return str(net)
     raise UsageError("No free /24 left in 172.16.0.0/12 for the lab network; pass --subnet.")
+
+
+def forget_neighbour(ip: str) -> None:
+    """Drop this host's ARP entry for ``ip``, a node that just stopped: the next connection
+    to it then fails with "No route to host" after one ARP round (about 3 s), as to a
+    device that has been off for a while, instead of waiting out the SSH connect timeout
+    (10 s) on the dead node's cached address (each such run took 7 s longer). Needs
+    CAP_NET_ADMIN; without it, or without iproute2, nothing changes."""
+    ipaddress.IPv4Address(ip)  # ours (a container label), checked all the same
+    try:
+        subprocess.run(["ip", "neigh", "flush", "to", ip], capture_output=True, check=False)
+    except OSError:
+        pass
