@@ -82,15 +82,20 @@ def as_evc_error(exc: BaseException) -> EVCError | None:
     return EVCError(f"the Docker engine said: {explain(exc)}")
 
 
-def image_with_hash(client, tag: str, digest: str):
-    """The image ``tag`` if it carries the content hash ``digest``, else None."""
+def find_image(client, ref: str):
+    """The image ``ref`` (a tag or an id), or None where the engine has none."""
     import docker.errors
 
     try:
-        image = client.images.get(tag)
+        return client.images.get(ref)
     except docker.errors.ImageNotFound:
         return None
-    return image if (image.labels or {}).get(HASH_LABEL) == digest else None
+
+
+def image_with_hash(client, tag: str, digest: str):
+    """The image ``tag`` if it carries the content hash ``digest``, else None."""
+    image = find_image(client, tag)
+    return image if image is not None and (image.labels or {}).get(HASH_LABEL) == digest else None
 
 
 def apt_mirror(root: Path = Path("/etc/apt")) -> str:

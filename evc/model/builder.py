@@ -132,17 +132,9 @@ def _load(dest, archive) -> None:
 def ship(src, dest, ref: str, progress: Progress = SILENT) -> None:
     """Copy image ``ref`` (with its tag) from engine ``src`` to ``dest``, unless ``dest``
     holds the same image already, or ``src`` does not hold it (``dest`` pulls it then)."""
-    import docker.errors
-
-    try:
-        want = src.images.get(ref).id
-    except docker.errors.ImageNotFound:
+    want = engine.find_image(src, ref)
+    if want is None or getattr(engine.find_image(dest, ref), "id", None) == want.id:
         return
-    try:
-        if dest.images.get(ref).id == want:
-            return
-    except docker.errors.ImageNotFound:
-        pass
     progress.log(f"copying the base image {ref} to the builder (once)")
     with engine.engine_errors(f"copying {ref} to the builder"):
         _load(dest, src.api.get_image(ref))

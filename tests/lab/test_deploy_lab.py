@@ -9,7 +9,7 @@ import json
 import pytest
 
 from evc import registry
-from evc.engine import docker_client
+from evc.engine import docker_client, find_image
 from evc.lab.nodes import Nodes
 from tests.conftest import evc
 from tests.lab.conftest import evc_json as _json
@@ -129,9 +129,11 @@ def test_a_tag_pushed_again_behind_the_catalogue_changes_no_deploy(lab_ws, lab_e
 
 def test_a_version_rebuilt_and_pushed_again_is_pulled_again(lab_ws, lab_env, versions):
     before = _pinned(lab_ws, lab_env, "1")
+    replaced = _json("model", "show", f"{MODEL}:1", env=lab_env)["image_id"]
     rebuilt = _json("model", "build", MODEL, "--runtime", "face-haar", "--version", "1",
                     "--force", "--owner", "qa", env=lab_env)  # fmt: skip
     assert rebuilt["image"] == versions["1"]  # same tag, new image
+    assert rebuilt["image_id"] != replaced and find_image(docker_client(), replaced) is None
     _json("model", "push", f"{MODEL}:1", env=lab_env)
     after = _pinned(lab_ws, lab_env, "1")
     assert after != before  # a new digest, recorded at push
