@@ -10,7 +10,9 @@ composed in :mod:`evc.lab.fleet`.
 from __future__ import annotations
 
 import os
+import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -236,10 +238,7 @@ class Nodes:
             code, output = c.exec_run(["/usr/local/sbin/node-ready"])
             if code != 0:
                 raise EVCError(f"lab node {node} did not come up: {output.decode().strip()}")
-            code, key = c.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"])
-            if code != 0:
-                raise EVCError(f"lab node {node} has no SSH host key: {key.decode().strip()}")
-            return " ".join(key.decode().split()[:2])
+            return _host_key(c, node)
 
         try:
             with ThreadPoolExecutor(max_workers=min(len(names), 16) or 1) as pool:
@@ -260,3 +259,23 @@ class Nodes:
         self.wait_ready([node])
         c.reload()
         return self._node(c)
+
+
+_HOST_KEY = re.compile(r"ssh-ed25519 [A-Za-z0-9+/]+={0,2}")
+
+
+def _host_key(container, node: str, tries: int = 10) -> str:
+    """The node's SSH host key ("ssh-ed25519 BASE64"), read from inside the container.
+
+    Read again until it has that shape. Twice, under heavy load, `lab up` left node3
+    without a usable known_hosts line and every run then failed on it with "No ED25519
+    host key is known" (cause not found; this read, right after a long exec on the same
+    client, is the one input of that line). A read of any other shape is retried, and
+    after ``tries`` it is an error that shows what was read."""
+    for _ in range(tries):
+        code, out = container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"])
+        key = " ".join(out.decode(errors="replace").split()[:2])
+        if code == 0 and _HOST_KEY.fullmatch(key):
+            return key
+        time.sleep(0.5)
+    raise EVCError(f"lab node {node} has no usable SSH host key (exit {code}): {out[:200]!r}")

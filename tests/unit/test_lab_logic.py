@@ -91,3 +91,24 @@ def test_an_arm64_profile_and_comma_separated_profiles():
     assert {p.arch for p in nodes.PROFILES.values()} == {"amd64", "arm64"}
     proc = evc("lab", "up", "--nodes", "2", "--profile", "rpi-arm64,pi5", check=2)
     assert "Unknown profile 'pi5'" in proc.stderr
+
+
+class _Node:
+    """A container whose `cat` of the host key answers ``outputs`` in turn."""
+
+    def __init__(self, *outputs):
+        self.outputs = list(outputs)
+
+    def exec_run(self, cmd):
+        return self.outputs.pop(0) if len(self.outputs) > 1 else self.outputs[0]
+
+
+KEY = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKr3Xx0q+9S2/abc root@node3\n"
+
+
+def test_a_host_key_read_of_another_shape_is_read_again(monkeypatch):
+    monkeypatch.setattr(nodes.time, "sleep", lambda s: None)
+    node = _Node((0, b""), (0, b"\x01\x00garbage"), (0, KEY))
+    assert nodes._host_key(node, "node3") == "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKr3Xx0q+9S2/abc"
+    with pytest.raises(EVCError, match=r"node3 has no usable SSH host key \(exit 1\): b'cat: x'"):
+        nodes._host_key(_Node((1, b"cat: x")), "node3", tries=3)
