@@ -34,6 +34,7 @@ import pytest
 from evc.config import Workspace
 from evc.engine import docker_client, ensure_arm64_node_image
 from evc.lab.network import free_subnet
+from evc.lab.nodes import Nodes, exec_read
 from tests.conftest import evc, write_settings
 
 # A pytest started as a background job of a shell (`make test`'s second shard, or a run
@@ -134,6 +135,13 @@ def lab_ws(lab_session):
 def lab_env(lab_ws, monkeypatch):
     monkeypatch.setenv("EVC_HOME", str(lab_ws.root))
     return {"EVC_HOME": str(lab_ws.root)}
+
+
+def on_node(ws, node: str, *cmd: str) -> tuple[int, str]:
+    """(exit code, output stripped) of ``cmd`` in a lab node's container: a command
+    that may run twice (:func:`evc.lab.nodes.exec_read` asks an empty answer again)."""
+    code, out = exec_read(Nodes(ws).get(node), list(cmd))
+    return code, out.strip()
 
 
 def evc_json(*args, env, check=0):

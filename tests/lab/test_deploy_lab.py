@@ -10,9 +10,9 @@ import pytest
 
 from evc import registry
 from evc.engine import docker_client, find_image
-from evc.lab.nodes import Nodes
 from tests.conftest import evc
 from tests.lab.conftest import evc_json as _json
+from tests.lab.conftest import on_node
 
 MODEL = "dfaces"
 CONFINEMENT = (
@@ -25,16 +25,14 @@ NODES = ("node1", "node2", "node3")
 def _running(ws, node: str, field: str = "{{.Config.Image}}") -> str | None:
     """The image (reference, or with field ``{{.Image}}`` its id) that the node's model
     container runs, or None if it has none."""
-    container = docker_client().containers.get(Nodes(ws).container_name(node))
-    code, out = container.exec_run(["docker", "inspect", "--format", field, f"evc-model-{MODEL}"])
-    return out.decode().strip() if code == 0 else None
+    code, out = on_node(ws, node, "docker", "inspect", "--format", field, f"evc-model-{MODEL}")
+    return out if code == 0 else None
 
 
 def _on_node(ws, node: str, *cmd: str) -> str:
-    container = docker_client().containers.get(Nodes(ws).container_name(node))
-    code, out = container.exec_run(list(cmd))
-    assert code == 0, out.decode()
-    return out.decode().strip()
+    code, out = on_node(ws, node, *cmd)
+    assert code == 0, out
+    return out
 
 
 def _states(run: dict) -> dict[str, str]:

@@ -11,9 +11,8 @@ import pytest
 
 from evc import registry
 from evc.engine import docker_client
-from evc.lab.nodes import Nodes
 from tests.conftest import evc
-from tests.lab.conftest import LAB_NAME
+from tests.lab.conftest import LAB_NAME, on_node
 from tests.lab.conftest import evc_json as _json
 
 MODEL = "mfaces"
@@ -65,10 +64,9 @@ def _last(request) -> int:
 
 
 def _on_node(ws, node: str, *cmd: str) -> str:
-    container = docker_client().containers.get(Nodes(ws).container_name(node))
-    code, out = container.exec_run(list(cmd))
-    assert code == 0, out.decode()
-    return out.decode().strip()
+    code, out = on_node(ws, node, *cmd)
+    assert code == 0, out
+    return out
 
 
 def test_facts_report_each_nodes_own_arch(mixed):

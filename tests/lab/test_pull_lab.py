@@ -14,11 +14,11 @@ from PIL import Image
 from skimage import data
 
 from evc import db as evcdb
-from evc.engine import docker_client
 from evc.lab.nodes import Nodes
 from evc.queue import server
 from tests.conftest import EVC, evc
 from tests.lab.conftest import DEPLOYED as MODEL
+from tests.lab.conftest import on_node
 
 PICTURES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field")
 NODES = "node1,node2"  # where the session's model runs
@@ -28,12 +28,6 @@ PULLER = (
     '{{index .Config.Labels "evc.role"}} '
     "{{range .Mounts}}{{.Destination}}:{{.RW}},{{end}}"
 )
-
-
-def _on_node(ws, node: str, *cmd: str) -> tuple[int, str]:
-    container = docker_client().containers.get(Nodes(ws).container_name(node))
-    code, out = container.exec_run(list(cmd))
-    return code, out.decode().strip()
 
 
 def _dataset(root, copies: int):
@@ -74,16 +68,16 @@ def _check(ws, job_id: str, items: list[str]) -> None:
 
 def test_the_puller_runs_confined_and_a_pull_job_ends_once_per_item(pulling, tmp_path):
     ws, env = pulling
-    code, out = _on_node(ws, "node1", "docker", "inspect", "--format", PULLER, f"evc-pull-{MODEL}")
+    code, out = on_node(ws, "node1", "docker", "inspect", "--format", PULLER, f"evc-pull-{MODEL}")
     assert code == 0, out
     running, network, user, read_only, caps, security, role, mounts = out.split(" ", 7)
     assert (running, network, user, read_only) == ("true", "bridge", "10001:10001", "true")
     assert json.loads(caps) == ["ALL"] and "no-new-privileges" in security and role == "puller"
     assert sorted(mounts.strip(",").split(",")) == ["/etc/evc/queue:false", "/jobs:true"]
-    model_net = _on_node(ws, "node1", "docker", "inspect", "--format",
+    model_net = on_node(ws, "node1", "docker", "inspect", "--format",
                          "{{.HostConfig.NetworkMode}}", f"evc-model-{MODEL}")  # fmt: skip
     assert model_net == (0, "none")  # the process that parses inputs has no network
-    assert _on_node(ws, "node1", "stat", "-c", "%u %a", "/etc/evc/queue/queue.json") == (
+    assert on_node(ws, "node1", "stat", "-c", "%u %a", "/etc/evc/queue/queue.json") == (
         0, "10001 400",
     )  # fmt: skip
 
@@ -118,7 +112,8 @@ def test_a_puller_killed_and_the_queue_restarted_mid_job_lose_nothing(pulling, t
             time.sleep(0.3)
         assert run.poll() is None, "the job ended before anything could be broken"
         # node1's puller dies holding whatever it held; the queue goes down and up.
-        assert _on_node(ws, "node1", "docker", "kill", f"evc-pull-{MODEL}")[0] == 0
+        killed = Nodes(ws).get("node1").exec_run(["docker", "kill", f"evc-pull-{MODEL}"])
+        assert killed.exit_code == 0, killed.output
         evc("queue", "down", env=env, check=0)
         evc("queue", "up", env=env, check=0)
         out, err = run.communicate(timeout=600)
