@@ -264,15 +264,15 @@ def ensure_image(
 
     def build() -> None:
         log(f"building image {tag} (apt-get inside, about 40 s)")
-        with tempfile.TemporaryDirectory(prefix=f"evc-{name}-", dir="/var/tmp") as tmp:
-            context = IMAGE_DIR / name
-            if extra is not None:
-                root = Path(tmp)
-                for f in files:
-                    shutil.copy(f, root / f.name)
-                shutil.copytree(extra(), root / "extra", copy_function=_link_or_copy)
-                context = root
+        if extra is None:
             _build(client, context, tag, base_tag, digest, arch, what=f"{name} image")
+            return
+        with tempfile.TemporaryDirectory(prefix=f"evc-{name}-", dir="/var/tmp") as tmp:
+            root = Path(tmp)
+            for f in files:
+                shutil.copy(f, root / f.name)
+            shutil.copytree(extra(), root / "extra", copy_function=_link_or_copy)
+            _build(client, root, tag, base_tag, digest, arch, what=f"{name} image")
 
     return tag, build_once(tag, lambda: image_with_hash(client, tag, digest), build, log)
 

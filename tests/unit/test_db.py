@@ -213,8 +213,8 @@ def test_a_world_readable_database_from_an_older_evc_is_tightened_on_open(tmp_pa
 
 def test_opening_the_database_does_not_import_numpy(tmp_path):
     """sqlite-utils would import numpy (installed here for model export) on every
-    command that opens the database: ~0.3 CPU-s of start-up for nothing. numpy stays
-    importable afterwards, for the code that needs it."""
+    command that opens the database: 0.17 CPU-s of start-up (more under load) for
+    nothing. numpy stays importable afterwards, for the code that needs it."""
     code = (
         "import sys\nfrom pathlib import Path\nfrom evc import db\n"
         f"d = db.connect(Path({str(tmp_path / 'evc.db')!r}))\n"
