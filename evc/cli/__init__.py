@@ -1,37 +1,50 @@
 """The `evc` command. Each sub-app parses options, calls one core function, prints.
 
-Heavy libraries (docker, ansible, cryptography) are imported inside commands so
-that `evc --help` stays fast.
+A command's module is imported only when that command runs (:data:`LAZY`), and heavy
+libraries (docker, ansible, cryptography) only inside commands, so that starting
+`evc` costs little.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
 from evc import __version__
-from evc.cli import (
-    cert,
-    db,
-    device,
-    fleet,
-    grafana,
-    infer,
-    inventory,
-    lab,
-    logs,
-    model,
-    queue,
-    registry,
-    run,
-    token,
-)
-from evc.cli.monitor import monitor
-from evc.cli.serve import serve
+
+# The commands after `init`, in the order `evc --help` lists them, each in the module
+# evc.cli.NAME (a group `app`, or the command function NAME). A module is imported
+# when its command runs (or for --help), not on every start: importing all of them
+# cost each `evc` call about 0.3 s more than one (bench/cli_startup.py).
+LAZY = ("monitor", "serve", "device", "fleet", "inventory", "lab", "registry", "cert", "model",
+        "infer", "logs", "grafana", "run", "db", "token", "queue")  # fmt: skip
+
+
+class _Lazy(TyperGroup):
+    """The root group: builds a command from its module on first use."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return [*super().list_commands(ctx), *LAZY]
+
+    def get_command(self, ctx, cmd_name: str):
+        if cmd_name in LAZY and cmd_name not in self.commands:
+            module = importlib.import_module(f"evc.cli.{cmd_name}")
+            if hasattr(module, "app"):
+                command = typer.main.get_group(module.app)
+            else:  # one command: a Typer of one command is that command
+                one = typer.Typer(add_completion=False)
+                one.command(cmd_name)(getattr(module, cmd_name))
+                command = typer.main.get_command(one)
+            command.name = cmd_name
+            self.commands[cmd_name] = command
+        return super().get_command(ctx, cmd_name)
+
 
 app = typer.Typer(
     name="evc",
@@ -39,21 +52,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=_Lazy,
 )
-app.add_typer(device.app, name="device")
-app.add_typer(fleet.app, name="fleet")
-app.add_typer(inventory.app, name="inventory")
-app.add_typer(lab.app, name="lab")
-app.add_typer(registry.app, name="registry")
-app.add_typer(cert.app, name="cert")
-app.add_typer(model.app, name="model")
-app.add_typer(infer.app, name="infer")
-app.add_typer(logs.app, name="logs")
-app.add_typer(grafana.app, name="grafana")
-app.add_typer(run.app, name="run")
-app.add_typer(db.app, name="db")
-app.add_typer(token.app, name="token")
-app.add_typer(queue.app, name="queue")
 
 
 def _version(value: bool) -> None:
@@ -81,10 +81,6 @@ def init(
 
     ws = init_workspace(directory, name)
     typer.echo(f"workspace {ws.name!r} at {ws.root}")
-
-
-app.command("monitor")(monitor)
-app.command("serve")(serve)
 
 
 def main() -> None:
@@ -141,10 +137,11 @@ def _flags(args: list[str]) -> set[str]:
     cmd = typer.main.get_command(app)
     flags: set[str] = set()
     for word in ["", *args]:
-        commands = getattr(cmd, "commands", {})  # a group (typer vendors its own click)
-        if word and word not in commands:
-            continue
-        cmd = commands[word] if word else cmd
+        if word:  # a group's command (typer vendors its own click), or not a command word
+            sub = cmd.get_command(None, word) if hasattr(cmd, "get_command") else None
+            if sub is None:
+                continue
+            cmd = sub
         for param in cmd.params:
             if getattr(param, "is_flag", False) or getattr(param, "count", False):
                 flags.update(param.opts + param.secondary_opts)

@@ -147,11 +147,11 @@ def test_every_command_of_the_readme_tour_exists_with_its_options():
     for usage in shown:
         words = usage.split()[1:]
         command = root
-        while words and hasattr(command, "commands") and words[0] in command.commands:
-            command = command.commands[words.pop(0)]
-        if getattr(command, "name", "") == "run" and hasattr(command, "commands"):
-            command = command.commands["start"]  # `evc run FILE` is `evc run start FILE`
-        assert not hasattr(command, "commands"), usage
+        while words and hasattr(command, "get_command") and command.get_command(None, words[0]):
+            command = command.get_command(None, words.pop(0))  # groups build their commands lazily
+        if getattr(command, "name", "") == "run" and hasattr(command, "get_command"):
+            command = command.get_command(None, "start")  # `evc run FILE` is `evc run start FILE`
+        assert not hasattr(command, "get_command"), usage
         known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
         for option in re.findall(r"(?<![\w-])(--[a-z][a-z-]*|-[a-zA-Z])\b", " ".join(words)):
             assert option in known, f"{usage}: {option} is not an option of {command.name}"

@@ -133,7 +133,7 @@ def _click_command(words: str):
 
     command = typer.main.get_command(app)
     for word in words.split():
-        command = command.commands[word]
+        command = command.get_command(None, word)  # the root builds its groups lazily
     return command
 
 
