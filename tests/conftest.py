@@ -6,23 +6,34 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkserver
+
 EVC = [sys.executable, "-m", "evc"]
+# `evc` calls run in a child forked from a server that has imported EVC once
+# (tests/forkserver.py: a seventh of the suite's CPU was `evc` starting up);
+# EVC_TEST_FORK=0 starts each one as a new process instead.
+FORK = os.environ.get("EVC_TEST_FORK", "1") != "0"
 
 
 def evc(*args, env=None, check=None, timeout=600, input=None, cwd=None):
-    """Run the real `evc` command; returns CompletedProcess (text). Tables are 200
+    """Run the real `evc` command (see FORK); returns CompletedProcess (text). Tables are 200
     columns wide unless ``env`` says otherwise: what a test looks for is not cut by a
     long temporary path."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    proc = subprocess.run(
-        [*EVC, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        input=input,
-        cwd=cwd,
-    )
+    if FORK:
+        proc = forkserver.server().run(
+            list(map(str, args)), env=full_env, cwd=cwd, timeout=timeout, input=input
+        )
+    else:
+        proc = subprocess.run(
+            [*EVC, *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            input=input,
+            cwd=cwd,
+        )
     if check is not None and proc.returncode != check:
         raise AssertionError(
             f"evc {' '.join(map(str, args))} exited {proc.returncode}, expected {check}\n"
