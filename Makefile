@@ -28,25 +28,30 @@ demo: setup
 	@echo "  $(BIN)/evc token create me --role operator   (shown once: paste it at login)"
 	@echo "  $(BIN)/evc serve --data-root run_cfg          (then open http://127.0.0.1:8080/)"
 
-# Three pytest processes side by side, each with its own temporary folder: the lab
-# tests in two shards, each on a lab of its own (tests/lab/conftest.py: EVC_TEST_SHARD;
-# a lab's time is mostly waiting on nodes), and the unit tests. The first shard's
-# report shows as it runs, the others' follow. Fails if any fails.
+# The lab tests in LAB_SHARDS pytest processes, each on a lab of its own
+# (tests/lab/conftest.py: EVC_TEST_SHARD and the modules of each shard), and beside
+# them the unit tests, each process with its own temporary folder: the machine's CPU
+# went a third idle with two lab shards (a lab's time is partly waiting on nodes).
+# The first shard's report shows as it runs, the others' follow. Fails if any fails.
 # (Not pytest-xdist: its --dist loadgroup does not group with pytest 9.)
+LAB_SHARDS ?= 3
 test: setup
-	@tmp=$$(mktemp -d /tmp/evc-test.XXXXXX); \
+	@tmp=$$(mktemp -d /tmp/evc-test.XXXXXX); jobs=""; \
 	$(BIN)/python -m pytest -p no:cacheprovider --basetemp=$$tmp/unit tests/unit \
-	  > $$tmp/unit.log 2>&1 & unit=$$!; \
-	EVC_TEST_SHARD=2/2 $(BIN)/python -m pytest -p no:cacheprovider --basetemp=$$tmp/lab2 \
-	  tests/lab > $$tmp/lab2.log 2>&1 & lab2=$$!; \
-	lab=0; EVC_TEST_SHARD=1/2 $(BIN)/python -m pytest -p no:cacheprovider \
-	  --basetemp=$$tmp/lab1 tests/lab || lab=$$?; \
-	lab2_rc=0; wait $$lab2 || lab2_rc=$$?; unit_rc=0; wait $$unit || unit_rc=$$?; \
-	echo "---- lab tests, shard 2 (run beside shard 1, on a lab of its own) ----"; \
-	cat $$tmp/lab2.log; \
-	echo "---- unit tests (run beside the lab tests) ----"; cat $$tmp/unit.log; \
-	echo "lab tests exit $$lab (shard 1) and $$lab2_rc (shard 2), unit tests exit $$unit_rc"; \
-	[ $$lab -eq 0 ] && [ $$lab2_rc -eq 0 ] && [ $$unit_rc -eq 0 ] && rm -rf $$tmp
+	  > $$tmp/unit.log 2>&1 & jobs="$$jobs unit:$$!"; \
+	for k in $$(seq 2 $(LAB_SHARDS)); do \
+	  EVC_TEST_SHARD=$$k/$(LAB_SHARDS) $(BIN)/python -m pytest -p no:cacheprovider \
+	    --basetemp=$$tmp/lab$$k tests/lab > $$tmp/lab$$k.log 2>&1 & jobs="$$jobs lab$$k:$$!"; \
+	done; \
+	rc=0; EVC_TEST_SHARD=1/$(LAB_SHARDS) $(BIN)/python -m pytest -p no:cacheprovider \
+	  --basetemp=$$tmp/lab1 tests/lab || rc=$$?; \
+	said="lab shard 1 exit $$rc"; \
+	for job in $$jobs; do \
+	  name=$${job%%:*}; r=0; wait $${job#*:} || r=$$?; \
+	  echo "---- $$name (run beside lab shard 1) ----"; cat $$tmp/$$name.log; \
+	  said="$$said, $$name exit $$r"; [ $$r -eq 0 ] || rc=1; \
+	done; \
+	echo "$$said"; [ $$rc -eq 0 ] && rm -rf $$tmp
 
 setup: system-packages binfmt venv docker-engine
 
