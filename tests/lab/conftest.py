@@ -55,8 +55,6 @@ SHARDS = {
     "test_mixed_fleet_lab.py": 2,
     "test_deploy_lab.py": 2,
     "test_models_lab.py": 2,
-    "test_grafana_up.py": 2,
-    "test_light_lab.py": 2,
     "test_demo_lab.py": 3,
     "test_injection_lab.py": 3,
     "test_registry_lab.py": 3,
@@ -146,7 +144,8 @@ def lab_env(lab_ws, monkeypatch):
 
 def on_node(ws, node: str, *cmd: str) -> tuple[int, str]:
     """(exit code, output stripped) of ``cmd`` in a lab node's container: a command
-    that may run twice (:func:`evc.lab.nodes.exec_read` asks an empty answer again)."""
+    that may run up to three times (:func:`evc.lab.nodes.exec_read` asks an empty
+    answer again)."""
     code, out = exec_read(Nodes(ws).get(node), list(cmd))
     return code, out.strip()
 
