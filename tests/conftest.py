@@ -26,14 +26,9 @@ def evc(*args, env=None, check=None, timeout=600, input=None, cwd=None):
         )
     else:
         proc = subprocess.run(
-            [*EVC, *map(str, args)],
-            capture_output=True,
-            text=True,
-            env=full_env,
-            timeout=timeout,
-            input=input,
-            cwd=cwd,
-        )
+            [*EVC, *map(str, args)], capture_output=True, text=True, env=full_env,
+            timeout=timeout, input=input, cwd=cwd,
+        )  # fmt: skip
     if check is not None and proc.returncode != check:
         raise AssertionError(
             f"evc {' '.join(map(str, args))} exited {proc.returncode}, expected {check}\n"
