@@ -35,9 +35,6 @@ from evc.config import Workspace
 from evc.keys import locked, write_private
 
 PROMPT = "registry_pull_key"  # cert_push.yml's vars_prompt that receives KEY
-# distribution checks the bcrypt hash on every request of every pull; a password of
-# 256 random bits needs no slow hash to resist guessing, the registry's CPU does.
-BCRYPT_ROUNDS = 5
 
 
 def password(key: str, device: str, nonce: str) -> str:
@@ -79,7 +76,7 @@ def issue(ws: Workspace, devices: Iterable[str]) -> dict[str, str]:
             nonces.update(fresh)  # the nonce first: a line never exists without its nonce
             write_private(f.pull_nonces, json.dumps(nonces, indent=1, sort_keys=True).encode())
             users.update(
-                (d, pki.bcrypt_hash(password(secret, d, n), BCRYPT_ROUNDS))
+                (d, pki.bcrypt_hash(password(secret, d, n), pki.RANDOM_PASSWORD_ROUNDS))
                 for d, n in fresh.items()
             )
             f.pull_dir.mkdir(mode=0o700, exist_ok=True)

@@ -53,6 +53,14 @@ def test_htpasswd_is_bcrypt_of_the_stored_password(files):
     assert user == "evc" and hashed.startswith("$2y$") and len(password) >= 24
     assert bcrypt.checkpw(password.encode(), hashed.replace("$2y$", "$2b$").encode())
     assert password not in files.htpasswd.read_text()
+    assert hashed.startswith("$2y$05$")  # generated: random, a low cost (pki.py says why)
+
+
+def test_a_chosen_password_keeps_a_slow_hash(files):
+    pki.make_credentials(files, "correct horse battery")
+    user, hashed = files.htpasswd.read_text().strip().split(":", 1)
+    assert hashed.startswith("$2y$10$")
+    assert bcrypt.checkpw(b"correct horse battery", hashed.replace("$2y$", "$2b$").encode())
 
 
 @pytest.mark.parametrize(
