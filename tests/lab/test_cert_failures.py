@@ -18,7 +18,7 @@ import pytest
 from evc import pki, registry, registry_api, registry_server
 from evc.engine import docker_client
 from evc.lab.fleet import Lab
-from evc.lab.nodes import Nodes
+from evc.lab.nodes import Nodes, exec_read
 from tests.conftest import evc, files_holding
 
 NODES = ["node1", "node2", "node3"]
@@ -51,7 +51,7 @@ def _state(ws):
             # one stream: docker exec may deliver stdout and stderr frames in either order
             cmd = (f"(cd '/etc/docker/certs.d/{addr}' && sha256sum * "
                    "&& cat /root/.docker/config.json) 2>&1")  # fmt: skip
-            nodes[c.name] = c.exec_run(["sh", "-c", cmd]).output.decode()
+            nodes[c.name] = exec_read(c, ["sh", "-c", cmd])[1]
     return files, nodes
 
 

@@ -19,7 +19,7 @@ import requests
 from evc import certs, pki, registry, registry_api, registry_server
 from evc.ansible import run_playbook
 from evc.lab.fleet import Lab
-from evc.lab.nodes import Nodes
+from evc.lab.nodes import Nodes, exec_read
 from tests.conftest import evc, files_holding
 
 PULL = str(Path(__file__).parent / "playbooks" / "pull_probe.yml")
@@ -57,9 +57,9 @@ def _node_certs(ws) -> dict[str, dict[str, str]]:
     out = {}
     for node in NODES:
         cmd = ["sh", "-c", f"cd '/etc/docker/certs.d/{addr}' && sha256sum *"]
-        res = Nodes(ws).get(node).exec_run(cmd)
-        assert res.exit_code == 0, res.output
-        out[node] = {ln.split()[1]: ln.split()[0] for ln in res.output.decode().splitlines()}
+        code, text = exec_read(Nodes(ws).get(node), cmd)  # may answer empty: asked again
+        assert code == 0, text
+        out[node] = {ln.split()[1]: ln.split()[0] for ln in text.splitlines()}
     return out
 
 

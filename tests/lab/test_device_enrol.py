@@ -5,7 +5,7 @@ import json
 import pytest
 
 from evc import db as evcdb
-from evc.lab.nodes import Nodes
+from evc.lab.nodes import Nodes, exec_read
 from tests.conftest import evc, files_holding
 
 PASSWORD = "Lab-only-S3cret-4-test"
@@ -72,9 +72,9 @@ def test_copy_key_installs_the_controller_key_and_stores_no_password(
     try:
         ok = add_edge(PASSWORD, 0)
         assert json.loads(ok.stdout)[0]["state"] == "ok"
-        keys = password_user.exec_run(["cat", "/home/edge/.ssh/authorized_keys"]).output
+        keys = exec_read(password_user, ["cat", "/home/edge/.ssh/authorized_keys"])[1]
         pub = (lab_ws.private_dir / "keys" / "id_ed25519.pub").read_text().split()[1]
-        assert pub in keys.decode()
+        assert pub in keys
         evc("device", "ping", "edge2", env=lab_env, check=0)  # key login works now
         # The password is nowhere EVC writes: database, inventory, artifacts, output.
         assert PASSWORD not in ok.stdout + ok.stderr

@@ -17,7 +17,7 @@ from evc import db as evcdb
 from evc.ansible import run_playbook
 from evc.engine import docker_client
 from evc.infer import runner
-from evc.lab.nodes import Nodes
+from evc.lab.nodes import Nodes, exec_read
 from tests.conftest import evc
 from tests.lab.conftest import DEPLOYED as MODEL
 from tests.lab.conftest import evc_json as _json
@@ -163,9 +163,9 @@ def _files_left(ws, job_id, *folders):
     for node in ("node1", "node2"):
         container = docker_client().containers.get(Nodes(ws).container_name(node))
         paths = [f"/var/lib/evc/jobs/models/{MODEL}/{f}".rstrip("/") for f in folders]
-        found = container.exec_run(["find", *paths, "-type", "f", "-path", f"*{job_id}*"])
-        assert found.exit_code == 0, found.output
-        left[node] = found.output.decode().split()
+        code, found = exec_read(container, ["find", *paths, "-type", "f", "-path", f"*{job_id}*"])
+        assert code == 0, found
+        left[node] = found.split()
     return left
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from evc import registry, registry_server
 from evc.engine import docker_client
-from evc.lab.nodes import Nodes
+from evc.lab.nodes import Nodes, exec_read
 from tests.conftest import evc
 from tests.lab.conftest import evc_json as _json
 
@@ -53,8 +53,8 @@ def run_on_node(ws, node: str, ref: str, folder: Path) -> tuple[list[dict], dict
          "--input", "/job/in", "--output", "/job/out"]
     )  # fmt: skip
     assert code == 0, out.decode()
-    results = container.exec_run(["cat", "/tmp/job/out/results.jsonl"]).output.decode()
-    summary = container.exec_run(["cat", "/tmp/job/out/summary.json"]).output.decode()
+    results = exec_read(container, ["cat", "/tmp/job/out/results.jsonl"])[1]
+    summary = exec_read(container, ["cat", "/tmp/job/out/summary.json"])[1]
     return [json.loads(line) for line in results.splitlines()], json.loads(summary)
 
 

@@ -42,7 +42,7 @@ def _exec(ws, node: str, *cmd: str) -> tuple[int, str]:
 
 def _logins(ws, node: str) -> dict[str, tuple[str, str]]:
     """address -> (user, password): the registry logins the node holds."""
-    code, out = _exec(ws, node, "cat", "/root/.docker/config.json")
+    code, out = on_node(ws, node, "cat", "/root/.docker/config.json")
     auths = json.loads(out).get("auths", {}) if code == 0 else {}
     return {
         address: tuple(base64.b64decode(a["auth"]).decode().split(":", 1))
@@ -126,7 +126,7 @@ def test_a_node_cannot_push_or_delete_with_what_it_holds(trusted, lab_env):
     assert "unknown authority" in status[rw, "docker push"]  # the node does not even trust it
     # What the node holds: a login for the read-only endpoint, as itself, and its CA.
     assert list(logins) == [ro] and logins[ro][0] == "node1"
-    assert _exec(ws, "node1", "ls", "/etc/docker/certs.d")[1].split() == [ro]
+    assert on_node(ws, "node1", "ls", "/etc/docker/certs.d")[1].split() == [ro]
 
 
 def test_cert_revoke_kills_that_nodes_credential_at_once(trusted, lab_env):
