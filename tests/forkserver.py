@@ -2,7 +2,7 @@
 
 A test run starts `evc` hundreds of times; each start imported pydantic, typer, rich,
 sqlite-utils and EVC's library again (about 0.45 CPU-s of the 0.5 a `device list` costs,
-measured on the CI machine), a seventh of the whole suite's CPU. The server below is a
+measured on the test machine), a seventh of the whole suite's CPU. The server below is a
 fresh interpreter (started once per pytest process, not forked from pytest, so no
 monkeypatch of a test reaches it) that imports the library once and forks a child per
 call; the child gets the call's argv, environment, working folder and standard streams,
