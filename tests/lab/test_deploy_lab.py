@@ -62,10 +62,15 @@ def versions(lab_session, trusted):
 
 
 def test_deploy_is_health_checked_recorded_and_idempotent(lab_ws, lab_env, versions):
-    # what a container of an image from before the non-root user left behind, as root
+    # what a container of an image from before the non-root user left behind, as root,
+    # and links a model container could plant in its volume: to folders outside it,
+    # where inbox belongs and deeper down; taking the volume over follows neither
     jobs = f"/var/lib/evc/jobs/models/{MODEL}"
-    _on_node(lab_ws, "node1", "sh", "-c", f"mkdir -p {jobs}/work/old {jobs}/inbox && "
-             f"touch {jobs}/serve.alive {jobs}/work/old/a.png")  # fmt: skip
+    _on_node(lab_ws, "node1", "sh", "-c", f"rm -rf {jobs} /opt/bait"
+             f" && mkdir -p {jobs}/work/old /opt/bait/in /opt/bait/deep"
+             f" && touch {jobs}/serve.alive {jobs}/work/old/a.png /opt/bait/deep/f"
+             f" && ln -s /opt/bait/in {jobs}/inbox"
+             f" && ln -s /opt/bait/deep {jobs}/work/link")  # fmt: skip
     first = _json("model", "deploy", f"{MODEL}:1", "all", env=lab_env)
     assert set(_states(first["run"]).values()) == {"changed"}
     # The container's image (docker inspect on the node) is the digest in the catalogue.
@@ -90,6 +95,9 @@ def test_deploy_is_health_checked_recorded_and_idempotent(lab_ws, lab_env, versi
                         f"{jobs}/outbox").splitlines() == ["10001:10001 700"] * 3  # fmt: skip
     owners = _on_node(lab_ws, "node1", "find", jobs, "!", "-uid", "10001")
     assert owners == "", f"left to root: {owners}"
+    bait = _on_node(lab_ws, "node1", "stat", "-c", "%u:%g %a", "/opt/bait/in", "/opt/bait/deep",
+                    "/opt/bait/deep/f")  # fmt: skip
+    assert bait.splitlines() == ["0:0 755", "0:0 755", "0:0 644"]
 
     again = _json("model", "deploy", f"{MODEL}:1", "all", env=lab_env)
     assert set(_states(again["run"]).values()) == {"ok"}
