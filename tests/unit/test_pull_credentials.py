@@ -153,12 +153,12 @@ def test_the_play_derives_the_password_the_registry_holds(workspace, files, tmp_
     login = next(
         t for t in tasks["registry access"]["block"] if "community.docker.docker_login" in t
     )["community.docker.docker_login"]
-    queue = tasks["registry trust"]  # the trust script writes the queue credential too
+    queue = tasks["queue credential"]
     assert queue["no_log"] is True
     out, queue_json = tmp_path / "derived", tmp_path / "queue.json"
     test_play = [{
         "name": "derive", "hosts": "all", "gather_facts": False,
-        "vars_prompt": play["vars_prompt"], "vars": {"queue": play["vars"]["queue"]},
+        "vars_prompt": play["vars_prompt"],
         "tasks": [{"ansible.builtin.copy": {"content": login["password"], "dest": str(out),
                                             "mode": "0600"}, "no_log": True},
                   {"ansible.builtin.copy": {"content": queue["ansible.builtin.shell"]["stdin"],
