@@ -98,6 +98,13 @@ def image_with_hash(client, tag: str, digest: str):
     return image if image is not None and (image.labels or {}).get(HASH_LABEL) == digest else None
 
 
+def list_images(client, name: str | None = None) -> list[tuple[str, list[str]]]:
+    """(id, tags) of the engine's images, from one listing call. The SDK's
+    ``images.list`` inspects each image after listing, so an image another process
+    removes in between fails the whole call with "no such image"."""
+    return [(i["Id"], i.get("RepoTags") or []) for i in client.api.images(name=name)]
+
+
 def apt_mirror(root: Path = Path("/etc/apt")) -> str:
     """The Debian mirror this machine's own apt sources use for the main suite."""
     files = [root / "sources.list"] + sorted((root / "sources.list.d").glob("*"))

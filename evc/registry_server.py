@@ -13,7 +13,7 @@ from typing import Any
 
 from evc import pki, registry
 from evc.config import Workspace
-from evc.engine import docker_client
+from evc.engine import docker_client, list_images
 from evc.errors import EVCError, UsageError
 from evc.options import Options, opt
 
@@ -292,8 +292,8 @@ def down(ws: Workspace, *, purge: bool = False, client=None) -> list[str]:
             address = registry.load(ws).address
         except UsageError:
             return removed  # never initialised: nothing was tagged for it or trusted
-        for image in client.images.list():
-            for tag in image.tags:
+        for _, tags in list_images(client):
+            for tag in tags:
                 if tag.startswith(address + "/"):
                     try:
                         client.images.remove(tag)

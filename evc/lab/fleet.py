@@ -266,10 +266,11 @@ class Lab:
                 "worker",
                 "base",
             ):  # the base last: the others sit on it
-                for image in self.client.images.list(name=f"{engine.IMAGE_REPO}/{repo}"):
+                name = f"{engine.IMAGE_REPO}/{repo}"
+                for image_id, tags in engine.list_images(self.client, name):
                     try:
-                        self.client.images.remove(image.id, force=True)
-                        removed["images"] += image.tags
+                        self.client.images.remove(image_id, force=True)
+                        removed["images"] += tags
                     except docker.errors.APIError:  # another lab's nodes still use it
-                        removed["kept_in_use"] += image.tags
+                        removed["kept_in_use"] += tags
         return removed

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from evc import registry, registry_server
-from evc.engine import docker_client
+from evc.engine import docker_client, list_images
 from evc.lab.nodes import Nodes, exec_read
 from tests.conftest import evc
 from tests.lab.conftest import evc_json as _json
@@ -187,7 +187,7 @@ def test_list_flags_what_the_registry_lost_and_delete_cleans_up(lab_ws, lab_env)
     assert "1.0-amd64" not in api.tags("evc/faces")
     assert "faces:1.0" not in {m["ref"] for m in _json("model", "list", env=lab_env)}
     ours = f"{registry.load(lab_ws).address}/evc/faces:"  # other labs share this engine
-    assert not [t for i in docker_client().images.list() for t in i.tags if t.startswith(ours)]
+    assert not [t for _, tags in list_images(docker_client()) for t in tags if t.startswith(ours)]
 
 
 def test_push_with_the_registry_down_changes_nothing(lab_ws, lab_env):
