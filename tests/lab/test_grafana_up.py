@@ -73,7 +73,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             code, body = 200, ROUTES[self.path]()
         except Exception as exc:
-            code, body = 500, f"{type(exc).__name__}: {exc}"
+            name = getattr(exc, "sqlite_errorname", "")  # SQLite's extended code, if any
+            code, body = 500, f"{type(exc).__name__}: {exc} {name}"
         self.send_response(code)
         self.end_headers()
         self.wfile.write(body.encode())
@@ -186,17 +187,24 @@ def test_up_is_closed_by_default_and_reads_the_database_read_only(tmp_path, stan
         assert _get(port, "/uid") == (200, str(UID))
         assert _get(port, "/password") == (200, hashlib.sha256(password.encode()).hexdigest())
 
-        # While EVC writes: every fresh read-only connection works and sees new rows.
+        # While EVC writes: fresh read-only connections work and see new rows. A reader
+        # without write access to -shm that meets the WAL index mid-update gets
+        # SQLITE_READONLY_RECOVERY (seen once in ~15 suites); the next read (a dashboard's
+        # next refresh) works.
         writer = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(db_dir / "evc.db"), "60"],
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
-        seen = []
+        seen, retried = [], []
         while writer.poll() is None:
             status, body = _get(port, "/count")
+            if status != 200 and "readonly database SQLITE_READONLY_" in body:
+                retried.append(body)
+                status, body = _get(port, "/count")
             assert status == 200, body
             seen.append(int(body))
         assert writer.returncode == 0 and len(set(seen)) > 3 and seen == sorted(seen)
+        assert len(retried) * 10 <= len(seen), retried
         # No EVC process runs now; the keeper keeps the read path open.
         after = {_get(port, "/count") for _ in range(5)}
         assert len(after) == 1, after
