@@ -198,7 +198,7 @@ def test_up_is_closed_by_default_and_reads_the_database_read_only(tmp_path, stan
         seen, retried = [], []
         while writer.poll() is None:
             status, body = _get(port, "/count")
-            if status != 200 and "readonly database SQLITE_READONLY_" in body:
+            if status != 200 and "readonly database SQLITE_READONLY" in body:
                 retried.append(body)
                 status, body = _get(port, "/count")
             assert status == 200, body
