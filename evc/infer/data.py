@@ -277,15 +277,16 @@ def open_item(root: Path, item: str):
     controller send its own files to the nodes. Only a regular file is read (a FIFO
     would block the shard), and none above ``MAX_ITEM_BYTES``.
     """
-    root = Path(os.path.realpath(root))
-    path = root / item
-    real = Path(os.path.realpath(path))
-    if not real.is_relative_to(root):
+    root = os.path.realpath(root)  # strings, not Paths: this runs for every item
+    path = os.path.join(root, item)
+    real = os.path.realpath(path)
+    if not real.startswith(os.path.join(root, "")):  # root and a separator
         return f"a link to {real}, outside the data folder: not read"
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError as exc:
-        return f"cannot read it: {exc.strerror}" + (" (a broken link)" if path.is_symlink() else "")
+        broken = " (a broken link)" if os.path.islink(path) else ""
+        return f"cannot read it: {exc.strerror}{broken}"
     st = os.fstat(fd)
     why = None
     if not stat.S_ISREG(st.st_mode):

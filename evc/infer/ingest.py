@@ -43,12 +43,13 @@ def store_item(
     )  # fmt: skip
     if cursor.rowcount != 1:
         return False
-    db["detections"].insert_all(
-        {"job_id": job_id, "item": rec.item, "label": d.label, "class_id": d.class_id,
-         "score": d.score, "x": d.box[0], "y": d.box[1], "w": d.box[2], "h": d.box[3],
-         "keypoints": keypoints_json(d.keypoints)}
-        for d in rec.detections or []
-    )  # fmt: skip
+    if rec.detections:  # plain SQL: sqlite-utils' insert_all inspects the table every call
+        db.conn.executemany(
+            "INSERT INTO detections (job_id, item, label, class_id, score, x, y, w, h, "
+            "keypoints) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(job_id, rec.item, d.label, d.class_id, d.score, *d.box,
+              keypoints_json(d.keypoints)) for d in rec.detections],
+        )  # fmt: skip
     return True
 
 

@@ -133,6 +133,15 @@ class _Run:
         self.done = 0
         self.last_report = time.monotonic()
         self.error: BaseException | None = None
+        self._db = None  # the dispatcher thread's connection, for the run
+
+    @property
+    def db(self):
+        """One connection for the run's many shards (opening one costs ~1 ms): made and
+        used in the dispatcher's thread only, closed when it ends."""
+        if self._db is None:
+            self._db = evcdb.workspace_db(self.ws)
+        return self._db
 
     def shards(self) -> Iterator[Shard]:
         """The pending items' bytes, read as the Dispatcher has room (its window bounds
@@ -164,7 +173,7 @@ class _Run:
                 index += 1
 
     def _refused(self, item: str, why: str) -> None:
-        db = evcdb.workspace_db(self.ws)
+        db = self.db
         with evcdb.transaction(db):
             rec = Record(item=item, ok=False, error=f"not sent: {why}")
             self.done += ingest.store_item(db, self.job["id"], rec, None, None, None)
@@ -173,7 +182,7 @@ class _Run:
         """A node's report (or the Dispatcher's verdict, ``device`` None), stored in one
         transaction with its shard row (node = the reporting device)."""
         records = [_record(r) for r in results]
-        db = evcdb.workspace_db(self.ws)
+        db = self.db
         now = time.time()
         shard_id, attempt = None, None
         with evcdb.transaction(db):
@@ -202,6 +211,9 @@ class _Run:
             dispatcher.run(self.shards(), stop=halt)
         except BaseException as exc:  # noqa: BLE001 - handed to the job's thread
             self.error = exc
+        finally:
+            if self._db is not None:
+                self._db.close()
 
 
 class _Stopped(Exception):
