@@ -9,8 +9,10 @@ Users:
   (:mod:`evc.pull_credentials`). Its password is derived by the same helper from the same
   KEY and the device's nonce, with the nonce suffixed ``:queue`` so that it differs from
   the registry password: a node that can pull can derive it, one revocation (a new nonce,
-  or none) ends both. It may always ``PING`` and read (``XREAD``/``XRANGE``) its own
-  announcement stream (``%R~``: no write); for each job it is granted
+  or none) ends both. It may always ``PING``, name its own connection (``CLIENT
+  SETNAME``: what its puller serves, :func:`evc.queue.streams.puller_name`) and read
+  (``XREAD``/``XRANGE``) its own announcement stream (``%R~``: no write); for each job
+  it is granted
   (:func:`grant`) it may ``XREADGROUP``/``XACK``/``XCLAIM``/``XAUTOCLAIM``/``XPENDING`` on
   that job's work stream and ``XADD`` to its own results stream of that job, nothing else
   (two ACL selectors, so each command is allowed on its key alone).
@@ -88,7 +90,8 @@ def device_rule(password_hash: str, device: str, jobs: Iterable[str]) -> list[st
     """One device's rules: PING, reading its own announcements, and per granted job its
     work and results streams (each selector is one argument, as ``ACL SETUSER`` takes it)."""
     jobs = sorted(jobs)
-    rule = ["on", password_hash, "resetkeys", "resetchannels", "-@all", "+ping"]
+    rule = ["on", password_hash, "resetkeys", "resetchannels", "-@all", "+ping",
+            "+client|setname"]  # fmt: skip
     rule.append(f"(%R~{announce_key(device)} +xread +xrange)")
     if jobs:
         work = " ".join([*(f"~{work_key(j)}" for j in jobs), *(f"+{c}" for c in WORKER_COMMANDS)])

@@ -65,6 +65,15 @@ def announce_key(device: str) -> str:
     return f"evc:node:{device}:jobs"
 
 
+def puller_name(model: str, version: str, image: str, *, ready: bool) -> str:
+    """The name a node's puller gives its connection (``CLIENT SETNAME``): the model
+    version and image (``REPO@sha256:...``) it serves and whether its model server
+    answers, renamed when that changes. The controller's ``CLIENT LIST`` then finds a
+    job's usable nodes without an ``ansible-playbook`` run; the device is the connection's
+    authenticated user, never a part of the name."""
+    return ":".join(("evc-pull", "ready" if ready else "silent", model, version, image))
+
+
 def work_key(job: str) -> str:
     return f"evc:job:{job}:work"
 

@@ -24,8 +24,9 @@ from evc import db as evcdb
 from evc.errors import EVCError, UsageError
 from evc.infer import jobs, nodes, pull, runner
 from evc.model import deploy
+from evc.model.deployments import current
 from evc.queue import acl, server
-from evc.queue.streams import announce_key, work_key
+from evc.queue.streams import announce_key, puller_name, work_key
 from tests.unit import pull_support as ps
 from tests.unit import queue_support as qs
 from tests.unit.fake_fleet import FakeFleet, add_model
@@ -265,6 +266,39 @@ def test_a_stop_event_interrupts_like_ctrl_c(ws, tmp_path, stand_ins):
     stand_ins("node4", per_item=0.0)
     _in_thread(lambda: runner.resume(ws, job_id))
     _check_every_item_once(ws, job_id, items)
+
+
+def test_pullers_naming_what_they_serve_spare_the_fleet_status_run(ws, monkeypatch):
+    """A node whose connected puller names this version, its recorded image and an
+    answering server is usable from the queue's CLIENT LIST alone; the others (silent
+    server, another image, no puller of its own: a node cannot vouch for another) get one
+    fleet_status.yml run, on them only."""
+    image = {r["node"]: r["image"] for r in current(ws, "faces")}
+    named = []
+
+    def connect(device: str, name: str):
+        named.append(qs.device(ws, device))
+        assert named[-1].client_setname(name)
+
+    fake = FakeFleet()
+    monkeypatch.setattr(nodes, "run_playbook", fake)
+    try:
+        connect("node1", puller_name("faces", "1.0", image["node1"], ready=True))
+        connect("node1", puller_name("faces", "1.0", image["node2"], ready=True))
+        connect("node2", puller_name("faces", "1.0", image["node2"], ready=False))
+        connect("node4", puller_name("faces", "1.0", image["node4"] + "0", ready=True))
+        usable, skipped = nodes.usable_nodes(ws, "faces", "1.0", list(NODES), pull=True)
+        assert usable == list(NODES) and not skipped  # the fake fleet serves the others
+        assert [(c[0], c[1]) for c in fake.calls] == [("fleet_status.yml", "node2,node4")]
+        connect("node2", puller_name("faces", "1.0", image["node2"], ready=True))
+        connect("node4", puller_name("faces", "1.0", image["node4"], ready=True))
+        usable = nodes.usable_nodes(ws, "faces", "1.0", list(NODES), pull=True)
+        assert usable == (list(NODES), {}) and len(fake.calls) == 1  # no run at all
+        assert nodes.usable_nodes(ws, "faces", "1.0", list(NODES))[0] == list(NODES)
+        assert len(fake.calls) == 2  # push mode needs the model containers: it looks
+    finally:  # the other tests' nodes are looked at
+        for r in named:
+            r.close()
 
 
 def test_pull_mode_needs_the_queue_running(ws, tmp_path):

@@ -29,11 +29,20 @@ from evc import pull_credentials, registry
 from evc.infer.shards import Record
 from evc.model.build import infer_package
 from evc.queue import acl, server
-from evc.queue.streams import GROUP, Dispatcher, Shard, announce_key, results_key, work_key
+from evc.queue.streams import (
+    GROUP,
+    Dispatcher,
+    Shard,
+    announce_key,
+    puller_name,
+    results_key,
+    work_key,
+)
 from tests.unit import queue_support as qs
 from tests.unit.model_support import make_home
 
 PARAMS = json.dumps({"conf": None, "iou": None, "imgsz": None})
+IMAGE = "10.0.0.1:5001/evc/faces@sha256:" + "ab" * 32  # what the deploy playbook sets
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +89,7 @@ def queue_dir(ws, device: str, root: Path) -> Path:
 
 def start(package: Path, args: list, model: str = "faces") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(package), "EVC_MODEL_NAME": model}
-    env["EVC_MODEL_VERSION"] = "1"
+    env["EVC_MODEL_VERSION"], env["EVC_MODEL_IMAGE"] = "1", IMAGE
     env.pop("EVC_HOME_DIR", None)
     return subprocess.Popen(
         [sys.executable, "-m", "evc_infer", *map(str, args)],
@@ -279,12 +288,19 @@ def test_a_silent_model_server_gives_the_shard_back_and_takes_no_more(ws, packag
     entries = announce(ws, "j-silent", ["node5"], lease=60.0)
     r = server.admin(ws)
     r.xgroup_create(work_key("j-silent"), GROUP, id="0", mkstream=True)
+
+    def named(ready: bool) -> bool:  # what the controller's usable-nodes check reads
+        name = puller_name("faces", "1", IMAGE, ready=ready)
+        return [c["name"] for c in r.client_list() if c["user"] == "node5"] == [name]
+
     try:
+        _wait(lambda: named(ready=True))
         for i in range(2):
             r.xadd(work_key("j-silent"), Shard(i, [f"{i}.png"], [b"x"]).encode())
         _wait(lambda: stand_in.held)
         stand_in.alive = False  # the model server died mid-shard
         _wait(lambda: not list((tmp_path / "jobs" / "inbox").glob("*.tar")))  # given back
+        _wait(lambda: named(ready=False))
         time.sleep(2)
         pending = r.xpending_range(work_key("j-silent"), GROUP, "-", "+", 10)
         assert len(pending) == 1 and r.xlen(work_key("j-silent")) == 2  # one taken, unacked

@@ -148,7 +148,13 @@ def test_a_device_user_reaches_only_its_jobs_work_and_its_own_results(ws):
         "ACL": lambda: node1.acl_list(),
         "SHUTDOWN": lambda: node1.shutdown(),
         "SUBSCRIBE/PUBLISH": lambda: node1.publish("evc", "x"),
+        # It names its own connection (what its puller serves), nothing more: it can
+        # neither see who else is connected nor cut another node's puller.
+        "CLIENT LIST": lambda: node1.client_list(),
+        "CLIENT KILL": lambda: node1.client_kill_filter(user="node4"),
+        "CLIENT INFO": lambda: node1.client_info(),
     }
+    assert node1.client_setname("evc-pull:ready:faces:1.0:x")
     for what, call in attempts.items():
         assert "no permissions" in _refused(call), what
     assert r.xlen(work_key("j1")) == 1 and r.ping()  # nothing was destroyed

@@ -35,7 +35,7 @@ from pathlib import Path
 from evc_infer import UsageError, one_line
 from evc_infer.home import load_config
 from evc_infer.shard import PARAM_KEYS, PARAMS_FILE
-from evc_infer.streams import Shard, Worker, announce_key
+from evc_infer.streams import Shard, Worker, announce_key, puller_name
 
 ANNOUNCEMENTS_EVERY_S = 1.0
 BLOCK_S = 0.5  # each worker's wait for a new shard, per turn
@@ -69,8 +69,8 @@ def load_settings(qdir: Path) -> dict:
     return settings
 
 
-def connect(settings: dict, ca: Path):
-    """A verified TLS connection as the device's ACL user."""
+def connect(settings: dict, ca: Path, name: str | None = None):
+    """A verified TLS connection as the device's ACL user, named ``name``."""
     import redis
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.retry import Retry
@@ -79,7 +79,7 @@ def connect(settings: dict, ca: Path):
         host=settings["host"], port=settings["port"], username=settings["user"],
         password=settings["password"], ssl=True, ssl_ca_certs=str(ca),
         ssl_cert_reqs="required", ssl_check_hostname=True, socket_timeout=30,
-        socket_connect_timeout=10,
+        socket_connect_timeout=10, client_name=name,
         retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3),
     )  # fmt: skip
 
@@ -225,17 +225,23 @@ def pull(home: Path, jobs: Path, qdir: Path, *, stale_after: float = STALE_AFTER
     if not model:
         raise UsageError("EVC_MODEL_NAME is not set (the deploy playbook sets it)")
     version = os.environ.get("EVC_MODEL_VERSION") or None
+    image = os.environ.get("EVC_MODEL_IMAGE", "")  # set by the deploy playbook
     settings = load_settings(qdir)
     device = settings["user"]
-    r = connect(settings, qdir / "ca.crt")
     server = ModelServer(jobs, config["limits"], stale_after)
     server.clean()
+    ready = server.up()
+    names = {up: puller_name(model, version or "", image, ready=up) for up in (True, False)}
+    r = connect(settings, qdir / "ca.crt", names[ready])
     say, stop = _Say(), threading.Event()
     print(f"evc-infer: pulling {model} jobs for {device}", flush=True)
     workers: dict[str, Worker] = {}
     checked = 0.0
     while True:
         try:
+            if server.up() != ready:  # what the controller's CLIENT LIST reads
+                ready = not ready
+                _rename(r, names[ready])
             if time.monotonic() - checked >= ANNOUNCEMENTS_EVERY_S:
                 checked = time.monotonic()
                 _follow(r, device, model, version, workers, server, say)
@@ -250,6 +256,12 @@ def pull(home: Path, jobs: Path, qdir: Path, *, stale_after: float = STALE_AFTER
         except redis.RedisError as exc:
             say(f"the queue: {type(exc).__name__}: {one_line(exc)}")
             time.sleep(ANNOUNCEMENTS_EVERY_S)
+
+
+def _rename(r, name: str) -> None:
+    """Name this connection ``name``, and any the pool makes after a reconnect."""
+    r.connection_pool.connection_kwargs["client_name"] = name
+    r.client_setname(name)
 
 
 def _follow(r, device, model, version, workers: dict, server: ModelServer, say) -> None:
