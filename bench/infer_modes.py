@@ -9,6 +9,11 @@ and after. Pull mode needs the node side (the puller in the model images, starte
 deploy); `evc lab up` starts the queue. Targets (issue 19): pull at most 1.05x ideal;
 pull's CPU per item at most 1/20 of push's.
 
+CPU per item is the cost of one more item: each mode also runs a job of SMALL items, and
+(CPU of the full job - CPU of the small one) / (ITEMS - SMALL) is compared. A job's fixed
+cost (the `evc` process starting, the usable-nodes check, the queue's set-up: the same
+for 48 items as for 480) is printed beside it, as is the whole job's CPU / ITEMS.
+
 ``--standin``: no lab. The controller runs in this process against a redis-server on
 loopback (TLS, ACLs) and a fake fleet for the deploy and the usable-nodes check; three
 stand-in nodes (tests/unit/pull_support.py: real streams.Worker threads logged in as
@@ -27,7 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ITEMS = 480
+ITEMS, SMALL = 480, 48
 PULL_TARGET, CPU_TARGET = 1.05, 1 / 20
 STANDIN_S = {"node1": 0.2, "node2": 0.1, "node4": 0.05}  # seconds per item
 
@@ -37,13 +42,23 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _report(ideal: float, jobs: dict[str, tuple[dict, float]]) -> int:
+def _per_item(cpu: float, small: float) -> tuple[float, float]:
+    """(CPU-s of one more item, a job's fixed CPU-s) from the full and the small job."""
+    marginal = (cpu - small) / (ITEMS - SMALL)
+    return marginal, small - SMALL * marginal
+
+
+def _report(ideal: float, jobs: dict[str, tuple[dict, float, float]]) -> int:
+    """``jobs``: mode -> (the full job, its CPU-s, the small job's CPU-s)."""
     print(f"ideal makespan for {ITEMS} items: {ideal:6.1f} s")
-    for mode, (job, cpu) in jobs.items():
+    for mode, (job, cpu, small) in jobs.items():
+        marginal, fixed = _per_item(cpu, small)
         print(
             f"{mode:>12}: makespan {job['makespan_s']:6.1f} s = "
-            f"{job['makespan_s'] / ideal:4.2f}x ideal, controller {cpu:7.2f} CPU-s = "
-            f"{1000 * cpu / ITEMS:7.2f} ms per item ({job['ok']} ok, {job['failed']} failed)"
+            f"{job['makespan_s'] / ideal:4.2f}x ideal ({job['ok']} ok, {job['failed']} failed)\n"
+            f"{'':>14}controller {cpu:6.2f} CPU-s for {ITEMS} items ({1000 * cpu / ITEMS:.2f} ms"
+            f" each), {small:5.2f} for {SMALL}: {1000 * marginal:6.2f} ms per item more, "
+            f"{fixed:5.2f} s a job"
         )
         for node, n in sorted(job["nodes"].items()):
             print(
@@ -58,7 +73,7 @@ def _report(ideal: float, jobs: dict[str, tuple[dict, float]]) -> int:
             + ("PASS" if ratio <= PULL_TARGET else "FAIL")
         )
     if {"push-dynamic", "pull"} <= set(jobs):
-        share = jobs["pull"][1] / jobs["push-dynamic"][1]
+        share = _per_item(*jobs["pull"][1:])[0] / _per_item(*jobs["push-dynamic"][1:])[0]
         ok &= share <= CPU_TARGET
         print(
             f"pull CPU per item = {share:.3f} of push's, target <= {CPU_TARGET:.3f}: "
@@ -76,14 +91,18 @@ def lab() -> int:
         env = bench_workspace(Path(tmp), "evcmodes", "172.31.249.0/24")
         folder = _dataset(Path(tmp), ITEMS)
         subsets = {n: _dataset(Path(tmp), k) for n, k in ALONE.items()}
+        small = subsets[min(ALONE, key=ALONE.get)]
+        assert len(list(small.iterdir())) == SMALL
         try:
             alone = unequal_lab(env, subsets)  # cert push: the queue credential too
             jobs = {}
             for mode, args in (("push-dynamic", ["--strategy", "dynamic"]),
                                ("pull", ["--mode", "pull"])):  # fmt: skip
-                cpu = _children_cpu()
-                job = _job(env, folder, *args)
-                jobs[mode] = (job, _children_cpu() - cpu)
+                cpu = [_children_cpu()]
+                for data in (small, folder):
+                    job = _job(env, data, *args)
+                    cpu.append(_children_cpu())
+                jobs[mode] = (job, cpu[2] - cpu[1], cpu[1] - cpu[0])
         finally:
             timed(EVC + ["lab", "down"], env)
             timed(EVC + ["registry", "down", "--purge"], env)
@@ -111,10 +130,11 @@ def standin() -> int:
             mp.setattr(module, "run_playbook", fake)
         target = ",".join(STANDIN_S)
         deploy.deploy(ws, deploy.DeployOptions(ref="faces:1", target=target))
-        folder = Path(tmp) / "data"
-        folder.mkdir()
-        for i in range(ITEMS):  # about the size of the lab's JPEGs
-            (folder / f"{i:04d}.jpg").write_bytes(bytes([i % 256]) * 60_000)
+        folder, small = Path(tmp) / "data", Path(tmp) / "small"
+        for where, count in ((folder, ITEMS), (small, SMALL)):
+            where.mkdir()
+            for i in range(count):  # about the size of the lab's JPEGs
+                (where / f"{i:04d}.jpg").write_bytes(bytes([i % 256]) * 60_000)
         server.up(ws)
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.unit.pull_support", str(ws.root),
@@ -123,10 +143,13 @@ def standin() -> int:
         )  # fmt: skip
         try:
             json.loads(proc.stdout.readline())  # ready
-            options = runner.RunOptions(model="faces:1", target=target, data=folder, mode="pull")
-            cpu = time.process_time()
-            result = runner.run(ws, options)
-            cpu = time.process_time() - cpu
+            cpu = []
+            for data in (small, folder):
+                options = runner.RunOptions(model="faces:1", target=target, data=data,
+                                            mode="pull")  # fmt: skip
+                cpu.append(time.process_time())
+                result = runner.run(ws, options)
+                cpu[-1] = time.process_time() - cpu[-1]
         finally:
             proc.stdin.close()
             proc.wait(30)
@@ -135,7 +158,8 @@ def standin() -> int:
     for node, s in STANDIN_S.items():
         print(f"{node} (stand-in): {1 / s:5.1f} items/s")
     print("push-dynamic: - (needs the lab: its cost is ansible's)")
-    return _report(ITEMS / sum(1 / s for s in STANDIN_S.values()), {"pull": (job, cpu)})
+    ideal = ITEMS / sum(1 / s for s in STANDIN_S.values())
+    return _report(ideal, {"pull": (job, cpu[1], cpu[0])})
 
 
 def main() -> int:

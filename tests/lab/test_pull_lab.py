@@ -82,6 +82,9 @@ def test_the_puller_runs_confined_and_a_pull_job_ends_once_per_item(pulling, tmp
     )  # fmt: skip
 
     items = _dataset(tmp_path / "data", 3)
+    looks = "SELECT count(*) FROM ansible_runs WHERE playbook = 'fleet_status.yml'"
+    db = evcdb.workspace_db(ws)
+    before = db.execute(looks).fetchone()[0]
     proc = evc("infer", "run", MODEL, NODES, "--mode", "pull", "--data", tmp_path / "data",
                "--json", env=env)  # fmt: skip
     assert proc.returncode in (0, 1), proc.stderr
@@ -89,6 +92,8 @@ def test_the_puller_runs_confined_and_a_pull_job_ends_once_per_item(pulling, tmp
     assert job["mode"] == "pull" and job["ok"] == len(items) - 1 and job["failed"] == 1
     assert set(job["nodes"]) == {"node1", "node2"}  # both pulled work
     _check(ws, job["id"], items)
+    # The pullers named what they serve: the queue's CLIENT LIST found both usable.
+    assert db.execute(looks).fetchone()[0] == before
 
 
 def test_a_puller_killed_and_the_queue_restarted_mid_job_lose_nothing(pulling, tmp_path):

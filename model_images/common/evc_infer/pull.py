@@ -6,11 +6,12 @@ reaches anything, this one only moves bytes. From ``QDIR`` (written by cert_push
 ``queue.json`` (``host``, ``port``, ``user`` = this device, ``password``) and ``ca.crt``
 (the workspace CA: the queue's certificate is verified, for the name ``host``).
 
-Every second it reads this device's job announcements (``evc:node:DEVICE:jobs``, the
-only key it may read besides the work of the jobs it is granted). Each announced job of
-this container's model (``EVC_MODEL_NAME`` and ``EVC_MODEL_VERSION``, set by the deploy
-playbook) gets a :class:`evc_infer.streams.Worker`; a job whose announcement is gone loses
-its worker. The workers take turns in one thread, so the puller holds one shard at most.
+Every second, and at once when one is added while it is idle, it reads this device's
+job announcements (``evc:node:DEVICE:jobs``, the only key it may read besides the work
+of the jobs it is granted). Each announced job of this container's model
+(``EVC_MODEL_NAME`` and ``EVC_MODEL_VERSION``, set by the deploy playbook) gets a
+:class:`evc_infer.streams.Worker`; a job whose announcement is gone loses its worker.
+The workers take turns in one thread, so the puller holds one shard at most.
 
 A shard is run by the model server: written as a shard archive into ``DIR/inbox`` (a
 dot-name, then renamed, as serve.py wants), answered in ``DIR/outbox``. A ``.error``
@@ -236,7 +237,7 @@ def pull(home: Path, jobs: Path, qdir: Path, *, stale_after: float = STALE_AFTER
     say, stop = _Say(), threading.Event()
     print(f"evc-infer: pulling {model} jobs for {device}", flush=True)
     workers: dict[str, Worker] = {}
-    checked = 0.0
+    checked, seen = 0.0, "0-0"
     while True:
         try:
             if server.up() != ready:  # what the controller's CLIENT LIST reads
@@ -244,9 +245,11 @@ def pull(home: Path, jobs: Path, qdir: Path, *, stale_after: float = STALE_AFTER
                 _rename(r, names[ready])
             if time.monotonic() - checked >= ANNOUNCEMENTS_EVERY_S:
                 checked = time.monotonic()
-                _follow(r, device, model, version, workers, server, say)
-            if not workers:
-                time.sleep(ANNOUNCEMENTS_EVERY_S)
+                seen = _follow(r, device, model, version, workers, server, say)
+            if not workers:  # woken by the next announcement: a job starts at once
+                block = int(ANNOUNCEMENTS_EVERY_S * 1000)
+                if r.xread({announce_key(device): seen}, count=1, block=block):
+                    checked = 0.0
             elif not server.up():
                 say(f"the model server has been silent for {server.silent_for():.0f} s")
                 time.sleep(ANNOUNCEMENTS_EVERY_S)
@@ -264,10 +267,11 @@ def _rename(r, name: str) -> None:
     r.client_setname(name)
 
 
-def _follow(r, device, model, version, workers: dict, server: ModelServer, say) -> None:
-    """Start a worker per announced job of this model, drop those no longer announced."""
-    announced = {}
-    for _entry, fields in r.xrange(announce_key(device)):
+def _follow(r, device, model, version, workers: dict, server: ModelServer, say) -> str:
+    """Start a worker per announced job of this model, drop those no longer announced;
+    the last announcement's id."""
+    announced, entries = {}, r.xrange(announce_key(device))
+    for _entry, fields in entries:
         job = parse_announcement(fields, model, version)
         if job:
             announced[job.id] = job
@@ -280,6 +284,7 @@ def _follow(r, device, model, version, workers: dict, server: ModelServer, say) 
             r, job_id, device, _processor(server, job, say), lease=job.lease, block=BLOCK_S
         )
         say(f"working on job {job_id}")
+    return entries[-1][0] if entries else "0-0"
 
 
 def _processor(server: ModelServer, job: Job, say):
