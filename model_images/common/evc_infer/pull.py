@@ -40,7 +40,7 @@ from evc_infer.streams import Shard, Worker, announce_key, puller_name
 
 ANNOUNCEMENTS_EVERY_S = 1.0
 BLOCK_S = 0.5  # each worker's wait for a new shard, per turn
-POLL_S = 0.05  # for the model server's answer
+POLL_S = 0.025  # for the model server's answer
 STALE_AFTER_S = 120.0  # as the push mode's evc_shard module
 WITHDRAWN_AFTER_S = 5.0  # the server writes its answer just after it removes the shard
 PREFIX = "pull@"  # no job id holds '@': never a push-mode shard's name

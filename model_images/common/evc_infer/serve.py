@@ -30,7 +30,7 @@ from evc_infer.home import load_config, load_model, resolve_params
 from evc_infer.runner import warm_up
 from evc_infer.shard import run_shard
 
-POLL_S = 0.1  # while shards keep coming
+POLL_S = 0.025  # while shards keep coming: what each shard may wait before it starts
 IDLE_POLL_S = 0.5  # after IDLE_AFTER_S without one: an idle edge node should stay idle
 IDLE_AFTER_S = 10.0
 ALIVE_EVERY_S = 1.0
