@@ -39,6 +39,7 @@ from evc_infer.shard import PARAM_KEYS, PARAMS_FILE
 from evc_infer.streams import Shard, Worker, announce_key, puller_name
 
 ANNOUNCEMENTS_EVERY_S = 1.0
+IDLE_WAIT_S = 5.0  # idle: one blocking read this long (a new announcement ends it at once)
 BLOCK_S = 0.5  # each worker's wait for a new shard, per turn
 POLL_S = 0.025  # for the model server's answer
 STALE_AFTER_S = 120.0  # as the push mode's evc_shard module
@@ -247,7 +248,7 @@ def pull(home: Path, jobs: Path, qdir: Path, *, stale_after: float = STALE_AFTER
                 checked = time.monotonic()
                 seen = _follow(r, device, model, version, workers, server, say)
             if not workers:  # woken by the next announcement: a job starts at once
-                block = int(ANNOUNCEMENTS_EVERY_S * 1000)
+                block = int(IDLE_WAIT_S * 1000)
                 if r.xread({announce_key(device): seen}, count=1, block=block):
                     checked = 0.0
             elif not server.up():
