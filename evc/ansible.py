@@ -63,6 +63,22 @@ class HostResult:
     message: str | None = None
     outputs: dict[str, Any] = field(default_factory=dict)  # task name -> module result
 
+    def printed(self, task: str) -> dict | None:
+        """The JSON object ``task`` (a ``script`` task: facts, telemetry, the fleet state)
+        printed on stdout; None when it did not run. A host whose task printed anything
+        else is marked failed, with what it printed."""
+        out = (self.outputs.get(task) or {}).get("stdout")
+        if not out:
+            return None
+        try:
+            value = json.loads(out)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            return value
+        self.state, self.message = "failed", f"{task}: printed no JSON object: {out[:200]}"
+        return None
+
 
 @dataclass
 class RunResult(Result):

@@ -7,7 +7,6 @@ the one source of truth; the lab registers its nodes through the same code.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -453,14 +452,8 @@ def gather_facts(ws: Workspace, target: str = "all", progress: Progress = SILENT
     results = []
     with evcdb.transaction(db):
         for host, r in run.hosts.items():
-            facts = {}
-            out = r.outputs.get("facts", {}).get("stdout")
-            if out:
-                try:
-                    raw = json.loads(out)
-                    facts = {k: raw.get(k) for k in FACT_FIELDS}
-                except json.JSONDecodeError:
-                    r.state, r.message = "failed", f"facts script printed no JSON: {out[:200]}"
+            raw = r.printed("facts")
+            facts = {k: raw.get(k) for k in FACT_FIELDS} if raw else {}
             if facts:
                 db["devices"].update(host, facts)
             results.append(DeviceResult(host, r.state, r.message, facts))

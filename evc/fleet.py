@@ -186,7 +186,7 @@ def extravars(ws: Workspace) -> dict[str, str]:
 def _report(run: RunResult, host: str) -> tuple[HostResult, dict | None]:
     """A host's result in a fleet_status.yml run and its report (None without one)."""
     r = run.hosts.get(host) or HostResult(host, "unreachable", message="not in the run")
-    report = r.outputs.get(TASK, {}).get("fleet")
+    report = (r.printed(TASK) or {}).get("fleet")
     return r, report if isinstance(report, dict) else None
 
 

@@ -1,7 +1,7 @@
 """Node telemetry: collection rounds, bulk ingestion, liveness, queries, export, prune.
 
-One round runs ``playbooks/telemetry.yml`` (one task per node, the module
-``playbooks/library/evc_telemetry.py``), stores one ``metrics`` row per node that
+One round runs ``playbooks/telemetry.yml`` (one task per node, the script
+``playbooks/files/evc_telemetry.py``), stores one ``metrics`` row per node that
 answered plus its EVC containers in ``container_status``, and applies the
 round's outcome to device liveness (:func:`evc.devices.record_liveness`). Nodes
 that are containers themselves (the lab) report their own cgroup's CPU and
@@ -184,7 +184,7 @@ def collect(ws: Workspace, options: CollectOptions, progress: Progress = SILENT)
     at = time.time()
     samples = {}
     for host, r in run.hosts.items():
-        sample = (r.outputs.get(TASK) or {}).get("sample")
+        sample = (r.printed(TASK) or {}).get("sample")
         if r.state in ("ok", "changed") and isinstance(sample, dict):
             samples[host] = {**sample, "node": host, "at": at}
     db = evcdb.workspace_db(ws)

@@ -122,7 +122,8 @@ class FakeFleet:
                 if r["node"] == host and (host, r["model"]) not in self.stopped
             ]  # fmt: skip
         report = {"containers": containers, "ca_sha256": None, "credential": True}
-        return HostResult(host, "ok", ok=1, outputs={"fleet state": {"fleet": report}})
+        printed = json.dumps({"fleet": report})  # what files/evc_telemetry.py prints
+        return HostResult(host, "ok", ok=1, outputs={"fleet state": {"stdout": printed}})
 
     def _cleanup(self, host: str, prefix: str) -> HostResult:
         with self._lock:

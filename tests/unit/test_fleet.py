@@ -68,7 +68,7 @@ def test_a_missing_puller_keeps_a_node_out_of_pull_jobs_only():
     from evc.fleet import TASK, not_serving
 
     report = {**_report([_container()]), "queue_credential": True}
-    host = HostResult("node1", outputs={TASK: {"fleet": report}})
+    host = HostResult("node1", outputs={TASK: {"stdout": json.dumps({"fleet": report})}})
     run = RunResult("fleet_status.yml", "node1", "x", "", 0.0, 0.0, 0, {"node1": host})
     rows = {"node1": {**ROW, "model": "faces"}}
     assert not_serving(run, "faces", rows) == {}

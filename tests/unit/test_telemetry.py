@@ -20,7 +20,7 @@ from tests.conftest import evc, write_settings
 
 
 def _module():
-    path = data_dir("playbooks") / "library" / "evc_telemetry.py"
+    path = data_dir("playbooks") / "files" / "evc_telemetry.py"
     spec = importlib.util.spec_from_file_location("evc_telemetry", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
