@@ -2,7 +2,7 @@
 
 import json
 
-from evc.ansible import RunResult, _Collector, scrub_command_file
+from evc.ansible import HostResult, RunResult, _Collector, scrub_command_file
 from evc.progress import SILENT
 
 
@@ -47,6 +47,18 @@ def test_states_messages_and_outputs():
     assert run.failed_hosts == ["b", "c"]
     assert run.status == "partial" and not run.ok
     assert run.to_dict()["status"] == "partial"
+
+
+def test_a_script_tasks_json_is_read_and_anything_else_fails_the_host():
+    """Planted: a node whose telemetry script prints a list, or text, rather than the
+    object the controller reads; it fails, saying what it printed."""
+    good = HostResult("n1", outputs={"telemetry": {"stdout": '{"sample": {"cpu_pct": 5}}\n'}})
+    assert good.printed("telemetry") == {"sample": {"cpu_pct": 5}} and good.state == "ok"
+    assert good.printed("facts") is None and good.state == "ok"  # did not run
+    for out in ("[1, 2]", "Traceback (most recent call last):"):
+        bad = HostResult("n2", outputs={"telemetry": {"stdout": out}})
+        assert bad.printed("telemetry") is None
+        assert (bad.state, bad.message) == ("failed", f"telemetry: printed no JSON object: {out}")
 
 
 def test_all_fine_is_success_and_all_down_is_error():
