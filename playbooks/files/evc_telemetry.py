@@ -2,9 +2,9 @@
 """One telemetry sample of this node (runs on the node; stdlib only); with
 ``--registry-address``, the node's state for `evc fleet status` instead.
 
-telemetry.yml and fleet_status.yml run it with ``ansible.builtin.script``, not as a
-module: a module run unpacks Ansible's module_utils from a zip on every call (about
-0.2 CPU-s of the node's), a plain script costs its own imports alone.
+telemetry.yml and fleet_status.yml run it as ``python3 -c SOURCE`` (a raw command),
+not as a module: a module run unpacks Ansible's module_utils from a zip on every call
+(about 0.2 CPU-s of the node's), this costs its own imports alone.
 
 CPU utilisation and network byte rates are deltas of counters against the
 previous sample, kept in ``state_file``; with no usable previous sample (first

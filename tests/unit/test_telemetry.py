@@ -432,3 +432,25 @@ def test_monitor_outlives_a_failing_round_and_stops_on_sigterm(workspace, monkey
     summary = monitor.run(workspace, 0.1, on_signal=lambda name, again: heard.append(name))
     assert summary.stopped_by == "SIGTERM" and heard == ["SIGTERM"] and summary.rounds >= 1
     assert signal.getsignal(signal.SIGTERM) is before  # handlers given back
+
+
+def test_the_node_script_prints_one_object_or_fails_on_one_line(tmp_path):
+    """As telemetry.yml runs it (``python3 -c SOURCE ARGS``): a sample as JSON on stdout,
+    its counters kept for the next; a failure is one stderr line and exit 1."""
+    import subprocess
+    import sys
+
+    source = (data_dir("playbooks") / "files" / "evc_telemetry.py").read_text()
+    state = tmp_path / "state.json"
+    ran = subprocess.run([sys.executable, "-c", source, "--state-file", str(state)],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert ran.returncode == 0 and ran.stderr == "", ran.stderr
+    sample = json.loads(ran.stdout)["sample"]
+    assert 0 <= sample["cpu_pct"] <= 100 and sample["mem_total"] > 0 and state.exists()
+    bad = subprocess.run(
+        [sys.executable, "-c", source, "--state-file", str(state), "--disk-path", "/nonexistent"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith("telemetry sample failed: FileNotFoundError")
+    assert len(bad.stderr.splitlines()) == 1
