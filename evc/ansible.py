@@ -64,9 +64,9 @@ class HostResult:
     outputs: dict[str, Any] = field(default_factory=dict)  # task name -> module result
 
     def printed(self, task: str) -> dict | None:
-        """The JSON object ``task`` (a ``script`` task: facts, telemetry, the fleet state)
-        printed on stdout; None when it did not run. A host whose task printed anything
-        else is marked failed, with what it printed."""
+        """The JSON object ``task`` printed on stdout (facts, telemetry, the fleet state:
+        stdlib scripts run by a raw command); None when it did not run. A host whose
+        task printed anything else is marked failed, with what it printed."""
         out = (self.outputs.get(task) or {}).get("stdout")
         if not out:
             return None

@@ -100,7 +100,7 @@ def ansible_env(
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
         # Not discovered: discovery costs every module-running play one or two more
         # commands per host (a shell, then a Python) before its first task. EVC's
-        # nodes run python3 from their PATH (facts and telemetry run as scripts by it).
+        # nodes run python3 from their PATH (ping, facts and telemetry call it so).
         "ANSIBLE_PYTHON_INTERPRETER": "python3",
         "ANSIBLE_NOCOLOR": "True",
     }

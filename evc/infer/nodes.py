@@ -44,10 +44,13 @@ def ready_pullers(ws, model: str, version: str, rows: dict[str, dict]) -> set[st
     if not server.running(ws):
         return set()
     want = {h: puller_name(model, version, r["image"], ready=True) for h, r in rows.items()}
+    r = server.admin(ws, retries=0)
     try:
-        clients = server.admin(ws, retries=0).client_list(_type="normal")
+        clients = r.client_list(_type="normal")
     except redis.RedisError:
         return set()
+    finally:
+        r.close()
     return {c["user"] for c in clients if want.get(c.get("user")) == c.get("name")}
 
 

@@ -6,11 +6,12 @@ reaches anything, this one only moves bytes. From ``QDIR`` (written by cert_push
 ``queue.json`` (``host``, ``port``, ``user`` = this device, ``password``) and ``ca.crt``
 (the workspace CA: the queue's certificate is verified, for the name ``host``).
 
-Every second, and at once when one is added while it is idle, it reads this device's
-job announcements (``evc:node:DEVICE:jobs``, the only key it may read besides the work
-of the jobs it is granted). Each announced job of this container's model
-(``EVC_MODEL_NAME`` and ``EVC_MODEL_VERSION``, set by the deploy playbook) gets a
-:class:`evc_infer.streams.Worker`; a job whose announcement is gone loses its worker.
+It follows this device's job announcements (``evc:node:DEVICE:jobs``, the only key it
+may read besides the work of the jobs it is granted): every second while it works, and
+while idle by a blocking read that a new announcement ends at once. Each announced job
+of this container's model (``EVC_MODEL_NAME`` and ``EVC_MODEL_VERSION``, set by the
+deploy playbook) gets a :class:`evc_infer.streams.Worker`; a job whose announcement is
+gone loses its worker.
 The workers take turns in one thread, so the puller holds one shard at most.
 
 A shard is run by the model server: written as a shard archive into ``DIR/inbox`` (a
