@@ -188,9 +188,9 @@ def test_up_is_closed_by_default_and_reads_the_database_read_only(tmp_path, stan
         assert _get(port, "/password") == (200, hashlib.sha256(password.encode()).hexdigest())
 
         # While EVC writes: fresh read-only connections work and see new rows. A reader
-        # without write access to -shm that meets the WAL index mid-update gets
-        # SQLITE_READONLY_RECOVERY (seen once in ~15 suites); the next read (a dashboard's
-        # next refresh) works.
+        # without write access to -shm once failed with "attempt to write a readonly
+        # database" (once in ~15 suites; the extended code was not recorded then, the
+        # stand-in reports it now); the next read (a dashboard's next refresh) works.
         writer = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(db_dir / "evc.db"), "60"],
             env={**os.environ, "PYTHONPATH": str(REPO)},

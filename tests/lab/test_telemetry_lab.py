@@ -73,9 +73,11 @@ def test_cpu_burner_raises_its_node_only(lab_ws, lab_env):
         during = [_cpu(evc_json("logs", "collect", "lab", env=lab_env)) for _ in range(2)]
     finally:
         burner.exec_run(["pkill", "-f", loop])
-    for cpu in during:  # the margin is small: other shards load the same 2 CPUs (+13 seen)
+    # No absolute floor: other shards load the same 2 CPUs (node1 at 16.8 % seen), so
+    # the burner shows as a rise over its own baseline and as a multiple of the others.
+    for cpu in during:
         others = max(cpu["node2"], cpu["node3"])
-        assert cpu["node1"] >= 25 and cpu["node1"] >= baseline["node1"] + 8, (baseline, cpu)
+        assert cpu["node1"] >= baseline["node1"] + 8, (baseline, cpu)
         assert cpu["node1"] >= 2 * others, (baseline, during)
 
 
