@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import threading
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from evc import ansible_warm
 from evc.ansible_stream import run_streamed
 from evc.config import Workspace
 from evc.connections import ansible_env
@@ -386,11 +388,15 @@ def run_playbook(
                             runner_args=args, event_handler=collector, cancelled=cancelled,
                         )  # fmt: skip
                     else:
+                        # A vars_prompt is answered only by a terminal's foreground group.
+                        binary = None if passwords else ansible_warm.binary()
+                        if binary:  # ansible-runner names the playbook only to its own
+                            args["cmdline"] = shlex.quote(str(path))
                         runner = ansible_runner.run(
                             private_data_dir=str(ws.artifacts_dir), ident=ident,
                             playbook=str(path), inventory=str(run_inventory),
                             event_handler=collector, status_handler=_scrub_when_running,
-                            cancel_callback=cancelled, **args,
+                            cancel_callback=cancelled, binary=binary, **args,
                         )  # fmt: skip
                         status, rc = runner.status, runner.rc
         finally:

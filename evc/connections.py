@@ -14,18 +14,10 @@ from evc.config import Workspace
 from evc.errors import EVCError
 
 
-def control_dir(ws: Workspace) -> Path:
-    """SSH ControlPersist sockets of this workspace: a short path (sockets max 108 chars).
-
-    It lives in the shared /tmp, so it must be ours and closed to everyone else: ssh
-    sends its sessions over whatever socket it finds there, and anyone who can write
-    to the folder could plant one. A folder that fails the check is refused, not used.
-    """
-    import hashlib
-    import tempfile
-
-    tag = hashlib.sha256(str(ws.root).encode()).hexdigest()[:10]
-    path = Path(tempfile.gettempdir()) / f"evc-cp-{tag}"
+def private_dir(path: Path, use: str) -> Path:
+    """``path``, made 0700 if missing, when it is a folder of ours closed to everyone else:
+    it lives in the shared /tmp, and anyone who can write there could plant a socket
+    that ``use`` (what connects there) would trust. A folder that fails is refused."""
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
     info = os.lstat(path)
@@ -38,11 +30,20 @@ def control_dir(ws: Workspace) -> Path:
     else:
         return path
     raise EVCError(
-        f"The SSH control socket folder {path} is {problem}: anyone who can write there "
-        "could plant a socket that EVC's SSH sessions would use, so EVC will not use it. "
-        f"Remove it (as its owner or root: rm -rf {path}) and run again; EVC makes it "
-        "anew, yours and 0700."
+        f"The folder {path} is {problem}: anyone who can write there could plant a socket "
+        f"that {use} would use, so EVC will not use it. Remove it (as its owner or root: "
+        f"rm -rf {path}) and run again; EVC makes it anew, yours and 0700."
     )
+
+
+def control_dir(ws: Workspace) -> Path:
+    """SSH ControlPersist sockets of this workspace: a short path (sockets max 108 chars),
+    in the shared /tmp, so checked by :func:`private_dir`."""
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha256(str(ws.root).encode()).hexdigest()[:10]
+    return private_dir(Path(tempfile.gettempdir()) / f"evc-cp-{tag}", "EVC's SSH sessions")
 
 
 def close_connections(ws: Workspace, address: str | None = None) -> int:

@@ -1,0 +1,258 @@
+"""A warm Ansible: ``ansible-playbook`` runs forked from a process that imported it once.
+
+Starting ``ansible-playbook`` costs the controller about 1.2 CPU-seconds before the
+first task, most of it importing Ansible; a push-mode shard hand-over pays it each
+time, and so does every fleet command. The server here imports Ansible once and forks
+a worker per run. ansible-runner still drives every run as before (pty, events,
+artifacts, cancel): its binary is a small client (:mod:`evc.ansible_warm_client`) that
+hands its arguments, environment, folder and streams to the server over a Unix socket.
+
+A worker is the run only where it would behave as a fresh start: after taking the run's
+environment and folder it evaluates Ansible's settings again, and any setting other
+than those Ansible reads per run (:data:`PER_RUN`) that differs from what the server
+imported with (a plugin path, a configuration file, the colour) makes it exec the real
+``ansible-playbook`` instead. A run that answers a ``vars_prompt`` is not sent here
+(Ansible prompts only from the terminal's foreground process group), nor is one on a
+remote worker. ``EVC_ANSIBLE_SERVER=0`` turns the server off.
+
+One server per user, Python and EVC copy, in a private folder under the temporary
+folder (0700, checked as the SSH control folder is); peers of another uid are refused.
+The first run without a server starts it, detached, and runs the usual way; the server
+leaves after :data:`IDLE_S` without a run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import tempfile
+from pathlib import Path
+
+from evc.connections import private_dir
+
+IDLE_S = 120
+# Settings that EVC's runs set per run, which Ansible reads while it runs (TASK_TIMEOUT
+# also as a task's default, which :func:`_task_timeout` puts in place).
+PER_RUN = frozenset(
+    {"DEFAULT_FORKS", "CACHE_PLUGIN_CONNECTION", "DEFAULT_LOCAL_TMP", "TASK_TIMEOUT"}
+)
+LOG_MAX = 1 << 20  # the server's log is cut to nothing past this size
+_CLIENT = Path(__file__).with_name("ansible_warm_client.py")
+
+
+def enabled() -> bool:
+    return os.environ.get("EVC_ANSIBLE_SERVER", "1") != "0"
+
+
+def folder() -> Path:
+    """This user's server folder for this Python and this EVC copy (its code included,
+    so a changed EVC or Ansible gets a server of its own)."""
+    import ansible.release
+
+    key = "\0".join(
+        [sys.executable, str(Path(__file__).resolve()), ansible.release.__version__,
+         Path(__file__).read_text(), _CLIENT.read_text()]
+    )  # fmt: skip
+    tag = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return private_dir(
+        Path(tempfile.gettempdir()) / f"evc-ansible-{os.getuid()}-{tag}", "EVC's Ansible runs"
+    )
+
+
+def binary() -> str | None:
+    """The client's path, for ansible-runner's ``binary`` (None: server turned off)."""
+    if not enabled():
+        return None
+    where = folder()
+    client = where / "ansible-playbook"
+    playbook = Path(sys.executable).parent / "ansible-playbook"
+    root = str(Path(__file__).resolve().parent.parent)
+    server = [
+        sys.executable, "-c",
+        f"import sys; sys.path.insert(0, {root!r}); from evc.ansible_warm import serve; "
+        f"serve({str(where)!r})",
+    ]  # fmt: skip
+    text = f"#!{sys.executable} -IS\n" + _CLIENT.read_text().replace(
+        'SOCKET = PLAYBOOK = ""  # set in the copy evc.ansible_warm writes\nSERVER: list = []',
+        f"SOCKET = {str(where / 'sock')!r}\nPLAYBOOK = {str(playbook)!r}\nSERVER = {server!r}",
+    )
+    try:
+        if client.read_text() == text:
+            return str(client)
+    except OSError:
+        pass
+    tmp = where / f".client-{os.getpid()}"
+    tmp.write_text(text)
+    tmp.chmod(0o700)
+    os.replace(tmp, client)
+    return str(client)
+
+
+def _settings() -> dict:
+    from ansible import constants as C  # noqa: N812 - Ansible's own name for it
+
+    return {name: getattr(C, name, None) for name in C.config.get_configuration_definitions()}
+
+
+def _task_timeout(value: int) -> None:
+    """A task's ``timeout`` defaults to TASK_TIMEOUT as it was when Ansible's playbook
+    classes were defined (in the server): the run's value instead."""
+    from ansible.playbook.base import Base
+
+    vars(Base)["timeout"].default = value
+
+
+def _log(where: Path, line: str) -> None:
+    path = where / "server.log"
+    try:
+        if path.stat().st_size > LOG_MAX:
+            path.write_text("")
+    except OSError:
+        pass
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def serve(where: str) -> None:
+    """The server: one at a time per folder (a lock), forking a handler per run."""
+    top = Path(where)
+    lock = open(top / "lock", "wb")  # noqa: SIM115 - held while the server lives
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # another one serves
+    import ansible.cli.playbook  # noqa: F401 - the import a run would pay
+    import ansible.executor.playbook_executor  # noqa: F401
+    import ansible.plugins.loader  # noqa: F401
+
+    known = _settings()
+    from ansible.playbook.base import Base
+
+    timeout = getattr(vars(Base).get("timeout"), "default", None)
+    per_run = PER_RUN if timeout == known["TASK_TIMEOUT"] else PER_RUN - {"TASK_TIMEOUT"}
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers reaped by the kernel
+    path = top / "sock"
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(64)
+    listener.settimeout(IDLE_S)
+    _log(top, f"{os.getpid()} serving")
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            break
+        uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+        if uid != os.getuid():
+            conn.close()
+            continue
+        if os.fork() == 0:
+            listener.close()
+            lock.close()
+            conn.settimeout(None)
+            _handle(conn, known, per_run, top)  # never returns
+        conn.close()
+    path.unlink(missing_ok=True)
+    _log(top, f"{os.getpid()} idle for {IDLE_S} s: gone")
+
+
+def _handle(conn: socket.socket, known: dict, per_run: frozenset, top: Path) -> None:
+    """One run: fork its worker, kill it if the client goes, send its wait status."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        msg, fds, _, _ = socket.recv_fds(conn, 4, 3)
+        (size,) = struct.unpack("!I", msg)
+        data = b""
+        while len(data) < size:
+            chunk = conn.recv(size - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        worker = os.fork()
+        if worker == 0:
+            _work(json.loads(data), fds, conn, known, per_run, top)  # never returns
+        for fd in fds:
+            os.close(fd)
+        pidfd = os.pidfd_open(worker)
+        while True:
+            ready, _, _ = select.select([pidfd, conn], [], [])
+            if pidfd in ready:
+                break
+            if not conn.recv(1):  # the client is gone (ansible-runner killed it)
+                try:
+                    os.killpg(worker, signal.SIGKILL)
+                except ProcessLookupError:  # not its own group yet
+                    os.kill(worker, signal.SIGKILL)
+                os.waitpid(worker, 0)
+                os._exit(0)
+        _, status = os.waitpid(worker, 0)
+        conn.sendall(struct.pack("!i", status))
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _work(
+    call: dict, fds: list[int], conn: socket.socket, known: dict, per_run: frozenset, top: Path
+) -> None:
+    """The run, as ``ansible-playbook ARGV`` would do it, or that program itself."""
+    code = 1
+    try:
+        os.setsid()  # a group of its own: the handler kills it whole
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        conn.sendall(struct.pack("!i", os.getpid()))
+        conn.close()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.chdir(call["cwd"])
+        os.environ.clear()
+        os.environ.update(call["env"])
+        tempfile.tempdir = None
+        atexit._clear()  # the server's own (its Ansible temporary folder)
+        program = str(Path(sys.executable).parent / "ansible-playbook")
+        from ansible import constants as C  # noqa: N812
+        from ansible.config.manager import find_ini_config_file
+
+        same = find_ini_config_file() == C.config._config_file
+        for name in C.config.get_configuration_definitions():
+            C.set_constant(name, C.config.get_config_value(name, variables=vars(C)))
+        now = _settings()
+        changed = sorted(k for k in now if k not in per_run and now[k] != known.get(k))
+        run = os.path.basename(os.environ.get("AWX_ISOLATED_DATA_DIR", "-"))  # its folder
+        if not same or changed:
+            _log(top, f"{os.getpid()} {run} cold: {changed or 'another configuration file'}")
+            os.execv(program, [program, *call["argv"]])
+        _log(top, f"{os.getpid()} {run} warm")
+        for stream in (sys.stdout, sys.stderr):  # as they would be on the run's terminal
+            stream.reconfigure(line_buffering=stream.isatty())
+        if "TASK_TIMEOUT" in per_run:
+            _task_timeout(C.TASK_TIMEOUT)
+        sys.argv = [program, *call["argv"]]
+        from ansible.cli.playbook import PlaybookCLI
+
+        try:
+            PlaybookCLI.cli_executor([program, *call["argv"]])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001, S110 - the run's terminal may be gone
+                pass
+        os._exit(code & 0xFF)

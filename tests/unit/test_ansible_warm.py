@@ -1,0 +1,129 @@
+"""The warm Ansible server (evc.ansible_warm) for real: runs forked from it give what a
+fresh ansible-playbook gives, take their own per-run settings, fall back to a fresh
+start when a setting read at import differs, and end when ansible-runner kills them."""
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from evc import ansible_warm, inventory
+from evc.ansible import run_playbook
+from evc.inventory import InventoryHost
+
+PLAYBOOK = str(Path(__file__).parent / "playbooks" / "warm.yml")
+PLUGINS = Path(__file__).parent / "playbooks" / "filter_plugins_elsewhere"
+LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+
+
+def _until(check, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.1)
+    return got
+
+
+def _answers() -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(ansible_warm.folder() / "sock"))
+        except OSError:
+            return False
+    return True
+
+
+def _said(ident: str) -> list[str]:
+    """What the server's log says of run ``ident``: its worker's pid and warm, or cold
+    with the settings that differed."""
+    log = (ansible_warm.folder() / "server.log").read_text()
+    return [line.split(" ", 2)[::2] for line in log.splitlines() if f" {ident} " in line + " "]
+
+
+@pytest.fixture
+def warm(workspace, monkeypatch):
+    """A workspace with one host, ``box`` (this machine, no SSH), and a server that
+    answers (the first run without one starts it)."""
+    monkeypatch.delenv("EVC_ANSIBLE_SERVER", raising=False)
+    inventory.write(workspace.inventory, [InventoryHost("box", "127.0.0.1")], LOCAL)
+    if not _answers():
+        run_playbook(workspace, PLAYBOOK, "box")
+        _until(_answers, "server")
+    return workspace
+
+
+def _view(run) -> dict:
+    return {h: (r.state, r.outputs["say"]["msg"]) for h, r in run.hosts.items()}
+
+
+def test_a_run_through_the_server_gives_what_a_fresh_start_gives(warm, monkeypatch):
+    served = run_playbook(warm, PLAYBOOK, "box")
+    assert [mode for _, mode in _said(served.ident)] == ["warm"]
+    monkeypatch.setenv("EVC_ANSIBLE_SERVER", "0")
+    fresh = run_playbook(warm, PLAYBOOK, "box")
+    assert _said(fresh.ident) == []
+    assert _view(served) == _view(fresh) == {"box": ("ok", "plain")}
+    assert Path(served.artifacts_dir, "stdout").read_text().count("ok: [box]") == 2
+
+
+def test_a_task_timeout_is_the_runs_own(warm):
+    """TASK_TIMEOUT becomes each task's default when Ansible is imported: a worker puts
+    the run's value in place of the server's."""
+    short = run_playbook(warm, PLAYBOOK, "box", extravars={"evc_sleep": 4}, task_timeout=1)
+    assert [mode for _, mode in _said(short.ident)] == ["warm"]
+    assert short.hosts["box"].state == "failed"
+    assert "timed out after 1 second" in short.hosts["box"].message.lower()
+    assert run_playbook(warm, PLAYBOOK, "box", extravars={"evc_sleep": 2}, task_timeout=30).ok
+
+
+def test_a_plugin_path_the_server_lacks_makes_a_fresh_start(warm, monkeypatch):
+    """Plugin paths are read when Ansible is imported: a run with another one is not
+    forked from the server (which would not find the filter) but started afresh."""
+    monkeypatch.setenv("ANSIBLE_FILTER_PLUGINS", str(PLUGINS))
+    run = run_playbook(warm, PLAYBOOK, "box", extravars={"evc_filter": True})
+    assert _view(run) == {"box": ("ok", "abab")}
+    ((_, mode),) = _said(run.ident)
+    assert mode.startswith("cold:") and "DEFAULT_FILTER_PLUGIN_PATH" in mode
+
+
+def test_a_killed_client_takes_its_run_along(warm):
+    """ansible-runner kills its ansible-playbook (here: the client) with SIGKILL when
+    a cancel is not obeyed: the worker forked for it goes too, with its play."""
+    runs = warm.artifacts_dir / "artifacts"
+
+    def made() -> set[str]:
+        return {f for f in os.listdir(runs) if not f.startswith(".")} if runs.exists() else set()
+
+    before = made()
+    done = []
+    thread = threading.Thread(
+        target=lambda: done.append(run_playbook(warm, PLAYBOOK, "box", extravars={"evc_sleep": 60}))
+    )
+    thread.start()
+    (ident,) = _until(lambda: made() - before, "run")
+    ((worker, mode),) = _until(lambda: _said(ident), "worker")
+    assert mode == "warm"
+    client = str(ansible_warm.folder() / "ansible-playbook")
+
+    def clients():
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if client.encode() in argv and any(ident.encode() in a for a in argv):
+                found.append(int(pid))
+        return found
+
+    (pid,) = _until(clients, "client")
+    os.kill(pid, signal.SIGKILL)
+    _until(lambda: not Path(f"/proc/{worker}").exists(), "end of the worker", timeout=10)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert done and not done[0].ok
