@@ -1,9 +1,10 @@
 """Fleet runs: EVC's run_playbook vs plain ``ansible-playbook`` with its defaults.
 
 Side by side in one run, on the same 8 lab nodes and the same modules (ping, facts,
-telemetry): wall time and controller CPU-seconds (this process plus its children's
-rusage), interleaved, median of ROUNDS. Issue 19's target: EVC at least 2.5x faster
-than the defaults (forks 5, facts gathered, no pipelining). Variants:
+telemetry): wall time and controller CPU-seconds (this process, its children's rusage
+and the runs EVC's warm Ansible server forked: bench/_util.py ``cpu``), interleaved,
+median of ROUNDS. Issue 19's target: EVC at least 2.5x faster than the defaults
+(forks 5, facts gathered, no pipelining). Variants:
 
 - ``defaults``: ``ansible-playbook`` on a copy of the playbooks without their
   ``gather_facts: false`` (so facts are gathered, as by default), forks 5, only the

@@ -4,9 +4,10 @@ of the same 480-item job in push-dynamic and pull mode, side by side in one run.
 On the lab (default): 3 nodes with the face-haar model deployed under unequal CPU
 limits, as bench/infer_strategies.py (its alone runs give each node's throughput and
 ideal = items / their sum). The controller's CPU is that of the `evc infer run` process
-and every process it waited for (ansible-playbook's included): RUSAGE_CHILDREN before
-and after. Pull mode needs the node side (the puller in the model images, started by
-deploy); `evc lab up` starts the queue. Targets (issue 19): pull at most 1.05x ideal;
+and every process it waited for (RUSAGE_CHILDREN before and after), and of the
+playbook runs EVC's warm Ansible server forked meanwhile (its log says each one's).
+Pull mode needs the node side (the puller in the model images, started by deploy);
+`evc lab up` starts the queue. Targets (issue 19): pull at most 1.05x ideal;
 pull's CPU per item at most 1/20 of push's.
 
 CPU per item is the cost of one more item: each mode also runs a job of SMALL items, and
@@ -38,8 +39,12 @@ STANDIN_S = {"node1": 0.2, "node2": 0.1, "node4": 0.05}  # seconds per item
 
 
 def _children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
+    """The `evc` processes' CPU-seconds (ansible-playbook's included, also where EVC's
+    warm Ansible server ran it): :func:`_util.cpu` less this process's own."""
+    from _util import cpu
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return cpu() - own.ru_utime - own.ru_stime
 
 
 def _per_item(cpu: float, small: float) -> tuple[float, float]:

@@ -121,6 +121,23 @@ def _log(where: Path, line: str) -> None:
         f.write(line + "\n")
 
 
+def log_size() -> int:
+    """Where the server's log ends now: for :func:`cpu_since`."""
+    try:
+        return (folder() / "server.log").stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def cpu_since(offset: int) -> float:
+    """CPU-seconds of the runs the server ended after ``offset`` in its log (benchmarks:
+    a worker is no child of the process that asked for its run)."""
+    with open(folder() / "server.log") as f:
+        f.seek(offset)
+        ended = [line.split() for line in f if " ended " in line]
+    return sum(float(words[-1]) for words in ended)
+
+
 def serve(where: str) -> None:
     """The server: one at a time per folder (a lock), forking a handler per run."""
     top = Path(where)
@@ -178,9 +195,11 @@ def _handle(conn: socket.socket, known: dict, per_run: frozenset, top: Path) -> 
             if not chunk:
                 raise EOFError
             data += chunk
+        call = json.loads(data)
+        run = os.path.basename(call["env"].get("AWX_ISOLATED_DATA_DIR", "-"))  # its folder
         worker = os.fork()
         if worker == 0:
-            _work(json.loads(data), fds, conn, known, per_run, top)  # never returns
+            _work(call, run, fds, conn, known, per_run, top)  # never returns
         for fd in fds:
             os.close(fd)
         pidfd = os.pidfd_open(worker)
@@ -196,6 +215,9 @@ def _handle(conn: socket.socket, known: dict, per_run: frozenset, top: Path) -> 
                 os.waitpid(worker, 0)
                 os._exit(0)
         _, status = os.waitpid(worker, 0)
+        used = os.times()  # this handler's and its worker's (with what the worker waited for)
+        cpu = used.user + used.system + used.children_user + used.children_system
+        _log(top, f"{worker} {run} ended {status} {cpu:.3f}")  # before the client ends
         conn.sendall(struct.pack("!i", status))
         code = 0
     finally:
@@ -203,7 +225,13 @@ def _handle(conn: socket.socket, known: dict, per_run: frozenset, top: Path) -> 
 
 
 def _work(
-    call: dict, fds: list[int], conn: socket.socket, known: dict, per_run: frozenset, top: Path
+    call: dict,
+    run: str,
+    fds: list[int],
+    conn: socket.socket,
+    known: dict,
+    per_run: frozenset,
+    top: Path,
 ) -> None:
     """The run, as ``ansible-playbook ARGV`` would do it, or that program itself."""
     code = 1
@@ -231,7 +259,6 @@ def _work(
             C.set_constant(name, C.config.get_config_value(name, variables=vars(C)))
         now = _settings()
         changed = sorted(k for k in now if k not in per_run and now[k] != known.get(k))
-        run = os.path.basename(os.environ.get("AWX_ISOLATED_DATA_DIR", "-"))  # its folder
         if not same or changed:
             _log(top, f"{os.getpid()} {run} cold: {changed or 'another configuration file'}")
             os.execv(program, [program, *call["argv"]])

@@ -38,11 +38,12 @@ def _answers() -> bool:
     return True
 
 
-def _said(ident: str) -> list[str]:
-    """What the server's log says of run ``ident``: its worker's pid and warm, or cold
-    with the settings that differed."""
+def _said(ident: str, ended: bool = False) -> list[list[str]]:
+    """What the server's log says of run ``ident``: [its worker's pid, warm] or [pid,
+    cold: the settings that differed]; ``ended``: [pid, ended STATUS CPU-S] instead."""
     log = (ansible_warm.folder() / "server.log").read_text()
-    return [line.split(" ", 2)[::2] for line in log.splitlines() if f" {ident} " in line + " "]
+    said = [line.split(" ", 2)[::2] for line in log.splitlines() if f" {ident} " in line]
+    return [s for s in said if s[1].startswith("ended") == ended]
 
 
 @pytest.fixture
@@ -64,6 +65,8 @@ def _view(run) -> dict:
 def test_a_run_through_the_server_gives_what_a_fresh_start_gives(warm, monkeypatch):
     served = run_playbook(warm, PLAYBOOK, "box")
     assert [mode for _, mode in _said(served.ident)] == ["warm"]
+    ((_, ended),) = _said(served.ident, ended=True)
+    assert ended.split()[1] == "0" and float(ended.split()[2]) > 0  # exit 0, CPU-s
     monkeypatch.setenv("EVC_ANSIBLE_SERVER", "0")
     fresh = run_playbook(warm, PLAYBOOK, "box")
     assert _said(fresh.ident) == []
