@@ -241,6 +241,7 @@ class _Collector:
         self.task = ""
         self.progress = progress
         self.done: set[str] = set()
+        self.recap = False  # playbook_on_stats came: every host's outcome is known
 
     def _update(self) -> None:
         counts = {s: 0 for s in ("failed", "unreachable")}
@@ -278,7 +279,24 @@ class _Collector:
         self._update()
         return True  # keep the event in the artifacts
 
+    def stopped_early(self, rc: int, stdout: Path) -> None:
+        """A run that ended without its recap (a playbook Ansible cannot load, a crash)
+        did not do its work on the hosts it gave no outcome for: they failed, with
+        ansible-playbook's last words."""
+        if self.recap or rc == 0:
+            return
+        try:
+            said = [line.strip() for line in stdout.read_text().splitlines() if line.strip()]
+        except OSError:
+            said = []
+        errors = [line for line in said if "ERROR" in line[:12]] or said[-1:]
+        why = f"ansible-playbook stopped (exit {rc}) before a result for this host"
+        for r in self.hosts.values():
+            if r.state not in ("failed", "unreachable"):
+                r.state, r.message = "failed", f"{why}: {errors[0][:400]}" if errors else why
+
     def _stats(self, stats: dict) -> None:
+        self.recap = True
         for host, r in self.hosts.items():
             r.ok = stats.get("ok", {}).get(host, 0)
             r.changed = stats.get("changed", {}).get(host, 0)
@@ -406,6 +424,7 @@ def run_playbook(
             f"ansible-playbook {path.name} did not run ({status}, rc={rc}); "
             f"see {artifacts / ident / 'stdout'}."
         )
+    collector.stopped_early(rc, artifacts / ident / "stdout")
     result = RunResult(
         playbook=path.name,
         target=target,

@@ -320,3 +320,19 @@ def test_an_ignored_ctrl_c_neither_cancels_a_run_nor_is_unignored(local):
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, kept)
+
+
+def test_a_run_that_stops_before_its_recap_fails_every_host_saying_why(local, tmp_path):
+    """A playbook Ansible cannot load ends the run before any host event: no host may
+    read as ok (a ping, a deploy would claim it), each failed with Ansible's error."""
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        "- name: broken\n  hosts: all\n  gather_facts: false\n  tasks:\n"
+        "    - name: no such module\n      evc_no_such_module_anywhere: {}\n"
+    )
+    run = run_playbook(local, str(broken), "box")
+    assert run.status == "error" and run.rc != 0
+    box = run.hosts["box"]
+    assert box.state == "failed"
+    assert f"stopped (exit {run.rc})" in box.message
+    assert "evc_no_such_module_anywhere" in box.message
