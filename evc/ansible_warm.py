@@ -34,6 +34,7 @@ import socket
 import struct
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from evc.connections import private_dir
@@ -102,6 +103,40 @@ def _settings() -> dict:
     return {name: getattr(C, name, None) for name in C.config.get_configuration_definitions()}
 
 
+# Plugins every EVC run loads (by type: loader name, plugins), as classes. Left out:
+# callbacks (ansible-runner's reads the environment when it is imported) and vars
+# plugins (their loader keeps instances, which a class would stand in for).
+WARM = {
+    "connection_loader": ("ansible.builtin.ssh", "ansible.builtin.local"),
+    "shell_loader": ("ansible.builtin.sh",),
+    "become_loader": ("ansible.builtin.sudo",),
+    "strategy_loader": ("ansible.builtin.linear",),
+    "action_loader": ("ansible.builtin.raw", "ansible.builtin.normal", "ansible.builtin.command",
+                      "ansible.builtin.shell", "ansible.builtin.copy", "ansible.builtin.debug"),
+    "inventory_loader": ("ansible.builtin.host_list", "ansible.builtin.script",
+                         "ansible.builtin.auto", "ansible.builtin.yaml", "ansible.builtin.ini",
+                         "ansible.builtin.toml"),
+    "cache_loader": ("ansible.builtin.memory", "ansible.builtin.jsonfile"),
+    "lookup_loader": ("ansible.builtin.file", "ansible.builtin.env"),
+}  # fmt: skip
+
+
+def _warm_up() -> None:
+    """What every run does before its first task and keeps for the process: the plugin
+    loader (the collection finder, ansible.builtin's routing table), the plugins above
+    with their option definitions (parsed from their YAML docs). A run then finds the
+    finder in place (it would configure the same one: COLLECTIONS_PATHS is compared)."""
+    from ansible.plugins import loader
+
+    loader.init_plugin_loader([])
+    for name, plugins in WARM.items():
+        for plugin in plugins:
+            try:
+                getattr(loader, name).get(plugin, class_only=True)
+            except Exception:  # noqa: BLE001, S112 - a run loads it, or fails, itself
+                continue
+
+
 def _task_timeout(value: int) -> None:
     """A task's ``timeout`` defaults to TASK_TIMEOUT as it was when Ansible's playbook
     classes were defined (in the server): the run's value instead."""
@@ -148,8 +183,8 @@ def serve(where: str) -> None:
         return  # another one serves
     import ansible.cli.playbook  # noqa: F401 - the import a run would pay
     import ansible.executor.playbook_executor  # noqa: F401
-    import ansible.plugins.loader  # noqa: F401
 
+    _warm_up()
     known = _settings()
     from ansible.playbook.base import Base
 
@@ -268,6 +303,8 @@ def _work(
         if "TASK_TIMEOUT" in per_run:
             _task_timeout(C.TASK_TIMEOUT)
         sys.argv = [program, *call["argv"]]
+        # The server configured the collection finder already (_warm_up).
+        warnings.filterwarnings("ignore", "AnsibleCollectionFinder has already been configured")
         from ansible.cli.playbook import PlaybookCLI
 
         try:
