@@ -406,8 +406,7 @@ def run_playbook(
                             runner_args=args, event_handler=collector, cancelled=cancelled,
                         )  # fmt: skip
                     else:
-                        # A vars_prompt is answered only by a terminal's foreground group.
-                        binary = None if passwords else ansible_warm.binary()
+                        binary = ansible_warm.binary()
                         if binary:  # ansible-runner names the playbook only to its own
                             args["cmdline"] = shlex.quote(str(path))
                         runner = ansible_runner.run(

@@ -11,9 +11,10 @@ A worker is the run only where it would behave as a fresh start: after taking th
 environment and folder it evaluates Ansible's settings again, and any setting other
 than those Ansible reads per run (:data:`PER_RUN`) that differs from what the server
 imported with (a plugin path, a configuration file, the colour) makes it exec the real
-``ansible-playbook`` instead. A run that answers a ``vars_prompt`` is not sent here
-(Ansible prompts only from the terminal's foreground process group), nor is one on a
-remote worker. ``EVC_ANSIBLE_SERVER=0`` turns the server off.
+``ansible-playbook`` instead. A ``vars_prompt`` (how a secret reaches a play) is
+asked and answered on the run's terminal, which the worker holds as ansible-playbook
+would: the secret never passes through the server. Runs on a remote worker do not come
+here. ``EVC_ANSIBLE_SERVER=0`` turns the server off.
 
 One server per user, Python and EVC copy, in a private folder under the temporary
 folder (0700, checked as the SSH control folder is); peers of another uid are refused.

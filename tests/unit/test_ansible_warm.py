@@ -1,7 +1,9 @@
 """The warm Ansible server (evc.ansible_warm) for real: runs forked from it give what a
 fresh ansible-playbook gives, take their own per-run settings, fall back to a fresh
-start when a setting read at import differs, and end when ansible-runner kills them."""
+start when a setting read at import differs, answer a secret's prompt on their own
+terminal, and end when ansible-runner kills them."""
 
+import hashlib
 import os
 import signal
 import socket
@@ -16,8 +18,9 @@ from evc import ansible_warm, inventory
 from evc.ansible import run_playbook
 from evc.inventory import InventoryHost
 
-PLAYBOOK = str(Path(__file__).parent / "playbooks" / "warm.yml")
-PLUGINS = Path(__file__).parent / "playbooks" / "filter_plugins_elsewhere"
+PLAYBOOK_DIR = Path(__file__).parent / "playbooks"
+PLAYBOOK = str(PLAYBOOK_DIR / "warm.yml")
+PLUGINS = PLAYBOOK_DIR / "filter_plugins_elsewhere"
 LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
 
 
@@ -130,3 +133,15 @@ def test_a_killed_client_takes_its_run_along(warm):
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert done and not done[0].ok
+
+
+def test_a_secret_is_asked_on_the_runs_terminal_by_the_forked_worker(warm):
+    """A vars_prompt is answered over the run's pty as for a fresh ansible-playbook: the
+    worker reads it there (no controlling terminal needed), the server's log has no trace."""
+    secret = "s3cret-" + os.urandom(8).hex()
+    run = run_playbook(
+        warm, str(PLAYBOOK_DIR / "secret.yml"), "box", secrets={"evc_test_secret": secret}
+    )
+    assert [mode for _, mode in _said(run.ident)] == ["warm"]
+    assert run.hosts["box"].outputs["digest"]["msg"] == hashlib.sha256(secret.encode()).hexdigest()
+    assert secret not in (ansible_warm.folder() / "server.log").read_text()
