@@ -10,6 +10,8 @@ median of ROUNDS. Issue 19's target: EVC at least 2.5x faster than the defaults
   ``gather_facts: false`` (so facts are gathered, as by default), forks 5, only the
   workspace's known_hosts added (``ANSIBLE_SSH_EXTRA_ARGS``);
 - ``evc``: :func:`evc.ansible.run_playbook` as it is;
+- ``evc-no-server``: the same without the warm Ansible server (``EVC_ANSIBLE_SERVER=0``:
+  ansible-playbook started afresh for every run);
 - ``evc+mitogen``: the same with mitogen's ``mitogen_linear`` strategy (only when
   the ``mitogen`` package is installed: EVC does not depend on it, see README).
 
@@ -82,19 +84,21 @@ def variants(ws, plain: Path, target: str) -> dict:
         if proc.returncode:
             sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}")
 
-    def evc_run(extra: dict[str, str]):
+    def evc_run(extra: dict[str, str], server: str = "1"):
         def run(playbook: str) -> None:
             evc_ansible.ansible_env = lambda *a, **k: {**base_env(*a, **k), **extra}
+            os.environ["EVC_ANSIBLE_SERVER"] = server
             try:
                 result = evc_ansible.run_playbook(ws, playbook, target)
             finally:
                 evc_ansible.ansible_env = base_env
+                os.environ.pop("EVC_ANSIBLE_SERVER")
             if not result.ok:
                 sys.exit(f"{playbook} on {target} failed: {result.to_dict()}")
 
         return run
 
-    out = {"defaults": plain_run, "evc": evc_run({})}
+    out = {"defaults": plain_run, "evc": evc_run({}), "evc-no-server": evc_run({}, "0")}
     if (mito := mitogen_env()) is not None:
         out["evc+mitogen"] = evc_run(mito)
     return out
