@@ -70,10 +70,13 @@ def folder() -> Path:
 
 
 def binary() -> str | None:
-    """The client's path, for ansible-runner's ``binary`` (None: server turned off)."""
+    """The client's path, for ansible-runner's ``binary`` (None: server turned off, or
+    the temporary folder is mounted noexec)."""
     if not enabled():
         return None
     where = folder()
+    if os.statvfs(where).f_flag & os.ST_NOEXEC:  # a hardened /tmp: no client runs there
+        return None
     client = where / "ansible-playbook"
     playbook = Path(sys.executable).parent / "ansible-playbook"
     root = str(Path(__file__).resolve().parent.parent)

@@ -145,3 +145,18 @@ def test_a_secret_is_asked_on_the_runs_terminal_by_the_forked_worker(warm):
     assert [mode for _, mode in _said(run.ident)] == ["warm"]
     assert run.hosts["box"].outputs["digest"]["msg"] == hashlib.sha256(secret.encode()).hexdigest()
     assert secret not in (ansible_warm.folder() / "server.log").read_text()
+
+
+def test_a_noexec_temporary_folder_means_fresh_starts(warm, monkeypatch):
+    """The client is a script in the temporary folder: where that is mounted noexec (a
+    hardened /tmp), runs start ansible-playbook afresh instead of failing to start."""
+    real = os.statvfs
+
+    class NoExec:
+        def __init__(self, path):
+            self.f_flag = real(path).f_flag | os.ST_NOEXEC
+
+    monkeypatch.setattr(os, "statvfs", NoExec)
+    assert ansible_warm.binary() is None
+    run = run_playbook(warm, PLAYBOOK, "box")
+    assert run.ok and _said(run.ident) == []
