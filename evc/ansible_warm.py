@@ -77,13 +77,15 @@ def binary() -> str | None:
     where = folder()
     if os.statvfs(where).f_flag & os.ST_NOEXEC:  # a hardened /tmp: no client runs there
         return None
+    playbook = _playbook()
+    if playbook is None:  # ansible-runner will say it is missing
+        return None
     client = where / "ansible-playbook"
-    playbook = Path(sys.executable).parent / "ansible-playbook"
     root = str(Path(__file__).resolve().parent.parent)
     server = [
         sys.executable, "-c",
         f"import sys; sys.path.insert(0, {root!r}); from evc.ansible_warm import serve; "
-        f"serve({str(where)!r})",
+        f"serve({str(where)!r}, {playbook!r})",
     ]  # fmt: skip
     text = f"#!{sys.executable} -IS\n" + _CLIENT.read_text().replace(
         'SOCKET = PLAYBOOK = ""  # set in the copy evc.ansible_warm writes\nSERVER: list = []',
@@ -99,6 +101,15 @@ def binary() -> str | None:
     tmp.chmod(0o700)
     os.replace(tmp, client)
     return str(client)
+
+
+def _playbook() -> str | None:
+    """The ``ansible-playbook`` a run would start: this Python's own, else the PATH's
+    (as :func:`evc.connections.ansible_env` orders them)."""
+    import shutil
+
+    here = str(Path(sys.executable).parent)
+    return shutil.which("ansible-playbook", path=here + os.pathsep + os.environ.get("PATH", ""))
 
 
 def _settings() -> dict:
@@ -177,8 +188,9 @@ def cpu_since(offset: int) -> float:
     return sum(float(words[-1]) for words in ended)
 
 
-def serve(where: str) -> None:
-    """The server: one at a time per folder (a lock), forking a handler per run."""
+def serve(where: str, program: str) -> None:
+    """The server: one at a time per folder (a lock), forking a handler per run;
+    ``program``: the real ansible-playbook, which a worker becomes when it must."""
     top = Path(where)
     lock = open(top / "lock", "wb")  # noqa: SIM115 - held while the server lives
     try:
@@ -215,13 +227,13 @@ def serve(where: str) -> None:
             listener.close()
             lock.close()
             conn.settimeout(None)
-            _handle(conn, known, per_run, top)  # never returns
+            _handle(conn, program, known, per_run, top)  # never returns
         conn.close()
     path.unlink(missing_ok=True)
     _log(top, f"{os.getpid()} idle for {IDLE_S} s: gone")
 
 
-def _handle(conn: socket.socket, known: dict, per_run: frozenset, top: Path) -> None:
+def _handle(conn: socket.socket, program: str, known: dict, per_run: frozenset, top: Path) -> None:
     """One run: fork its worker, kill it if the client goes, send its wait status."""
     code = 1
     try:
@@ -238,7 +250,7 @@ def _handle(conn: socket.socket, known: dict, per_run: frozenset, top: Path) -> 
         run = os.path.basename(call["env"].get("AWX_ISOLATED_DATA_DIR", "-"))  # its folder
         worker = os.fork()
         if worker == 0:
-            _work(call, run, fds, conn, known, per_run, top)  # never returns
+            _work(call, run, fds, conn, program, known, per_run, top)  # never returns
         for fd in fds:
             os.close(fd)
         pidfd = os.pidfd_open(worker)
@@ -268,6 +280,7 @@ def _work(
     run: str,
     fds: list[int],
     conn: socket.socket,
+    program: str,
     known: dict,
     per_run: frozenset,
     top: Path,
@@ -289,7 +302,6 @@ def _work(
         os.environ.update(call["env"])
         tempfile.tempdir = None
         atexit._clear()  # the server's own (its Ansible temporary folder)
-        program = str(Path(sys.executable).parent / "ansible-playbook")
         from ansible import constants as C  # noqa: N812
         from ansible.config.manager import find_ini_config_file
 
