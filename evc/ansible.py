@@ -282,7 +282,7 @@ class _Collector:
     def stopped_early(self, rc: int, stdout: Path) -> None:
         """A run that ended without its recap (a playbook Ansible cannot load, a crash)
         did not do its work on the hosts it gave no outcome for: they failed, with
-        ansible-playbook's last words."""
+        Ansible's error (its first ERROR line, else its last line)."""
         if self.recap or rc == 0:
             return
         try:
