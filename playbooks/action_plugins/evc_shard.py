@@ -1,12 +1,20 @@
 """Action plugin: send a shard's archive straight over the open connection, then run
-the ``evc_shard`` module, which moves it into the model server's inbox and waits for
-its results. One task, one file transfer: the copy module would add a stat and a
-module run (about a second per shard)."""
+files/evc_shard.py on the node as ``python3 -c SOURCE ARGS`` (one SSH command), which
+moves it into the model server's inbox and waits for its results, printed as JSON.
+One task, one file transfer, no module payload: the copy module would add a stat and a
+module run (about a second per shard), and a module makes the node unpack Ansible's
+module code on every shard (about 0.3 CPU-s)."""
 
+import json
 import os
+import shlex
 
 from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.plugins.action import ActionBase
+
+with open(os.path.join(os.path.dirname(__file__), "..", "files", "evc_shard.py")) as _f:
+    SOURCE = _f.read()
+ARGS = ("serve_dir", "upload", "name", "container", "timeout", "stale_after")
 
 
 class ActionModule(ActionBase):
@@ -16,6 +24,9 @@ class ActionModule(ActionBase):
         src = args.pop("src", None)
         if not src or not os.path.isfile(src):
             raise AnsibleActionFail(f"evc_shard: src {src!r} is not a file on the controller")
+        unknown = set(args) - set(ARGS)
+        if unknown:
+            raise AnsibleActionFail(f"evc_shard: unknown arguments {sorted(unknown)}")
         upload = f"{args['serve_dir']}/inbox/.{args['name']}.part"
         try:
             self._connection.put_file(src, upload)
@@ -27,5 +38,16 @@ class ActionModule(ActionBase):
                 f"{args['serve_dir']} is missing"
             ) from None
         args["upload"] = upload
-        result.update(self._execute_module("evc_shard", module_args=args, task_vars=task_vars))
+        argv = ["python3", "-c", SOURCE]
+        for key, value in args.items():
+            argv += ["--" + key.replace("_", "-"), str(value)]
+        done = self._low_level_execute_command(shlex.join(argv))
+        try:
+            answer = json.loads(done.get("stdout") or "")
+        except ValueError:
+            said = (done.get("stderr") or done.get("stdout") or "").strip()
+            raise AnsibleActionFail(
+                f"evc_shard: the node printed no answer (exit {done.get('rc')}): {said[-500:]}"
+            ) from None
+        result.update(answer, changed=not answer.get("failed"))
         return result
