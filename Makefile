@@ -122,6 +122,7 @@ bench: setup
 	$(BIN)/python bench/fleet_runs.py
 	$(BIN)/python bench/converge.py
 	$(BIN)/python bench/remote_worker.py
+	$(BIN)/python bench/module_payloads.py
 	$(BIN)/python bench/lab_up.py
 	$(BIN)/python bench/api.py
 

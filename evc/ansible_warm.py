@@ -152,6 +152,79 @@ def _warm_up() -> None:
                 continue
 
 
+# Module payloads (AnsiballZ) kept between runs. Ansible builds each module's payload
+# once per run (a scan of its imports and a zip: 0.3-0.7 CPU-s for community.docker's)
+# into the run's own temporary folder. A worker seeds that folder with the payloads that
+# earlier runs built, each only while every file it was built from is the one Ansible
+# would find first, as it was (size, mtime); a payload with a part from anywhere else
+# (a playbook's library/) is not kept. The folder is the server's (private).
+PAYLOADS = "payloads"
+
+
+def _sources(names: dict[str, int]) -> list | None:
+    """[name, path, size, mtime_ns] for each payload entry (``names``: name: size in the
+    payload), path None for an empty ``__init__.py`` made up by Ansible; None when an
+    entry comes from no file of Ansible's package or the collection paths."""
+    import ansible
+    from ansible.utils.collection_loader._collection_config import AnsibleCollectionConfig
+
+    package = [str(Path(ansible.__file__).parent.parent)]
+    collections = list(AnsibleCollectionConfig.collection_paths)
+    out = []
+    for name, size in names.items():
+        roots = collections if name.startswith("ansible_collections/") else package
+        for root in roots:
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            out.append([name, os.path.join(root, name), st.st_size, st.st_mtime_ns])
+            break
+        else:
+            if size or not name.endswith("__init__.py"):
+                return None
+            out.append([name, None, 0, 0])
+    return out
+
+
+def _keep_payloads(top: Path) -> None:
+    """Seed this run's payload cache from the kept ones, and keep what it builds."""
+    import base64
+    import io
+    import shutil
+    import zipfile
+
+    from ansible import constants as C  # noqa: N812
+    from ansible.executor import module_common
+
+    kept, mine = top / PAYLOADS, Path(C.DEFAULT_LOCAL_TMP, "ansiballz_cache")
+    mine.mkdir(parents=True, exist_ok=True)
+    for recipe in kept.glob("*.json"):  # NAME.json: what payload NAME was built from
+        try:
+            sources = json.loads(recipe.read_text())
+            if sources == _sources({name: size for name, _, size, _ in sources}):
+                shutil.copyfile(recipe.with_suffix(""), mine / recipe.stem)
+        except (OSError, ValueError, TypeError):  # changed, or being written: built anew
+            continue
+    dump = module_common._CachedModule.dump
+
+    def dump_and_keep(self, path: str) -> None:
+        dump(self, path)
+        with zipfile.ZipFile(io.BytesIO(base64.b64decode(self.zip_data))) as zf:
+            sources = _sources({i.filename: i.file_size for i in zf.infolist()})
+        if sources is None:
+            return
+        kept.mkdir(mode=0o700, exist_ok=True)
+        name = kept / os.path.basename(path)
+        part = name.with_name(f".{name.name}.{os.getpid()}")
+        part.write_bytes(Path(path).read_bytes())
+        part.rename(name)
+        part.write_text(json.dumps(sources))
+        part.rename(name.with_name(name.name + ".json"))
+
+    module_common._CachedModule.dump = dump_and_keep
+
+
 def _task_timeout(value: int) -> None:
     """A task's ``timeout`` defaults to TASK_TIMEOUT as it was when Ansible's playbook
     classes were defined (in the server): the run's value instead."""
@@ -318,6 +391,7 @@ def _work(
             stream.reconfigure(line_buffering=stream.isatty())
         if "TASK_TIMEOUT" in per_run:
             _task_timeout(C.TASK_TIMEOUT)
+        _keep_payloads(top)
         sys.argv = [program, *call["argv"]]
         # The server configured the collection finder already (_warm_up).
         warnings.filterwarnings("ignore", "AnsibleCollectionFinder has already been configured")

@@ -4,6 +4,7 @@ start when a setting read at import differs, answer a secret's prompt on their o
 terminal, and end when ansible-runner kills them."""
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -160,3 +161,23 @@ def test_a_noexec_temporary_folder_means_fresh_starts(warm, monkeypatch):
     assert ansible_warm.binary() is None
     run = run_playbook(warm, PLAYBOOK, "box")
     assert run.ok and _said(run.ident) == []
+
+
+def test_a_module_payload_is_built_once_and_again_when_its_sources_change(warm):
+    """The command module's payload (warm.yml) is kept after a run, taken as it is by the
+    next run, and built anew once a file it was built from differs from what is kept."""
+    assert run_playbook(warm, PLAYBOOK, "box").ok  # built here, or kept by an earlier run
+    kept = ansible_warm.folder() / ansible_warm.PAYLOADS
+    (recipe,) = kept.glob("ansible.modules.command-*.json")
+    payload = recipe.with_suffix("")
+    built, sources = payload.stat().st_ino, json.loads(recipe.read_text())
+    assert any(str(path).endswith("/ansible/module_utils/basic.py") for _, path, *_ in sources)
+    assert run_playbook(warm, PLAYBOOK, "box").ok
+    assert payload.stat().st_ino == built  # taken, not built again
+    sources[0][3] -= 1  # a file it was built from changed since (its mtime)
+    recipe.write_text(json.dumps(sources))
+    served = run_playbook(warm, PLAYBOOK, "box")
+    assert _view(served) == {"box": ("ok", "plain")}
+    assert payload.stat().st_ino != built  # built anew, with what it is built from now
+    sources[0][3] += 1
+    assert json.loads(recipe.read_text()) == sources
