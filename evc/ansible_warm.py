@@ -203,7 +203,9 @@ def _keep_payloads(top: Path) -> None:
         try:
             sources = json.loads(recipe.read_text())
             if sources == _sources({name: size for name, _, size, _ in sources}):
-                shutil.copyfile(recipe.with_suffix(""), mine / recipe.stem)
+                part = mine / f".{recipe.stem}.part"  # whole or absent: Ansible loads it
+                shutil.copyfile(recipe.with_suffix(""), part)
+                part.rename(mine / recipe.stem)
         except (OSError, ValueError, TypeError):  # changed, or being written: built anew
             continue
     dump = module_common._CachedModule.dump
