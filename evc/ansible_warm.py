@@ -210,9 +210,8 @@ def _keep_payloads(top: Path) -> None:
             continue
     dump = module_common._CachedModule.dump
 
-    def dump_and_keep(self, path: str) -> None:
-        dump(self, path)
-        with zipfile.ZipFile(io.BytesIO(base64.b64decode(self.zip_data))) as zf:
+    def keep(cached, path: str) -> None:
+        with zipfile.ZipFile(io.BytesIO(base64.b64decode(cached.zip_data))) as zf:
             sources = _sources({i.filename: i.file_size for i in zf.infolist()})
         if sources is None:
             return
@@ -223,6 +222,13 @@ def _keep_payloads(top: Path) -> None:
         part.rename(name)
         part.write_text(json.dumps(sources))
         part.rename(name.with_name(name.name + ".json"))
+
+    def dump_and_keep(self, path: str) -> None:
+        dump(self, path)
+        try:
+            keep(self, path)
+        except (OSError, ValueError, zipfile.BadZipFile):  # not kept: built again next run
+            pass
 
     module_common._CachedModule.dump = dump_and_keep
 

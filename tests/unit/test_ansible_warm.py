@@ -181,3 +181,21 @@ def test_a_module_payload_is_built_once_and_again_when_its_sources_change(warm):
     assert payload.stat().st_ino != built  # built anew, with what it is built from now
     sources[0][3] += 1
     assert json.loads(recipe.read_text()) == sources
+
+
+def test_a_payload_that_cannot_be_kept_fails_no_run(warm):
+    """Where the kept payloads cannot be written (here a file stands where their folder
+    goes), the run builds its own and ends as it would without the server."""
+    kept = ansible_warm.folder() / ansible_warm.PAYLOADS
+    aside = kept.with_name("payloads.aside")
+    if kept.exists():
+        kept.rename(aside)
+    kept.write_text("not a folder")
+    try:
+        served = run_playbook(warm, PLAYBOOK, "box")
+        assert _view(served) == {"box": ("ok", "plain")}
+        assert [mode for _, mode in _said(served.ident)] == ["warm"]
+    finally:
+        kept.unlink()
+        if aside.exists():
+            aside.rename(kept)
