@@ -10,7 +10,8 @@ Strategies (``plan``):
 - ``dynamic``: work stealing. Items stay in one unassigned pool and each node cuts
   its next shard when it asks (``Pacer``): about a quarter of its fair share of
   the time left, never under ``MIN_SHARD_S`` of its own work, so shards shrink
-  towards the end and a slow or failing node holds up at most one small shard.
+  towards the end and a slow or failing node holds up at most one small shard; a
+  node whose hand-over alone outlasts the time left gets one item at a time, or none.
   With ``shard_size`` the pool is cut into fixed shards instead.
 
 ``WorkQueue`` runs either kind of plan: it hands shards out, re-queues failed ones
@@ -203,13 +204,23 @@ class Pacer:
     (its shards in flight, less the time since the one running started): a second
     runner per node sends the next shard before the node runs dry, which hides the
     hand-over, and no node hoards work.
+
+    ``costs`` (seconds) is what a shard costs a node on top of its items' work when
+    nothing hides it: the hand-over and the answer (measured on earlier jobs). The
+    pace leaves it out, so a node whose items are quick but whose hand-over is slow
+    (an emulated or distant node) would be given a full share it delivers late. A
+    node whose cost exceeds the cheapest live node's by the estimated time left gets
+    one item at a time, and none while the others would finish everything before that
+    one item is done; where every node's hand-over costs about the same, nothing changes.
     """
 
     def __init__(
         self, rates: dict[str, float | None] | None = None, min_s: float = MIN_SHARD_S,
         share: float = SHARE, lead_s: float = LEAD_S,
+        costs: dict[str, float | None] | None = None,
     ):  # fmt: skip
         self.rates = {n: float(r) for n, r in (rates or {}).items() if r and r > 0}
+        self.costs = {n: float(c) for n, c in (costs or {}).items() if c and c > 0}
         self.min_s, self.share, self.lead_s = min_s, share, lead_s
 
     def observe(self, node: str, items: int, busy_s: float) -> None:
@@ -247,6 +258,13 @@ class Pacer:
         chunk_s = min(max(self.min_s, self.share * end_s), max(self.lead_s, end_s - backlog))
         if backlog >= max(self.lead_s, chunk_s / 2):
             return 0
+        # what its hand-over costs beyond the cheapest live node's (who always takes work)
+        extra = self.costs.get(node, 0.0) - min(self.costs.get(n, 0.0) for n in live)
+        if extra >= end_s:  # it outlasts the rest of the job
+            others = sum(p for n, p in paces.items() if n != node)
+            if in_flight.get(node) or (others and left / others < extra + 1 / paces[node]):
+                return 0  # one item at a time, and none when the others end it sooner
+            return min(unassigned, 1)
         return min(unassigned, max(1, math.ceil(paces[node] * chunk_s)))
 
 

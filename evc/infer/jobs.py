@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import socket
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -277,6 +278,31 @@ def throughputs(ws: Workspace, model: str, version: str, jobs: int = 5) -> dict[
         [model, version, jobs],
     )
     return {r["node"]: r["tput"] for r in rows}
+
+
+def shard_costs(ws: Workspace, model: str, version: str, jobs: int = 5) -> dict[str, float]:
+    """Seconds a push-mode shard costs each node beyond its items' model work (hand-over
+    and answer): the median, over the shards of the last ``jobs`` push jobs of this
+    model version that found the node idle, of their time less their items' latency. A
+    shard sent while another ran on the node is left out: that one's work hid its
+    hand-over."""
+    rows = evcdb.workspace_db(ws).query(
+        "SELECT s.job_id, s.node, s.started, s.finished, "
+        "COALESCE(SUM(r.latency_ms), 0) / 1000.0 AS work FROM shards s "
+        "LEFT JOIN results r ON r.shard_id = s.id AND r.state = 'ok' "
+        "WHERE s.state = 'done' AND s.job_id IN (SELECT id FROM jobs WHERE model = ? "
+        "AND version = ? AND mode = 'push' ORDER BY created DESC LIMIT ?) "
+        "GROUP BY s.id ORDER BY s.job_id, s.node, s.started",
+        [model, version, jobs],
+    )
+    costs: dict[str, list[float]] = {}
+    busy_until: dict[tuple[str, str], float] = {}
+    for r in rows:
+        key = (r["job_id"], r["node"])
+        if r["started"] >= busy_until.get(key, 0.0):
+            costs.setdefault(r["node"], []).append(r["finished"] - r["started"] - r["work"])
+        busy_until[key] = max(busy_until.get(key, 0.0), r["finished"])
+    return {node: max(0.0, statistics.median(c)) for node, c in costs.items()}
 
 
 def progress(db, job: dict, shards: dict[str, int] | None = None) -> dict[str, Any]:

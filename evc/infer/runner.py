@@ -41,6 +41,7 @@ from evc.infer.jobs import (
     get,
     job_dir,
     job_lock,
+    shard_costs,
     status,
     throughputs,
 )
@@ -250,7 +251,8 @@ def _execute(
     stats = [schedule.NodeStats(n, throughput=tputs.get(n)) for n in nodes]
     shards = schedule.plan(pending, stats, job["strategy"], params.get("shard_size"))
     paced = job["strategy"] == "dynamic" and not params.get("shard_size")
-    pacer = schedule.Pacer(tputs) if paced else None
+    costs = shard_costs(ws, job["model"], job["version"]) if paced else {}
+    pacer = schedule.Pacer(tputs, costs=costs) if paced else None
     queue = schedule.WorkQueue(shards, nodes, job["retries"], pacer)
     runner = _Runner(ws, job, queue)
     threads = [

@@ -39,8 +39,8 @@ def data(tmp_path):
 
 
 def _options(data, **extra):
-    return runner.RunOptions(model="faces:1.0", target="node1,node2", data=data,
-                             **{"shard_size": 2, **extra})  # fmt: skip
+    return runner.RunOptions(model="faces:1.0", data=data,
+                             **{"target": "node1,node2", "shard_size": 2, **extra})  # fmt: skip
 
 
 def _in_thread(call, timeout=60):
@@ -460,3 +460,27 @@ def test_a_node_that_loses_its_container_mid_job_is_given_up_with_the_repair(
     assert {r["state"] for r in rows.values()} == {"error"}
     assert all("is not running on node" in r["error"] and "evc fleet converge" in r["error"]
                for r in rows.values())  # fmt: skip
+
+
+def test_a_node_with_a_slow_hand_over_is_measured_and_left_out_of_a_small_paced_job(
+    workspace, fleet, data
+):
+    """node2 answers each shard a second late. Its cost beyond the items' work is
+    measured on the shards that found it idle; the next paced job is over before node2's
+    hand-over would be: node1 runs it all."""
+
+    def late(dispatch):
+        time.sleep(1.0)
+        return jsonl(dispatch.lines)
+
+    fleet.plant("node2", *[late] * len(ITEMS))
+    first = runner.run(workspace, _options(data, shard_size=4))
+    _check_every_item_once(workspace, first.job["id"])
+    costs = jobs.shard_costs(workspace, "faces", "1.0")
+    assert costs["node2"] > 0.9 and costs["node1"] < 0.5, costs
+    assert fleet.served("node2")  # it took shards of the unpaced job
+    served = len(fleet.served())
+    paced = runner.run(workspace, _options(data, shard_size=None, target="node2,node1"))
+    rows = _check_every_item_once(workspace, paced.job["id"])
+    assert {r["node"] for r in rows.values()} == {"node1"}
+    assert {d.node for d in fleet.served()[served:]} == {"node1"}

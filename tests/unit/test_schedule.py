@@ -180,6 +180,28 @@ def test_pacer_sizes_by_pace_shrinks_towards_the_end_and_keeps_a_floor():
     assert pacer.rates["pi"] == 1.5
 
 
+def test_a_node_whose_handover_outlasts_the_rest_gets_one_item_at_a_time():
+    """The mixed lab's small job: items are quick on every node, but the emulated node's
+    hand-over takes 14 s against 3 s, more than the whole job takes elsewhere."""
+    rates, costs = {"a": 1.5, "b": 1.9, "emu": 0.7}, {"a": 3.0, "b": 3.0, "emu": 14.0}
+    idle = dict.fromkeys(rates, [])
+    # 20 items on 4.1 items/s: 4.9 s left, the floor of 5 s of each node's work
+    assert Pacer(rates).size("emu", 20, idle, now=0) == 4  # blind to its hand-over
+    pacer = Pacer(rates, costs=costs)
+    assert pacer.size("emu", 20, idle, now=0) == 0  # a and b are done before its 1st item
+    assert pacer.size("a", 20, idle, now=0) == 8  # a hand-over shorter than that: as before
+    # a long job: its full share (0.3 of 488 s at 0.7 items/s), as without costs
+    assert pacer.size("emu", 2000, idle, now=0) == Pacer(rates).size("emu", 2000, idle, 0) == 103
+    speeds, items = {n: rates[n] for n in ("emu", "a", "b")}, _items(20)  # emu asks first
+    blind = _makespan([Shard(0, items, None)], speeds, Pacer(rates), costs, slots=2)
+    paced = _makespan([Shard(0, items, None)], speeds, pacer, costs, slots=2)
+    assert paced < blind - 3
+    # where the others are slower still, it takes one item at a time
+    slow = Pacer({"a": 0.2, "emu": 0.7}, costs={"emu": 14.0})
+    assert slow.size("emu", 4, {"a": [], "emu": []}, now=0) == 1  # a alone: 20 s for 4
+    assert slow.size("emu", 3, {"a": [], "emu": [(1, 0.0)]}, now=1) == 0
+
+
 def test_pacer_holds_back_a_node_with_enough_queued_work():
     pacer = Pacer({"a": 1.0}, min_s=5, share=0.25)
     # a holds 10 items (10 s) taken at t=0; chunk is max(5, 0.25 * 20) = 5 s
@@ -338,8 +360,10 @@ def test_threaded_run_with_slow_failing_and_lost_nodes_completes_every_item_once
 
 def _makespan(shards, speeds, pacer=None, handover=0.0, slots=1):
     """Event simulation: each node runs the shards it was sent one after another at
-    ``speeds[node]`` items/s; a shard reaches the node ``handover`` s after it is taken;
-    each node has ``slots`` runners taking shards (so with 2 the next one waits there)."""
+    ``speeds[node]`` items/s; a shard reaches the node ``handover`` s (or ``handover[node]``)
+    after it is taken; each node has ``slots`` runners taking shards (so with 2 the next
+    one waits there)."""
+    costs = handover if isinstance(handover, dict) else dict.fromkeys(speeds, handover)
     now = [0.0]
     q = WorkQueue(shards, list(speeds), retries=0, pacer=pacer, clock=lambda: now[0])
     free = dict.fromkeys(speeds, 0.0)  # when each node's server is next idle
@@ -348,7 +372,7 @@ def _makespan(shards, speeds, pacer=None, handover=0.0, slots=1):
 
     def take(node):
         if shard := q.next_for(node):
-            arrive = now[0] + handover
+            arrive = now[0] + costs[node]
             end = max(arrive, free[node]) + len(shard.items) / speeds[node]
             free[node] = end
             heapq.heappush(events, (end, next(seq), node, shard))
@@ -393,6 +417,9 @@ def test_paced_dynamic_hides_a_slow_handover_with_two_runners_per_node(known):
     ideal = len(items) / sum(speeds.values())  # 56 s
     pacer = Pacer(dict(speeds) if known else None)
     paced = _makespan([Shard(0, items, None)], speeds, pacer, handover=3.0, slots=2)
+    if known:  # the same hand-over, measured on every node, changes nothing
+        costly = Pacer(dict(speeds), costs=dict.fromkeys(speeds, 3.0))
+        assert _makespan([Shard(0, items, None)], speeds, costly, 3.0, slots=2) == paced
     fixed = _makespan(plan(items, [NodeStats(n) for n in speeds], "dynamic", shard_size=8),
                       speeds, handover=3.0)  # fmt: skip
     assert paced <= (1.10 if known else 1.25) * ideal < fixed  # unknown: 10 s probes first
