@@ -287,12 +287,15 @@ def shard_costs(ws: Workspace, model: str, version: str, jobs: int = 5) -> dict[
     shard sent while another ran on the node is left out: that one's work hid its
     hand-over."""
     rows = evcdb.workspace_db(ws).query(
-        "SELECT s.job_id, s.node, s.started, s.finished, "
-        "COALESCE(SUM(r.latency_ms), 0) / 1000.0 AS work FROM shards s "
-        "LEFT JOIN results r ON r.shard_id = s.id AND r.state = 'ok' "
-        "WHERE s.state = 'done' AND s.job_id IN (SELECT id FROM jobs WHERE model = ? "
-        "AND version = ? AND mode = 'push' ORDER BY created DESC LIMIT ?) "
-        "GROUP BY s.id ORDER BY s.job_id, s.node, s.started",
+        "WITH recent AS (SELECT id FROM jobs WHERE model = ? AND version = ? "
+        "AND mode = 'push' ORDER BY created DESC LIMIT ?), "
+        # one pass over the jobs' results (keyed by job), not one per shard
+        "work AS (SELECT shard_id, SUM(latency_ms) / 1000.0 AS s FROM results "
+        "WHERE job_id IN (SELECT id FROM recent) AND state = 'ok' GROUP BY shard_id) "
+        "SELECT sh.job_id, sh.node, sh.started, sh.finished, COALESCE(work.s, 0) AS work "
+        "FROM shards sh LEFT JOIN work ON work.shard_id = sh.id "
+        "WHERE sh.job_id IN (SELECT id FROM recent) AND sh.state = 'done' "
+        "ORDER BY sh.job_id, sh.node, sh.started",
         [model, version, jobs],
     )
     costs: dict[str, list[float]] = {}
