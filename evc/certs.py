@@ -265,6 +265,8 @@ def explain(run: RunResult, address: str) -> RunResult:
 
 # ------------------------------------------------------------------ rotation to a new CA
 
+PULLED = "credentials and pull probe"  # cert_push.yml's task that ends with the probe's pull
+
 PHASES = {
     "trust-both": "push the new CA next to the old one",
     "switch-server": "serve a certificate from the new CA",
@@ -384,7 +386,7 @@ class _Rotation:
         nonces = pull_credentials.nonces(self.ws, self.active)
         run = _push(self.ws, ",".join(self.active), nonces, extravars, self.progress)
         hosts = {
-            h: {"state": r.state, "verified": "pull probe" in r.outputs, "message": r.message}
+            h: {"state": r.state, "verified": PULLED in r.outputs, "message": r.message}
             for h, r in sorted(run.hosts.items())
         }
         for host, r in hosts.items():

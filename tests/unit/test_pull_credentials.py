@@ -150,20 +150,15 @@ def test_the_play_derives_the_password_the_registry_holds(workspace, files, tmp_
     key is in no artifact (ansible-runner's command file included) and no database row."""
     play = yaml.safe_load(playbook("cert_push.yml").read_text())[0]
     tasks = {t["name"]: t for t in play["tasks"] if "name" in t}  # not the import
-    login = next(
-        t for t in tasks["registry access"]["block"] if "community.docker.docker_login" in t
-    )["community.docker.docker_login"]
-    queue = tasks["queue credential"]
-    assert queue["no_log"] is True
-    out, queue_json = tmp_path / "derived", tmp_path / "queue.json"
+    (access,) = tasks["registry access"]["block"]
+    assert access["no_log"] is True
+    stdin = access["ansible.builtin.shell"]["stdin"]  # the password, then the queue's JSON
+    out = tmp_path / "stdin"
     test_play = [{
         "name": "derive", "hosts": "all", "gather_facts": False,
-        "vars_prompt": play["vars_prompt"],
-        "tasks": [{"ansible.builtin.copy": {"content": login["password"], "dest": str(out),
-                                            "mode": "0600"}, "no_log": True},
-                  {"ansible.builtin.copy": {"content": queue["ansible.builtin.shell"]["stdin"],
-                                            "dest": str(queue_json), "mode": "0600"},
-                   "no_log": True}],
+        "vars_prompt": play["vars_prompt"], "vars": play["vars"],
+        "tasks": [{"ansible.builtin.copy": {"content": stdin, "dest": str(out), "mode": "0600"},
+                   "vars": access["vars"], "no_log": True}],
     }]  # fmt: skip
     path = tmp_path / "derive.yml"
     path.write_text(yaml.safe_dump(test_play))
@@ -177,14 +172,15 @@ def test_the_play_derives_the_password_the_registry_holds(workspace, files, tmp_
         secrets={pull_credentials.PROMPT: key},
     )  # fmt: skip
     assert run.ok, run.hosts["node1"].message
+    login, queue_json = out.read_text().split("\n")
     line = pki.read_htpasswd(files.pull_htpasswd)["node1"]
-    assert _checks(line, out.read_text())
+    assert _checks(line, login)
     # The queue's ACL user for node1 has the password the play writes on the node.
     password = acl.device_password(key, "node1", nonces["node1"])
-    assert json.loads(queue_json.read_text()) == {
+    assert json.loads(queue_json) == {
         "host": "10.9.0.1", "port": 6380, "user": "node1", "password": password,
     }  # fmt: skip
-    assert password != out.read_text()  # not the registry's
+    assert password != login  # not the registry's
     assert not files_holding(workspace, key) and not files_holding(workspace, password)
 
 
