@@ -480,6 +480,8 @@ def test_a_node_with_a_slow_hand_over_is_measured_and_left_out_of_a_small_paced_
     assert costs["node2"] > 0.9 and costs["node1"] < 0.5, costs
     assert fleet.served("node2")  # it took shards of the unpaced job
     served = len(fleet.served())
+    # node2 first: its runners ask before node1's, so a pacer blind to its hand-over
+    # would give it the whole job (one 5 s chunk at its pace is more than 16 items)
     paced = runner.run(workspace, _options(data, shard_size=None, target="node2,node1"))
     rows = _check_every_item_once(workspace, paced.job["id"])
     assert {r["node"] for r in rows.values()} == {"node1"}
